@@ -1,0 +1,162 @@
+//! Keys and certificates from files: PEM (several blocks per file allowed) or DER, the key as
+//! PKCS#8 ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY").
+
+use super::rawrsa::RawRsa;
+use super::{Identity, KeyError, KeyStore};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// One identity's files: the certificate, and the key (or `None` when the certificate file also
+/// holds the key).
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    /// Certificate file (PEM or DER).
+    pub cert: PathBuf,
+    /// Private key file (PEM or DER); `None` = look in the certificate file.
+    pub key: Option<PathBuf>,
+}
+
+/// A key store over files; keys are read once into AWS-LC and zeroised when dropped.
+pub struct FileStore {
+    identities: Vec<Identity>,
+    keys: Vec<RawRsa>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("identities", &self.identities.len())
+            .finish()
+    }
+}
+
+fn file_err(path: &Path, why: impl Into<String>) -> KeyError {
+    KeyError::File {
+        path: path.display().to_string(),
+        why: why.into(),
+    }
+}
+
+/// The PEM blocks of a text as (label, DER); empty when the text holds none.
+fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start..];
+        let Some(label_end) = after[11..].find("-----") else { break };
+        let label = after[11..11 + label_end].to_string();
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = after.find(&end_marker) else { break };
+        let block = &after[..end + end_marker.len()];
+        if let Ok((_, der)) = der::pem::decode_vec(block.as_bytes()) {
+            out.push((label, Zeroizing::new(der)));
+        }
+        rest = &after[end + end_marker.len()..];
+    }
+    out
+}
+
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| file_err(path, format!("cannot read: {e}")))
+}
+
+fn load_cert(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let bytes = read(path)?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN ") => pem_blocks(text)
+            .into_iter()
+            .find(|(l, _)| l == "CERTIFICATE")
+            .map(|(_, d)| d.to_vec())
+            .ok_or_else(|| file_err(path, "no CERTIFICATE block in this PEM file")),
+        _ => Ok(bytes.to_vec()),
+    }
+}
+
+fn load_key(path: &Path) -> Result<RawRsa, KeyError> {
+    let bytes = read(path)?;
+    let der = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN ") => {
+            let blocks = pem_blocks(text);
+            if blocks.iter().any(|(l, _)| l == "ENCRYPTED PRIVATE KEY") {
+                return Err(file_err(
+                    path,
+                    "the key is encrypted; decrypt it first (openssl pkey -in KEY -out PLAIN)",
+                ));
+            }
+            blocks
+                .into_iter()
+                .find(|(l, _)| l == "PRIVATE KEY" || l == "RSA PRIVATE KEY")
+                .map(|(_, d)| d)
+                .ok_or_else(|| file_err(path, "no PRIVATE KEY or RSA PRIVATE KEY block"))?
+        }
+        _ => bytes,
+    };
+    RawRsa::from_der(&der).map_err(|e| file_err(path, e))
+}
+
+impl FileStore {
+    /// Loads every identity and checks that each key matches its certificate.
+    pub fn open(files: &[FileIdentity]) -> Result<Self, KeyError> {
+        let mut identities = Vec::new();
+        let mut keys = Vec::new();
+        for f in files {
+            let cert = load_cert(&f.cert)?;
+            let label = f
+                .cert
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = Identity::from_cert(label, cert)?;
+            let key_path = f.key.as_deref().unwrap_or(&f.cert);
+            let key = load_key(key_path)?;
+            if !cert_has_modulus(&id.cert_der, &key.modulus()) {
+                return Err(file_err(
+                    key_path,
+                    format!("this key does not belong to certificate {}", f.cert.display()),
+                ));
+            }
+            identities.push(id);
+            keys.push(key);
+        }
+        Ok(FileStore { identities, keys })
+    }
+}
+
+/// Whether the certificate's public key has this modulus (the bytes appear in its SPKI).
+fn cert_has_modulus(cert_der: &[u8], modulus: &[u8]) -> bool {
+    !modulus.is_empty() && cert_der.windows(modulus.len()).any(|w| w == modulus)
+}
+
+impl KeyStore for FileStore {
+    fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+    fn rsa_raw(&mut self, index: usize, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let key = self
+            .keys
+            .get(index)
+            .ok_or_else(|| KeyError::NotFound(format!("no key {index}")))?;
+        key.private_raw(input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_splitting_and_errors() {
+        let text = "junk\n-----BEGIN A-----\nAAEC\n-----END A-----\n-----BEGIN B-----\nAw==\n-----END B-----\n";
+        let b = pem_blocks(text);
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[0].0.as_str(), &b[0].1[..]), ("A", &[0u8, 1, 2][..]));
+        assert_eq!((b[1].0.as_str(), &b[1].1[..]), ("B", &[3u8][..]));
+        assert!(pem_blocks("-----BEGIN A-----\nAAEC\n").is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = FileStore::open(&[FileIdentity { cert: missing, key: None }]).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}

@@ -1,0 +1,140 @@
+//! Where the card's keys live. Applets reach keys only through [`KeyStore`] (DESIGN.md), and a
+//! private key never leaves its store: the store performs the raw RSA operation itself.
+
+mod default;
+mod files;
+mod pkcs11;
+mod rawrsa;
+
+pub use default::{default_data_dir, DefaultIdentities};
+pub use files::{FileIdentity, FileStore};
+pub use pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// One certificate and the private key that belongs to it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// A name for logs and errors (nickname, file name, PKCS#11 label).
+    pub label: String,
+    /// The X.509 certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Modulus size of the RSA key, in bits.
+    pub modulus_bits: usize,
+}
+
+impl Identity {
+    /// Builds an identity from a DER certificate, reading the RSA modulus size from it.
+    pub fn from_cert(label: impl Into<String>, cert_der: Vec<u8>) -> Result<Self, KeyError> {
+        let label = label.into();
+        let modulus_bits = rsa_modulus_bits(&cert_der).map_err(|why| KeyError::Certificate {
+            label: label.clone(),
+            why,
+        })?;
+        Ok(Identity {
+            label,
+            cert_der,
+            modulus_bits,
+        })
+    }
+    /// Modulus size in bytes: the exact input and output length of the raw operation.
+    pub fn modulus_len(&self) -> usize {
+        self.modulus_bits.div_ceil(8)
+    }
+}
+
+/// Errors of key stores. The card maps each to a status word; the program prints them.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// The store needs a login that has not happened.
+    #[error("the key store is not logged in")]
+    NotLoggedIn,
+    /// The input is not something the key can process (length, value ≥ modulus).
+    #[error("invalid input for the private-key operation: {0}")]
+    BadInput(String),
+    /// The certificate could not be used.
+    #[error("certificate {label:?}: {why}")]
+    Certificate {
+        /// which certificate
+        label: String,
+        /// what is wrong with it
+        why: String,
+    },
+    /// A file could not be read or parsed.
+    #[error("{path}: {why}")]
+    File {
+        /// the file
+        path: String,
+        /// what is wrong
+        why: String,
+    },
+    /// The PKCS#11 module or token failed or refused.
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
+    /// A configured name (nickname, label, id) matched nothing.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Certificates and the raw RSA private-key operation on their keys.
+pub trait KeyStore: Send {
+    /// The identities, in card order (PKI applet 0, 1, ...).
+    fn identities(&self) -> &[Identity];
+    /// `input^d mod n` with the key of identity `index`; `input` is exactly the modulus length.
+    /// Implementations are constant-time (AWS-LC, or the token).
+    fn rsa_raw(&mut self, index: usize, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+}
+
+/// The RSA modulus size in bits of a DER certificate's subject public key (RFC 5280 §4.1,
+/// RFC 8017 A.1.1). Errors for anything but an RSA key.
+pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let spki = &cert.tbs_certificate().subject_public_key_info();
+    const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    if spki.algorithm.oid != RSA_ENCRYPTION {
+        return Err(format!(
+            "key algorithm {} is not RSA (the CAC card is RSA-only)",
+            spki.algorithm.oid
+        ));
+    }
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bit string has unused bits")?;
+    let (seq, _) = apdu::ber::parse_one(key).map_err(|e| format!("RSAPublicKey: {e}"))?;
+    let (n, _) = apdu::ber::parse_one(seq.value).map_err(|e| format!("RSA modulus: {e}"))?;
+    if seq.tag != 0x30 || n.tag != 0x02 {
+        return Err("RSAPublicKey is not SEQUENCE { INTEGER, ... }".into());
+    }
+    let n = n.value;
+    let skip = n.iter().take_while(|b| **b == 0).count();
+    let n = &n[skip..];
+    let bits = match n.first() {
+        Some(b) => n.len() * 8 - b.leading_zeros() as usize,
+        None => return Err("RSA modulus is zero".into()),
+    };
+    if !(1024..=4096).contains(&bits) {
+        return Err(format!("RSA modulus of {bits} bits (the card takes 1024..4096)"));
+    }
+    Ok(bits)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use sha2::Digest;
+
+    /// EMSA-PKCS1-v1_5 encoding of SHA-256(msg) for a `k`-byte modulus (RFC 8017 §9.2).
+    pub(crate) fn pkcs1_sha256_block(msg: &[u8], k: usize) -> Vec<u8> {
+        let mut t = apdu::hex::h("30 31 30 0D 06 09 60 86 48 01 65 03 04 02 01 05 00 04 20");
+        t.extend_from_slice(&sha2::Sha256::digest(msg));
+        let mut block = vec![0xFF; k];
+        block[0] = 0;
+        block[1] = 1;
+        block[k - t.len() - 1] = 0;
+        block[k - t.len()..].copy_from_slice(&t);
+        block
+    }
+}

@@ -1,0 +1,129 @@
+//! The raw RSA private-key operation (RFC 8017 §5.1.2 RSADP) by AWS-LC, which is constant-time
+//! and blinded. RustCrypto `rsa` 0.10 measured 1.8–3.2 ms per RSA-2048 operation here against
+//! AWS-LC's 0.78 ms (= `openssl speed`), and the CAC issue asks for at most 1.5× OpenSSL; AWS-LC
+//! builds with a C compiler only (no cmake, no -dev package). `aws-lc-rs` has no raw operation,
+//! so this module calls `aws-lc-sys` directly, in the few lines below.
+
+use super::KeyError;
+use std::ptr::NonNull;
+use zeroize::Zeroizing;
+
+/// An RSA private key held by AWS-LC.
+pub(crate) struct RawRsa {
+    rsa: NonNull<aws_lc_sys::RSA>,
+}
+
+// SAFETY: AWS-LC RSA objects may be used from several threads at once for private-key
+// operations (its blinding state is internally locked); we also never hand out the pointer.
+unsafe impl Send for RawRsa {}
+unsafe impl Sync for RawRsa {}
+
+impl RawRsa {
+    /// Parses a PKCS#8 PrivateKeyInfo or a PKCS#1 RSAPrivateKey (DER).
+    pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
+        let len = i64::try_from(der.len()).map_err(|_| "key too large")?;
+        let mut p = der.as_ptr();
+        // SAFETY: `p` points to `len` readable bytes; d2i advances a copy of it; a null result
+        // is checked before use, and every object we obtain is freed exactly once.
+        unsafe {
+            let pkey = aws_lc_sys::d2i_AutoPrivateKey(std::ptr::null_mut(), &mut p, len as _);
+            if pkey.is_null() {
+                aws_lc_sys::ERR_clear_error();
+                return Err("not a DER PKCS#8 or PKCS#1 private key".into());
+            }
+            let rsa = aws_lc_sys::EVP_PKEY_get1_RSA(pkey);
+            aws_lc_sys::EVP_PKEY_free(pkey);
+            match NonNull::new(rsa) {
+                Some(rsa) => Ok(RawRsa { rsa }),
+                None => {
+                    aws_lc_sys::ERR_clear_error();
+                    Err("the private key is not an RSA key".into())
+                }
+            }
+        }
+    }
+
+    /// Modulus length in bytes.
+    pub(crate) fn modulus_len(&self) -> usize {
+        // SAFETY: self.rsa is a valid RSA object for our lifetime.
+        unsafe { aws_lc_sys::RSA_size(self.rsa.as_ptr()) as usize }
+    }
+
+    /// `input^d mod n`; `input` must have exactly the modulus length and be below n.
+    pub(crate) fn private_raw(&self, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let k = self.modulus_len();
+        if input.len() != k {
+            return Err(KeyError::BadInput(format!(
+                "{} bytes for a {}-byte modulus",
+                input.len(),
+                k
+            )));
+        }
+        let mut out = Zeroizing::new(vec![0u8; k]);
+        // SAFETY: input has k bytes, out has room for k bytes (RSA_size), rsa is valid.
+        let n = unsafe {
+            aws_lc_sys::RSA_private_decrypt(
+                k,
+                input.as_ptr(),
+                out.as_mut_ptr(),
+                self.rsa.as_ptr(),
+                aws_lc_sys::RSA_NO_PADDING as _,
+            )
+        };
+        if n as usize != k {
+            // SAFETY: clears this thread's AWS-LC error queue; no pointers involved.
+            unsafe { aws_lc_sys::ERR_clear_error() };
+            return Err(KeyError::BadInput("input is not below the modulus".into()));
+        }
+        Ok(out)
+    }
+
+    /// The public modulus, big-endian, to match a key to its certificate.
+    pub(crate) fn modulus(&self) -> Vec<u8> {
+        let k = self.modulus_len();
+        let mut out = vec![0u8; k];
+        // SAFETY: RSA_get0_n returns a borrowed BIGNUM owned by the key; BN_bn2bin_padded
+        // writes exactly k bytes into out.
+        unsafe {
+            let n = aws_lc_sys::RSA_get0_n(self.rsa.as_ptr());
+            if n.is_null() || aws_lc_sys::BN_bn2bin_padded(out.as_mut_ptr(), k, n) != 1 {
+                return Vec::new();
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RawRsa {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference, from EVP_PKEY_get1_RSA; RSA_free scrubs the key.
+        unsafe { aws_lc_sys::RSA_free(self.rsa.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair as _;
+
+    #[test]
+    fn raw_private_then_public_round_trips() {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = kp.as_der().unwrap();
+        let key = RawRsa::from_der(der.as_ref()).unwrap();
+        assert_eq!(key.modulus_len(), 256);
+        let msg = b"vccid raw RSA";
+        let block = super::super::testutil::pkcs1_sha256_block(msg, 256);
+        let sig = key.private_raw(&block).unwrap();
+        let verifier = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            kp.public_key().as_ref(),
+        );
+        verifier.verify(msg, &sig).expect("raw private op gives a valid PKCS#1 signature");
+        assert!(key.private_raw(&block[1..]).is_err());
+        assert!(key.private_raw(&[0xFF; 256]).is_err());
+        assert_eq!(key.modulus().len(), 256);
+        assert!(RawRsa::from_der(b"junk").is_err());
+    }
+}
