@@ -1,0 +1,233 @@
+//! `--card` specifications in QEMU's property syntax (qemu-ccid.md §3.1):
+//! `emulated[,backend=certificates,db=sql:DIR,cert1=NICK,...]`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use card::keystore::{FileIdentity, Pkcs11Config, TokenSelector};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use zeroize::Zeroizing;
+
+/// Where the emulated card's keys come from.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded default identities.
+    Default,
+    /// An NSS database, certificates by nickname (QEMU's `backend=certificates`).
+    Nss {
+        db: String,
+        nicknames: Vec<String>,
+        password: Option<PathBuf>,
+    },
+    /// Certificate and key files.
+    Files(Vec<FileIdentity>),
+    /// A PKCS#11 token.
+    Pkcs11(Box<Pkcs11Config>, Option<PathBuf>),
+}
+
+/// A parsed `--card` value.
+#[derive(Debug, Clone)]
+pub struct CardSpec {
+    pub backend: Backend,
+    pub pin: Option<String>,
+    pub pin_tries: Option<u8>,
+}
+
+fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
+    let mut parts = spec.split(',');
+    let kind = parts.next().unwrap_or_default().trim().to_string();
+    let mut props = BTreeMap::new();
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow!("card property {p:?} has no '=' (expected key=value)"))?;
+        if props.insert(k.trim().to_string(), v.to_string()).is_some() {
+            bail!("card property {k:?} given twice");
+        }
+    }
+    Ok((kind, props))
+}
+
+/// `certN` (or `keyN`) values in N order; with `contiguous`, N must run from 1 without gaps.
+fn numbered(props: &mut BTreeMap<String, String>, prefix: &str, contiguous: bool) -> Result<Vec<(usize, String)>> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let keys: Vec<String> = props
+        .keys()
+        .filter(|k| k.strip_prefix(prefix).is_some_and(|n| n.parse::<usize>().is_ok()))
+        .cloned()
+        .collect();
+    for k in keys {
+        let n: usize = k[prefix.len()..].parse().unwrap_or(0);
+        out.push((n, props.remove(&k).unwrap_or_default()));
+    }
+    out.sort();
+    for (i, (n, _)) in out.iter().enumerate() {
+        if contiguous && *n != i + 1 {
+            bail!("{prefix}{} is missing (numbering must start at 1 without gaps)", i + 1);
+        }
+    }
+    Ok(out)
+}
+
+pub fn parse(spec: &str) -> Result<CardSpec> {
+    let (kind, mut props) = split(spec)?;
+    match kind.as_str() {
+        "emulated" => {}
+        "passthru" | "hardware" => bail!(
+            "--card {kind} is not available yet (it comes with VSCard passthrough); use --card emulated"
+        ),
+        other => bail!("unknown card type {other:?}; expected emulated"),
+    }
+    let pin = props.remove("pin");
+    let pin_tries = props
+        .remove("pin-tries")
+        .map(|t| t.parse::<u8>().ok().filter(|n| (1..=15).contains(n)).ok_or_else(|| anyhow!("pin-tries={t:?}: expected 1..15")))
+        .transpose()?;
+    let backend = match props.remove("backend").as_deref() {
+        None | Some("default") => {
+            if props.keys().any(|k| k.starts_with("cert")) || props.contains_key("db") {
+                bail!("cert1=/db= need backend=certificates (NSS) or backend=files");
+            }
+            Backend::Default
+        }
+        Some("certificates") => {
+            let db = props.remove("db").unwrap_or_else(|| "sql:/etc/pki/nssdb".into());
+            let nicknames: Vec<String> = numbered(&mut props, "cert", true)?.into_iter().map(|(_, v)| v).collect();
+            if nicknames.is_empty() {
+                bail!("backend=certificates needs cert1=NICKNAME (and cert2=, cert3=, ...)");
+            }
+            Backend::Nss {
+                db,
+                nicknames,
+                password: props.remove("password-file").map(PathBuf::from),
+            }
+        }
+        Some("files") => {
+            let certs = numbered(&mut props, "cert", true)?;
+            let keys: BTreeMap<usize, String> = numbered(&mut props, "key", false)?.into_iter().collect();
+            if certs.is_empty() {
+                bail!("backend=files needs cert1=FILE[,key1=FILE] ...");
+            }
+            if let Some(n) = keys.keys().find(|n| **n > certs.len()) {
+                bail!("key{n} has no cert{n}");
+            }
+            Backend::Files(
+                certs
+                    .into_iter()
+                    .map(|(n, c)| FileIdentity {
+                        cert: PathBuf::from(c),
+                        key: keys.get(&n).map(PathBuf::from),
+                    })
+                    .collect(),
+            )
+        }
+        Some("pkcs11") => {
+            let mut cfg = match props.remove("uri") {
+                Some(uri) => Pkcs11Config::from_uri(&uri).map_err(|e| anyhow!("{e}"))?,
+                None => {
+                    let module = props
+                        .remove("module")
+                        .ok_or_else(|| anyhow!("backend=pkcs11 needs uri=pkcs11:... or module=PATH"))?;
+                    Pkcs11Config {
+                        module: PathBuf::from(module),
+                        init_reserved: None,
+                        token: TokenSelector::First,
+                        pin: None,
+                        labels: Vec::new(),
+                        id: None,
+                    }
+                }
+            };
+            if let Some(t) = props.remove("token") {
+                cfg.token = TokenSelector::Label(t);
+            }
+            let labels: Vec<String> = numbered(&mut props, "cert", true)?.into_iter().map(|(_, v)| v).collect();
+            if !labels.is_empty() {
+                cfg.labels = labels;
+            }
+            Backend::Pkcs11(Box::new(cfg), props.remove("token-pin-file").map(PathBuf::from))
+        }
+        Some("nss-emulated") => bail!(
+            "backend=nss-emulated (mirroring the host's hardware tokens) is not supported; use backend=pkcs11,uri=... for a token"
+        ),
+        Some(other) => bail!("unknown backend {other:?}; expected default, certificates, files or pkcs11"),
+    };
+    if let Some(k) = props.keys().next() {
+        bail!("unknown card property {k:?}");
+    }
+    Ok(CardSpec {
+        backend,
+        pin,
+        pin_tries,
+    })
+}
+
+/// Reads a secret from a file (its first line) or an environment variable.
+pub fn secret(file: Option<&PathBuf>, env: &str) -> Result<Option<Zeroizing<String>>> {
+    if let Some(f) = file {
+        let s = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
+        return Ok(Some(Zeroizing::new(s.lines().next().unwrap_or("").to_string())));
+    }
+    if let Ok(v) = std::env::var(env) {
+        return Ok(Some(Zeroizing::new(v)));
+    }
+    Ok(None)
+}
+
+/// Asks on the terminal, when there is one.
+pub fn prompt(prompt: &str) -> Option<Zeroizing<String>> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return None;
+    }
+    rpassword::prompt_password(prompt).ok().map(Zeroizing::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_syntax() {
+        let s = parse("emulated,backend=certificates,db=sql:/tmp/db,cert1=a,cert2=b,cert3=c,pin=1234").unwrap();
+        match s.backend {
+            Backend::Nss { db, nicknames, .. } => {
+                assert_eq!(db, "sql:/tmp/db");
+                assert_eq!(nicknames, ["a", "b", "c"]);
+            }
+            b => panic!("{b:?}"),
+        }
+        assert_eq!(s.pin.as_deref(), Some("1234"));
+        assert!(matches!(parse("emulated").unwrap().backend, Backend::Default));
+        match parse("emulated,backend=files,cert1=/a.pem,key1=/a.key,cert2=/b.pem").unwrap().backend {
+            Backend::Files(f) => {
+                assert_eq!(f.len(), 2);
+                assert_eq!(f[0].key.as_deref(), Some(std::path::Path::new("/a.key")));
+                assert_eq!(f[1].key, None);
+            }
+            b => panic!("{b:?}"),
+        }
+        assert!(matches!(
+            parse("emulated,backend=pkcs11,uri=pkcs11:token=t?module-path=/m").unwrap().backend,
+            Backend::Pkcs11(..)
+        ));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        for (spec, words) in [
+            ("emulated,backend=certificates", "cert1=NICKNAME"),
+            ("emulated,backend=certificates,cert1=a,cert3=c", "cert2 is missing"),
+            ("emulated,bogus=1", "unknown card property"),
+            ("emulated,cert1=a", "backend=certificates"),
+            ("emulated,backend=x", "unknown backend"),
+            ("emulated,backend=nss-emulated", "not supported"),
+            ("virtual", "unknown card type"),
+            ("emulated,pin-tries=0", "pin-tries"),
+            ("emulated,pin", "no '='"),
+            ("emulated,pin=1,pin=2", "twice"),
+            ("emulated,backend=files,cert1=a,key2=b", "key2 has no cert2"),
+        ] {
+            let e = parse(spec).unwrap_err().to_string();
+            assert!(e.contains(words), "{spec}: {e}");
+        }
+    }
+}
