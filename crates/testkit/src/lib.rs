@@ -1,0 +1,286 @@
+//! Test support for interop tests against real peers.
+//!
+//! [`PrivatePcscd`] starts pcscd with vsmartcard's vpcd driver in a private mount and network
+//! namespace (`unshare --mount --net`): a tmpfs on /run/pcscd, because pcscd 1.9.9 puts its
+//! socket there whatever PCSCLITE_CSOCK_NAME says, and a network namespace whose only interface
+//! is `lo`, because vpcd binds 0.0.0.0:35963. Every program that must talk to that pcscd (our
+//! card, OpenSC) runs inside the same namespaces through `nsenter`. Nothing system-wide is
+//! touched, and dropping the value stops everything it started.
+//!
+//! A peer that cannot start is an error, never a skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The result type of this crate: errors are messages for a test failure.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// OpenSC's PKCS#11 module on Debian.
+pub const OPENSC_PKCS11: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
+/// SoftHSM2's module on Debian.
+pub const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Runs a command to completion, failing with its output if it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+/// Standard output and error of a finished command, as one text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A private pcscd with vpcd's readers "Virtual PCD 00 00" (port 35963) and "... 00 01".
+pub struct PrivatePcscd {
+    holder: Child,
+    children: Vec<Child>,
+    /// A scratch directory for this instance (HOME of the programs run inside).
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivatePcscd {
+    /// Starts pcscd in fresh namespaces and waits until vpcd listens.
+    pub fn start() -> Result<Self> {
+        for tool in ["pcscd", "unshare", "nsenter", "ip"] {
+            which(tool)?;
+        }
+        if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists()
+            && !Path::new("/etc/reader.conf.d/vpcd").exists()
+        {
+            return Err("vsmartcard-vpcd is not installed (no /etc/reader.conf.d/vpcd)".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("pcscd.log")).map_err(|e| e.to_string())?;
+        let script = "set -e; ip link set lo up; mkdir -p /run/pcscd; \
+                      mount -t tmpfs -o mode=755 tmpfs /run/pcscd; exec pcscd -f";
+        let holder = Command::new("unshare")
+            .args(["--mount", "--net", "--propagation", "private", "--fork", "--kill-child", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start unshare: {e}"))?;
+        let mut me = PrivatePcscd {
+            holder,
+            children: Vec::new(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = me.holder.try_wait() {
+                return Err(format!("pcscd exited at start ({st}): {}", me.log()));
+            }
+            let ss = me.command("ss").args(["-ltn"]).output();
+            if let Ok(o) = ss {
+                if String::from_utf8_lossy(&o.stdout).contains(":35963 ") {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("vpcd never listened on 35963: {}", me.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(me)
+    }
+
+    /// pcscd's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pcscd.log")).unwrap_or_default()
+    }
+
+    /// A command that runs inside this instance's namespaces, with HOME in the scratch dir.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder.id().to_string())
+            .args(["-m", "-n", "--"])
+            .arg(program)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts a long-running program inside the namespaces; it is killed on drop. Its output
+    /// goes to `name.log` in the scratch dir.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<()> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// The log of a program started with [`spawn`](Self::spawn).
+    pub fn child_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Stops the programs started with [`spawn`](Self::spawn) (SIGTERM, then SIGKILL).
+    pub fn stop_children(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Waits until reader `index` shows a card in `opensc-tool -l`.
+    pub fn wait_card(&self, index: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let want = format!("{index} ");
+        loop {
+            let out = self.command("opensc-tool").arg("-l").output().map_err(|e| e.to_string())?;
+            let t = String::from_utf8_lossy(&out.stdout);
+            if t.lines().any(|l| l.starts_with(&want) && l.contains("Yes")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no card in reader {index} after {timeout:?}:\n{t}\npcscd: {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until reader `index` shows no card.
+    pub fn wait_no_card(&self, index: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let want = format!("{index} ");
+        loop {
+            let out = self.command("opensc-tool").arg("-l").output().map_err(|e| e.to_string())?;
+            let t = String::from_utf8_lossy(&out.stdout);
+            if t.lines().any(|l| l.starts_with(&want) && l.contains("No")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("card still in reader {index} after {timeout:?}:\n{t}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivatePcscd {
+    fn drop(&mut self) {
+        self.stop_children();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Fails when a program is not on PATH.
+pub fn which(tool: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
+        .ok_or_else(|| format!("{tool} is not installed (the test command installs it)"))
+}
+
+/// Three self-signed RSA-2048 identities CN=cert1..cert3 as PEM files made by OpenSSL:
+/// `certN.crt.pem`, `certN.key.pem` (PKCS#8) and `certN.crt.der` in `dir`.
+pub fn openssl_identities(dir: &Path) -> Result<()> {
+    for n in 1..=3 {
+        let key = dir.join(format!("cert{n}.key.pem"));
+        let crt = dir.join(format!("cert{n}.crt.pem"));
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj"])
+            .arg(format!("/CN=cert{n}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt))?;
+        run(Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&crt)
+            .arg("-out")
+            .arg(dir.join(format!("cert{n}.crt.der"))))?;
+    }
+    Ok(())
+}
+
+/// The seed's NSS database: `certutil -d sql:DIR -x -t "CT,CT,CT" -S -s "CN=certN" -n certN`
+/// for N = 1..3, with an empty password (or `password`), plus `certN.crt.pem` exports.
+pub fn nss_db(dir: &Path, password: Option<&str>) -> Result<()> {
+    let db = format!("sql:{}", dir.display());
+    let pwfile = dir.join("password.txt");
+    std::fs::write(&pwfile, password.unwrap_or("")).map_err(|e| e.to_string())?;
+    let mut init = Command::new("certutil");
+    init.args(["-N", "-d", &db]);
+    match password {
+        None => init.arg("--empty-password"),
+        Some(_) => init.arg("-f").arg(&pwfile),
+    };
+    run(&mut init)?;
+    let noise = dir.join("noise.bin");
+    std::fs::write(&noise, (0..2048u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>())
+        .map_err(|e| e.to_string())?;
+    for n in 1..=3 {
+        let mut c = Command::new("certutil");
+        c.args(["-d", &db, "-x", "-t", "CT,CT,CT", "-S", "-s"])
+            .arg(format!("CN=cert{n}"))
+            .args(["-n", &format!("cert{n}"), "-k", "rsa", "-g", "2048", "-v", "12", "-Z", "SHA256", "-m"])
+            .arg(format!("{}", 1000 + n))
+            .arg("-z")
+            .arg(&noise)
+            .arg("-f")
+            .arg(&pwfile)
+            .stdin(Stdio::null());
+        run(&mut c)?;
+        let pem = run(Command::new("certutil").args(["-d", &db, "-L", "-a", "-n", &format!("cert{n}")]))?;
+        std::fs::write(dir.join(format!("cert{n}.crt.pem")), pem.stdout).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A SoftHSM2 token "vccid-test" (user PIN 77777777) in `dir` holding three RSA-2048 keys and
+/// certificates CN=cert1..3 with CKA_ID 01..03; returns the SOFTHSM2_CONF path.
+pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
+    let conf = dir.join("softhsm2.conf");
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()))
+        .map_err(|e| e.to_string())?;
+    run(Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", "vccid-test", "--so-pin", "12345678", "--pin", "77777777"]))?;
+    openssl_identities(dir)?;
+    for n in 1..=3 {
+        run(Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .arg("--import")
+            .arg(dir.join(format!("cert{n}.key.pem")))
+            .args(["--token", "vccid-test", "--label", &format!("cert{n}"), "--id", &format!("0{n}"), "--pin", "77777777"]))?;
+        run(Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--module", SOFTHSM2, "--token-label", "vccid-test", "--login", "--pin", "77777777", "--write-object"])
+            .arg(dir.join(format!("cert{n}.crt.der")))
+            .args(["--type", "cert", "--id", &format!("0{n}"), "--label", &format!("cert{n}")]))?;
+    }
+    Ok(conf)
+}
