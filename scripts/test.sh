@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of vccid: formatting, clippy, unit/property/transcript tests, the interop
+# tests against real pcscd + vsmartcard-vpcd + OpenSC + NSS + SoftHSM2, and each fuzz target
+# briefly. Installs the Debian packages the tests need when they are missing (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The interop tests make private namespaces for pcscd (unshare/nsenter): they need root.
+[ "$(id -u)" -eq 0 ] || { echo "the interop tests need root (private mount/network namespaces)"; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee target/test.log
+echo "== fuzz (15 s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
