@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${1:-15}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
-export RUSTC_BOOTSTRAP=1
+export RUSTC_BOOTSTRAP=1 ASAN_OPTIONS=detect_leaks=0
 targets=$(cargo fuzz list)
 cargo fuzz build -O $targets >/dev/null 2>&1 || cargo fuzz build -O
 failed=0

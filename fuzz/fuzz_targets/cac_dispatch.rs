@@ -11,8 +11,8 @@ use std::sync::{Mutex, OnceLock};
 fn card() -> &'static Mutex<CacCard> {
     static CARD: OnceLock<Mutex<CacCard>> = OnceLock::new();
     CARD.get_or_init(|| {
-        let dir = Box::leak(Box::new(std::env::temp_dir().join("vccid-fuzz-ids")));
-        let files = DefaultIdentities::new(dir).ensure().expect("identities");
+        let dir = std::env::temp_dir().join("vccid-fuzz-ids");
+        let files = DefaultIdentities::new(&dir).ensure().expect("identities");
         let store = FileStore::open(&files).expect("store");
         Mutex::new(CacCard::new(Box::new(store), &CacConfig::default()).expect("card"))
     })

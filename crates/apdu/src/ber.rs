@@ -57,7 +57,8 @@ pub fn parse_one(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), TlvError> {
             }
             let (lb, r) = rest.split_at(n);
             rest = r;
-            lb.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+            lb.iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
         }
         _ => return Err(TlvError::BadLength(l0)),
     };
@@ -91,7 +92,10 @@ pub fn iter(input: &[u8]) -> impl Iterator<Item = Result<Tlv<'_>, TlvError>> {
 
 /// Finds the first object with `tag` among consecutive objects.
 pub fn find(input: &[u8], tag: u32) -> Option<&[u8]> {
-    iter(input).map_while(Result::ok).find(|t| t.tag == tag).map(|t| t.value)
+    iter(input)
+        .map_while(Result::ok)
+        .find(|t| t.tag == tag)
+        .map(|t| t.value)
 }
 
 /// Appends the length field for `len` in its shortest definite form.
@@ -142,11 +146,20 @@ mod tests {
         assert_eq!(encode(0x5FC105, &vec![0xAB; 256]), v);
         assert_eq!(encode(0x84, &[1, 2]), h("84 02 01 02"));
         assert_eq!(encode(0x53, &[0; 0x80])[..3], h("53 81 80")[..]);
-        assert_eq!(find(&h("84 01 AA 85 02 BB CC"), 0x85), Some(&[0xBB, 0xCC][..]));
+        assert_eq!(
+            find(&h("84 01 AA 85 02 BB CC"), 0x85),
+            Some(&[0xBB, 0xCC][..])
+        );
         assert_eq!(parse_one(&h("84 05 01")), Err(TlvError::Truncated("value")));
         assert_eq!(parse_one(&h("84 80")), Err(TlvError::BadLength(0x80)));
-        assert_eq!(parse_one(&h("5F FF FF FF 01 00")), Err(TlvError::TagTooLong));
-        assert_eq!(parse_one(&h("84 84 FF FF FF FF")), Err(TlvError::Truncated("value")));
+        assert_eq!(
+            parse_one(&h("5F FF FF FF 01 00")),
+            Err(TlvError::TagTooLong)
+        );
+        assert_eq!(
+            parse_one(&h("84 84 FF FF FF FF")),
+            Err(TlvError::Truncated("value"))
+        );
     }
 
     proptest! {

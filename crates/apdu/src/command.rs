@@ -88,11 +88,9 @@ impl<'a> Command<'a> {
                 }
                 match rest.len() {
                     n if n == lc => Ok(cmd(rest, None, true)),
-                    n if n == lc + 2 => Ok(cmd(
-                        &rest[..lc],
-                        Some(ext_le(rest[lc], rest[lc + 1])),
-                        true,
-                    )),
+                    n if n == lc + 2 => {
+                        Ok(cmd(&rest[..lc], Some(ext_le(rest[lc], rest[lc + 1])), true))
+                    }
                     _ => Err(ParseError::BadLength { body: body.len() }),
                 }
             }
@@ -245,35 +243,76 @@ mod tests {
         let c = p("80 42 00 00 00 00 02 AA BB").unwrap();
         assert_eq!((c.data, c.le, c.extended), (&[0xAA, 0xBB][..], None, true));
         let c = p("80 42 00 00 00 00 02 AA BB 01 00").unwrap();
-        assert_eq!((c.data, c.le, c.extended), (&[0xAA, 0xBB][..], Some(256), true));
+        assert_eq!(
+            (c.data, c.le, c.extended),
+            (&[0xAA, 0xBB][..], Some(256), true)
+        );
     }
 
     #[test]
     fn malformed_lengths_are_errors() {
         assert_eq!(p("00 A4 04"), Err(ParseError::TooShort(3)));
         assert_eq!(p(""), Err(ParseError::TooShort(0)));
-        assert_eq!(p("00 A4 04 00 02 3F"), Err(ParseError::BadLength { body: 2 }));
-        assert_eq!(p("00 A4 04 00 02 3F 00 00 00"), Err(ParseError::BadLength { body: 5 }));
-        assert_eq!(p("00 A4 04 00 00 00"), Err(ParseError::BadLength { body: 2 }));
-        assert_eq!(p("00 A4 04 00 00 00 00 00"), Err(ParseError::ZeroExtendedLc));
-        assert_eq!(p("00 A4 04 00 00 00 02 AA"), Err(ParseError::BadLength { body: 4 }));
+        assert_eq!(
+            p("00 A4 04 00 02 3F"),
+            Err(ParseError::BadLength { body: 2 })
+        );
+        assert_eq!(
+            p("00 A4 04 00 02 3F 00 00 00"),
+            Err(ParseError::BadLength { body: 5 })
+        );
+        assert_eq!(
+            p("00 A4 04 00 00 00"),
+            Err(ParseError::BadLength { body: 2 })
+        );
+        assert_eq!(
+            p("00 A4 04 00 00 00 00 00"),
+            Err(ParseError::ZeroExtendedLc)
+        );
+        assert_eq!(
+            p("00 A4 04 00 00 00 02 AA"),
+            Err(ParseError::BadLength { body: 4 })
+        );
     }
 
     #[test]
     fn build_short_extended_and_chain() {
         let c = CommandBuf::new(0, 0xA4, 4, 0).data(h("A0 00 00 01 16 DB 00"));
-        assert_eq!(c.to_bytes().unwrap(), h("00 A4 04 00 07 A0 00 00 01 16 DB 00"));
-        assert_eq!(CommandBuf::new(0, 0xC0, 0, 0).le(256).to_bytes().unwrap(), h("00 C0 00 00 00"));
-        let ext = CommandBuf::new(0x80, 0x42, 0, 0).data(vec![1u8; 256]).to_bytes().unwrap();
+        assert_eq!(
+            c.to_bytes().unwrap(),
+            h("00 A4 04 00 07 A0 00 00 01 16 DB 00")
+        );
+        assert_eq!(
+            CommandBuf::new(0, 0xC0, 0, 0).le(256).to_bytes().unwrap(),
+            h("00 C0 00 00 00")
+        );
+        let ext = CommandBuf::new(0x80, 0x42, 0, 0)
+            .data(vec![1u8; 256])
+            .to_bytes()
+            .unwrap();
         assert_eq!(&ext[..7], &h("80 42 00 00 00 01 00")[..]);
         assert_eq!(ext.len(), 7 + 256);
-        assert_eq!(CommandBuf::new(0, 0xB0, 0, 0).le(65536).to_bytes().unwrap(), h("00 B0 00 00 00 00 00"));
+        assert_eq!(
+            CommandBuf::new(0, 0xB0, 0, 0).le(65536).to_bytes().unwrap(),
+            h("00 B0 00 00 00 00 00")
+        );
         assert_eq!(CommandBuf::new(0, 0xB0, 0, 0).le(0).to_bytes(), None);
-        let parts = CommandBuf::new(0, 0x42, 0, 0).data(vec![7u8; 256]).le(256).chain(240);
+        let parts = CommandBuf::new(0, 0x42, 0, 0)
+            .data(vec![7u8; 256])
+            .le(256)
+            .chain(240);
         assert_eq!(parts.len(), 2);
-        assert_eq!((parts[0].cla, parts[0].data.len(), parts[0].le), (0x10, 240, None));
-        assert_eq!((parts[1].cla, parts[1].data.len(), parts[1].le), (0x00, 16, Some(256)));
-        assert!(Command::parse(&parts[0].to_bytes().unwrap()).unwrap().is_chained());
+        assert_eq!(
+            (parts[0].cla, parts[0].data.len(), parts[0].le),
+            (0x10, 240, None)
+        );
+        assert_eq!(
+            (parts[1].cla, parts[1].data.len(), parts[1].le),
+            (0x00, 16, Some(256))
+        );
+        assert!(Command::parse(&parts[0].to_bytes().unwrap())
+            .unwrap()
+            .is_chained());
     }
 
     proptest! {

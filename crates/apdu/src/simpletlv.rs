@@ -23,8 +23,12 @@ pub struct SimpleTlv<'a> {
 /// Reads the tag and length, not the value: returns (tag, length, rest). This is the form of
 /// CAC "T" buffers, which hold headers only.
 pub fn parse_header(input: &[u8]) -> Result<(u8, usize, &[u8]), SimpleTlvError> {
-    let (&tag, rest) = input.split_first().ok_or(SimpleTlvError::Truncated("tag"))?;
-    let (&l0, rest) = rest.split_first().ok_or(SimpleTlvError::Truncated("length"))?;
+    let (&tag, rest) = input
+        .split_first()
+        .ok_or(SimpleTlvError::Truncated("tag"))?;
+    let (&l0, rest) = rest
+        .split_first()
+        .ok_or(SimpleTlvError::Truncated("length"))?;
     if l0 < 0xFF {
         return Ok((tag, usize::from(l0), rest));
     }
@@ -105,9 +109,18 @@ mod tests {
         push_header(&mut t, 0xFE, 0);
         assert_eq!(t, h("71 01 70 FF A2 02 72 00 FE 00"));
         assert_eq!(parse_header(&t[2..]).unwrap().1, 674);
-        assert_eq!(encode(0x01, &h("10 02 06 02 03")), h("01 05 10 02 06 02 03"));
-        assert_eq!(parse_one(&h("01 05 10")), Err(SimpleTlvError::Truncated("value")));
-        assert_eq!(parse_one(&h("01 FF 01")), Err(SimpleTlvError::Truncated("length")));
+        assert_eq!(
+            encode(0x01, &h("10 02 06 02 03")),
+            h("01 05 10 02 06 02 03")
+        );
+        assert_eq!(
+            parse_one(&h("01 05 10")),
+            Err(SimpleTlvError::Truncated("value"))
+        );
+        assert_eq!(
+            parse_one(&h("01 FF 01")),
+            Err(SimpleTlvError::Truncated("length"))
+        );
         let bytes = h("01 01 AA 02 00 03");
         let all: Vec<_> = iter(&bytes).collect();
         assert_eq!(all.len(), 3);

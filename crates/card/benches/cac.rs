@@ -53,7 +53,11 @@ fn read_all_certs(card: &mut CacCard) -> usize {
     read_buffer(card, 1, &mut count);
     read_buffer(card, 2, &mut count);
     for i in 0..3u8 {
-        xfer(card, &h(&format!("00 A4 04 00 07 A0 00 00 00 79 01 {i:02X}")), &mut count);
+        xfer(
+            card,
+            &h(&format!("00 A4 04 00 07 A0 00 00 00 79 01 {i:02X}")),
+            &mut count,
+        );
         xfer(card, &h(&format!("00 A4 02 00 02 01 {i:02X}")), &mut count);
         let (_, sw) = xfer(card, &h("00 56 01 00 FF"), &mut count);
         xfer(card, &[0x00, 0x56, 0x01, 0x00, sw as u8], &mut count);
@@ -92,11 +96,22 @@ fn main() {
     for _ in 0..n {
         card.transmit(&select);
     }
-    println!("select: {:.2} µs/APDU", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "select: {:.2} µs/APDU",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
 
     let mut count = 0;
-    xfer(&mut card, &h("00 20 00 00 08 31 32 33 34 35 36 37 38"), &mut count);
-    xfer(&mut card, &h("00 A4 04 00 07 A0 00 00 00 79 01 00"), &mut count);
+    xfer(
+        &mut card,
+        &h("00 20 00 00 08 31 32 33 34 35 36 37 38"),
+        &mut count,
+    );
+    xfer(
+        &mut card,
+        &h("00 A4 04 00 07 A0 00 00 00 79 01 00"),
+        &mut count,
+    );
     let mut block = vec![0xFFu8; 256];
     block[0] = 0;
     block[1] = 1;
@@ -112,5 +127,8 @@ fn main() {
         let (sig, sw) = xfer(&mut card, &last, &mut count);
         assert_eq!((sig.len(), sw), (256, 0x9000));
     }
-    println!("sign: RSA-2048 chained CAC SIGN {:.3} ms/op", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+    println!(
+        "sign: RSA-2048 chained CAC SIGN {:.3} ms/op",
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
 }

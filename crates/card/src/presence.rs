@@ -66,6 +66,9 @@ mod tests {
         assert!(p.set(false));
         assert!(!p.set(false));
         assert_eq!(t.join().unwrap(), (false, gen + 1));
-        assert_eq!(p.wait_change(gen + 1, Duration::from_millis(1)), (false, gen + 1));
+        assert_eq!(
+            p.wait_change(gen + 1, Duration::from_millis(1)),
+            (false, gen + 1)
+        );
     }
 }

@@ -23,7 +23,9 @@ pub const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Runs a command to completion, failing with its output if it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -68,7 +70,18 @@ impl PrivatePcscd {
         let script = "set -e; ip link set lo up; mkdir -p /run/pcscd; \
                       mount -t tmpfs -o mode=755 tmpfs /run/pcscd; exec pcscd -f";
         let holder = Command::new("unshare")
-            .args(["--mount", "--net", "--propagation", "private", "--fork", "--kill-child", "--", "sh", "-c", script])
+            .args([
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--fork",
+                "--kill-child",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -118,7 +131,8 @@ impl PrivatePcscd {
     /// Starts a long-running program inside the namespaces; it is killed on drop. Its output
     /// goes to `name.log` in the scratch dir.
     pub fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<()> {
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
         let child = cmd
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -157,13 +171,20 @@ impl PrivatePcscd {
         let deadline = Instant::now() + timeout;
         let want = format!("{index} ");
         loop {
-            let out = self.command("opensc-tool").arg("-l").output().map_err(|e| e.to_string())?;
+            let out = self
+                .command("opensc-tool")
+                .arg("-l")
+                .output()
+                .map_err(|e| e.to_string())?;
             let t = String::from_utf8_lossy(&out.stdout);
             if t.lines().any(|l| l.starts_with(&want) && l.contains("Yes")) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("no card in reader {index} after {timeout:?}:\n{t}\npcscd: {}", self.log()));
+                return Err(format!(
+                    "no card in reader {index} after {timeout:?}:\n{t}\npcscd: {}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -174,13 +195,19 @@ impl PrivatePcscd {
         let deadline = Instant::now() + timeout;
         let want = format!("{index} ");
         loop {
-            let out = self.command("opensc-tool").arg("-l").output().map_err(|e| e.to_string())?;
+            let out = self
+                .command("opensc-tool")
+                .arg("-l")
+                .output()
+                .map_err(|e| e.to_string())?;
             let t = String::from_utf8_lossy(&out.stdout);
             if t.lines().any(|l| l.starts_with(&want) && l.contains("No")) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("card still in reader {index} after {timeout:?}:\n{t}"));
+                return Err(format!(
+                    "card still in reader {index} after {timeout:?}:\n{t}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -198,7 +225,11 @@ impl Drop for PrivatePcscd {
 /// Fails when a program is not on PATH.
 pub fn which(tool: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        })
         .ok_or_else(|| format!("{tool} is not installed (the test command installs it)"))
 }
 
@@ -209,7 +240,9 @@ pub fn openssl_identities(dir: &Path) -> Result<()> {
         let key = dir.join(format!("cert{n}.key.pem"));
         let crt = dir.join(format!("cert{n}.crt.pem"));
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
+            ])
             .arg(format!("/CN=cert{n}"))
             .arg("-keyout")
             .arg(&key)
@@ -238,13 +271,30 @@ pub fn nss_db(dir: &Path, password: Option<&str>) -> Result<()> {
     };
     run(&mut init)?;
     let noise = dir.join("noise.bin");
-    std::fs::write(&noise, (0..2048u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>())
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &noise,
+        (0..2048u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .map_err(|e| e.to_string())?;
     for n in 1..=3 {
         let mut c = Command::new("certutil");
         c.args(["-d", &db, "-x", "-t", "CT,CT,CT", "-S", "-s"])
             .arg(format!("CN=cert{n}"))
-            .args(["-n", &format!("cert{n}"), "-k", "rsa", "-g", "2048", "-v", "12", "-Z", "SHA256", "-m"])
+            .args([
+                "-n",
+                &format!("cert{n}"),
+                "-k",
+                "rsa",
+                "-g",
+                "2048",
+                "-v",
+                "12",
+                "-Z",
+                "SHA256",
+                "-m",
+            ])
             .arg(format!("{}", 1000 + n))
             .arg("-z")
             .arg(&noise)
@@ -252,8 +302,10 @@ pub fn nss_db(dir: &Path, password: Option<&str>) -> Result<()> {
             .arg(&pwfile)
             .stdin(Stdio::null());
         run(&mut c)?;
-        let pem = run(Command::new("certutil").args(["-d", &db, "-L", "-a", "-n", &format!("cert{n}")]))?;
-        std::fs::write(dir.join(format!("cert{n}.crt.pem")), pem.stdout).map_err(|e| e.to_string())?;
+        let pem =
+            run(Command::new("certutil").args(["-d", &db, "-L", "-a", "-n", &format!("cert{n}")]))?;
+        std::fs::write(dir.join(format!("cert{n}.crt.pem")), pem.stdout)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -264,23 +316,63 @@ pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
     let conf = dir.join("softhsm2.conf");
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
-    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     run(Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "vccid-test", "--so-pin", "12345678", "--pin", "77777777"]))?;
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "vccid-test",
+            "--so-pin",
+            "12345678",
+            "--pin",
+            "77777777",
+        ]))?;
     openssl_identities(dir)?;
     for n in 1..=3 {
         run(Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
             .arg("--import")
             .arg(dir.join(format!("cert{n}.key.pem")))
-            .args(["--token", "vccid-test", "--label", &format!("cert{n}"), "--id", &format!("0{n}"), "--pin", "77777777"]))?;
+            .args([
+                "--token",
+                "vccid-test",
+                "--label",
+                &format!("cert{n}"),
+                "--id",
+                &format!("0{n}"),
+                "--pin",
+                "77777777",
+            ]))?;
         run(Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", &conf)
-            .args(["--module", SOFTHSM2, "--token-label", "vccid-test", "--login", "--pin", "77777777", "--write-object"])
+            .args([
+                "--module",
+                SOFTHSM2,
+                "--token-label",
+                "vccid-test",
+                "--login",
+                "--pin",
+                "77777777",
+                "--write-object",
+            ])
             .arg(dir.join(format!("cert{n}.crt.der")))
-            .args(["--type", "cert", "--id", &format!("0{n}"), "--label", &format!("cert{n}")]))?;
+            .args([
+                "--type",
+                "cert",
+                "--id",
+                &format!("0{n}"),
+                "--label",
+                &format!("cert{n}"),
+            ]))?;
     }
     Ok(conf)
 }

@@ -5,7 +5,9 @@ mod spec;
 
 use anyhow::{anyhow, Context, Result};
 use card::cac::{CacCard, CacConfig};
-use card::keystore::{default_data_dir, DefaultIdentities, FileStore, KeyStore, Pkcs11Config, Pkcs11Store};
+use card::keystore::{
+    default_data_dir, DefaultIdentities, FileStore, KeyStore, Pkcs11Config, Pkcs11Store,
+};
 use clap::Parser;
 use spec::Backend;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -51,9 +53,9 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 fn key_store(backend: &Backend, data_dir: Option<PathBuf>) -> Result<Box<dyn KeyStore>> {
     Ok(match backend {
         Backend::Default => {
-            let dir = data_dir
-                .or_else(default_data_dir)
-                .ok_or_else(|| anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir"))?;
+            let dir = data_dir.or_else(default_data_dir).ok_or_else(|| {
+                anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir")
+            })?;
             let files = DefaultIdentities::new(&dir).ensure()?;
             Box::new(FileStore::open(&files)?)
         }

@@ -48,11 +48,18 @@ fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
 }
 
 /// `certN` (or `keyN`) values in N order; with `contiguous`, N must run from 1 without gaps.
-fn numbered(props: &mut BTreeMap<String, String>, prefix: &str, contiguous: bool) -> Result<Vec<(usize, String)>> {
+fn numbered(
+    props: &mut BTreeMap<String, String>,
+    prefix: &str,
+    contiguous: bool,
+) -> Result<Vec<(usize, String)>> {
     let mut out: Vec<(usize, String)> = Vec::new();
     let keys: Vec<String> = props
         .keys()
-        .filter(|k| k.strip_prefix(prefix).is_some_and(|n| n.parse::<usize>().is_ok()))
+        .filter(|k| {
+            k.strip_prefix(prefix)
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+        })
         .cloned()
         .collect();
     for k in keys {
@@ -62,7 +69,10 @@ fn numbered(props: &mut BTreeMap<String, String>, prefix: &str, contiguous: bool
     out.sort();
     for (i, (n, _)) in out.iter().enumerate() {
         if contiguous && *n != i + 1 {
-            bail!("{prefix}{} is missing (numbering must start at 1 without gaps)", i + 1);
+            bail!(
+                "{prefix}{} is missing (numbering must start at 1 without gaps)",
+                i + 1
+            );
         }
     }
     Ok(out)
@@ -80,7 +90,12 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
     let pin = props.remove("pin");
     let pin_tries = props
         .remove("pin-tries")
-        .map(|t| t.parse::<u8>().ok().filter(|n| (1..=15).contains(n)).ok_or_else(|| anyhow!("pin-tries={t:?}: expected 1..15")))
+        .map(|t| {
+            t.parse::<u8>()
+                .ok()
+                .filter(|n| (1..=15).contains(n))
+                .ok_or_else(|| anyhow!("pin-tries={t:?}: expected 1..15"))
+        })
         .transpose()?;
     let backend = match props.remove("backend").as_deref() {
         None | Some("default") => {
@@ -164,8 +179,12 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
 /// Reads a secret from a file (its first line) or an environment variable.
 pub fn secret(file: Option<&PathBuf>, env: &str) -> Result<Option<Zeroizing<String>>> {
     if let Some(f) = file {
-        let s = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
-        return Ok(Some(Zeroizing::new(s.lines().next().unwrap_or("").to_string())));
+        let s = Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        );
+        return Ok(Some(Zeroizing::new(
+            s.lines().next().unwrap_or("").to_string(),
+        )));
     }
     if let Ok(v) = std::env::var(env) {
         return Ok(Some(Zeroizing::new(v)));
@@ -187,7 +206,9 @@ mod tests {
 
     #[test]
     fn qemu_syntax() {
-        let s = parse("emulated,backend=certificates,db=sql:/tmp/db,cert1=a,cert2=b,cert3=c,pin=1234").unwrap();
+        let s =
+            parse("emulated,backend=certificates,db=sql:/tmp/db,cert1=a,cert2=b,cert3=c,pin=1234")
+                .unwrap();
         match s.backend {
             Backend::Nss { db, nicknames, .. } => {
                 assert_eq!(db, "sql:/tmp/db");
@@ -196,8 +217,14 @@ mod tests {
             b => panic!("{b:?}"),
         }
         assert_eq!(s.pin.as_deref(), Some("1234"));
-        assert!(matches!(parse("emulated").unwrap().backend, Backend::Default));
-        match parse("emulated,backend=files,cert1=/a.pem,key1=/a.key,cert2=/b.pem").unwrap().backend {
+        assert!(matches!(
+            parse("emulated").unwrap().backend,
+            Backend::Default
+        ));
+        match parse("emulated,backend=files,cert1=/a.pem,key1=/a.key,cert2=/b.pem")
+            .unwrap()
+            .backend
+        {
             Backend::Files(f) => {
                 assert_eq!(f.len(), 2);
                 assert_eq!(f[0].key.as_deref(), Some(std::path::Path::new("/a.key")));
@@ -206,7 +233,9 @@ mod tests {
             b => panic!("{b:?}"),
         }
         assert!(matches!(
-            parse("emulated,backend=pkcs11,uri=pkcs11:token=t?module-path=/m").unwrap().backend,
+            parse("emulated,backend=pkcs11,uri=pkcs11:token=t?module-path=/m")
+                .unwrap()
+                .backend,
             Backend::Pkcs11(..)
         ));
     }
@@ -215,7 +244,10 @@ mod tests {
     fn errors_say_what_is_wrong() {
         for (spec, words) in [
             ("emulated,backend=certificates", "cert1=NICKNAME"),
-            ("emulated,backend=certificates,cert1=a,cert3=c", "cert2 is missing"),
+            (
+                "emulated,backend=certificates,cert1=a,cert3=c",
+                "cert2 is missing",
+            ),
             ("emulated,bogus=1", "unknown card property"),
             ("emulated,cert1=a", "backend=certificates"),
             ("emulated,backend=x", "unknown backend"),

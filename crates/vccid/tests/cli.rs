@@ -8,20 +8,32 @@ fn fails_with(args: &[&str], words: &str) {
     let o = Command::new(VCCID).args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    let line = err.lines().find(|l| l.starts_with("vccid: error:")).unwrap_or_else(|| panic!("{err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("vccid: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains(words), "{line}");
 }
 
 #[test]
 fn missing_nss_database() {
-    fails_with(&["--card", "emulated,backend=certificates,db=sql:/nonexistent,cert1=a"], "certutil -N");
+    fails_with(
+        &[
+            "--card",
+            "emulated,backend=certificates,db=sql:/nonexistent,cert1=a",
+        ],
+        "certutil -N",
+    );
 }
 
 #[test]
 fn unknown_nickname_names_what_the_database_has() {
     let dir = tempfile::tempdir().unwrap();
     testkit::nss_db(dir.path(), None).unwrap();
-    let spec = format!("emulated,backend=certificates,db=sql:{},cert1=nope", dir.path().display());
+    let spec = format!(
+        "emulated,backend=certificates,db=sql:{},cert1=nope",
+        dir.path().display()
+    );
     fails_with(&["--card", &spec], "no certificate \"nope\"");
 }
 
@@ -31,7 +43,11 @@ fn wrong_nss_password() {
     testkit::nss_db(dir.path(), Some("right")).unwrap();
     let pw = dir.path().join("wrong.txt");
     std::fs::write(&pw, "wrong\n").unwrap();
-    let spec = format!("emulated,backend=certificates,db=sql:{},cert1=cert1,password-file={}", dir.path().display(), pw.display());
+    let spec = format!(
+        "emulated,backend=certificates,db=sql:{},cert1=cert1,password-file={}",
+        dir.path().display(),
+        pw.display()
+    );
     fails_with(&["--card", &spec], "wrong PIN/password");
 }
 
@@ -40,7 +56,15 @@ fn bad_card_spec_and_address() {
     fails_with(&["--card", "emulated,backend=bogus"], "unknown backend");
     fails_with(&["--card", "emulated,pin=123456789"], "pin= must be 1 to 8");
     let dir = tempfile::tempdir().unwrap();
-    fails_with(&["--data-dir", dir.path().to_str().unwrap(), "--vpcd", "no-port"], "bad address");
+    fails_with(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--vpcd",
+            "no-port",
+        ],
+        "bad address",
+    );
 }
 
 #[test]
@@ -49,7 +73,10 @@ fn key_that_does_not_match_its_certificate() {
     testkit::openssl_identities(dir.path()).unwrap();
     let d = dir.path().display();
     fails_with(
-        &["--card", &format!("emulated,backend=files,cert1={d}/cert1.crt.pem,key1={d}/cert2.key.pem")],
+        &[
+            "--card",
+            &format!("emulated,backend=files,cert1={d}/cert1.crt.pem,key1={d}/cert2.key.pem"),
+        ],
         "does not belong to certificate",
     );
 }

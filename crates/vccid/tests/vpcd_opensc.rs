@@ -19,11 +19,17 @@ struct Setup {
 }
 
 impl Setup {
-    fn start(card: &str, env: &[(&str, PathBuf)], certs: PathBuf, dirs: Vec<tempfile::TempDir>) -> Setup {
+    fn start(
+        card: &str,
+        env: &[(&str, PathBuf)],
+        certs: PathBuf,
+        dirs: Vec<tempfile::TempDir>,
+    ) -> Setup {
         let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
         let data = pcscd.dir.path().join("data");
         let mut cmd = pcscd.command(VCCID);
-        cmd.args(["--vpcd", "127.0.0.1:35963", "--card", card, "--data-dir"]).arg(&data);
+        cmd.args(["--vpcd", "127.0.0.1:35963", "--card", card, "--data-dir"])
+            .arg(&data);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -31,8 +37,16 @@ impl Setup {
         if let Err(e) = pcscd.wait_card(0, Duration::from_secs(20)) {
             panic!("{e}\nvccid log:\n{}", pcscd.child_log("vccid"));
         }
-        let certs = if certs.as_os_str().is_empty() { data.join("default") } else { certs };
-        Setup { pcscd, certs, _dirs: dirs }
+        let certs = if certs.as_os_str().is_empty() {
+            data.join("default")
+        } else {
+            certs
+        };
+        Setup {
+            pcscd,
+            certs,
+            _dirs: dirs,
+        }
     }
 
     fn default_card() -> Setup {
@@ -40,7 +54,11 @@ impl Setup {
     }
 
     fn tool(&self, program: &str, args: &[&str]) -> std::process::Output {
-        self.pcscd.command(program).args(args).output().expect("tool runs")
+        self.pcscd
+            .command(program)
+            .args(args)
+            .output()
+            .expect("tool runs")
     }
 
     fn p11(&self, args: &[&str]) -> std::process::Output {
@@ -55,7 +73,10 @@ impl Setup {
 }
 
 fn pubkey(cert: &Path, out: &Path) {
-    let o = run(Command::new("openssl").args(["x509", "-pubkey", "-noout", "-in"]).arg(cert)).unwrap();
+    let o = run(Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(cert))
+    .unwrap();
     std::fs::write(out, o.stdout).unwrap();
 }
 
@@ -72,7 +93,10 @@ fn assert_pkcs15_lists_three(s: &Setup) {
         assert!(o.status.success(), "{}", text(&o));
         let pem = s.pcscd.dir.path().join(format!("read{n}.pem"));
         std::fs::write(&pem, &o.stdout).unwrap();
-        let subj = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&pem)).unwrap();
+        let subj = run(Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&pem))
+        .unwrap();
         assert_eq!(text(&subj).trim(), format!("subject=CN = cert{n}"));
     }
 }
@@ -84,8 +108,18 @@ fn assert_sign_verifies(s: &Setup, n: usize) {
     let sig = d.join(format!("sig{n}.bin"));
     std::fs::write(&msg, b"vccid signs this\n").unwrap();
     let o = s.p11(&[
-        "--login", "--pin", PIN, "--sign", "--mechanism", "SHA256-RSA-PKCS", "--id", &format!("000{n}"),
-        "--input-file", msg.to_str().unwrap(), "--output-file", sig.to_str().unwrap(),
+        "--login",
+        "--pin",
+        PIN,
+        "--sign",
+        "--mechanism",
+        "SHA256-RSA-PKCS",
+        "--id",
+        &format!("000{n}"),
+        "--input-file",
+        msg.to_str().unwrap(),
+        "--output-file",
+        sig.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "sign: {}", text(&o));
     let pk = d.join(format!("pub{n}.pem"));
@@ -98,7 +132,11 @@ fn assert_sign_verifies(s: &Setup, n: usize) {
         .arg(&msg)
         .output()
         .unwrap();
-    assert!(v.status.success() && text(&v).contains("Verified OK"), "{}", text(&v));
+    assert!(
+        v.status.success() && text(&v).contains("Verified OK"),
+        "{}",
+        text(&v)
+    );
 }
 
 #[test]
@@ -107,7 +145,10 @@ fn opensc_tool_names_the_cac_and_reads_our_atr() {
     let n = text(&s.tool("opensc-tool", &["-n"]));
     assert!(n.contains("Common Access Card (CAC)"), "{n}");
     let a = text(&s.tool("opensc-tool", &["-a"]));
-    assert!(a.contains("3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34"), "{a}");
+    assert!(
+        a.contains("3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34"),
+        "{a}"
+    );
 }
 
 #[test]
@@ -119,10 +160,20 @@ fn pkcs15_tool_lists_the_default_card() {
 fn pkcs15_tool_lists_pem_files() {
     let dir = tempfile::tempdir().unwrap();
     testkit::openssl_identities(dir.path()).unwrap();
-    let p = |n: usize, k: &str| dir.path().join(format!("cert{n}.{k}.pem")).display().to_string();
+    let p = |n: usize, k: &str| {
+        dir.path()
+            .join(format!("cert{n}.{k}.pem"))
+            .display()
+            .to_string()
+    };
     let spec = format!(
         "emulated,backend=files,cert1={},key1={},cert2={},key2={},cert3={},key3={}",
-        p(1, "crt"), p(1, "key"), p(2, "crt"), p(2, "key"), p(3, "crt"), p(3, "key")
+        p(1, "crt"),
+        p(1, "key"),
+        p(2, "crt"),
+        p(2, "key"),
+        p(3, "crt"),
+        p(3, "key")
     );
     let certs = dir.path().to_path_buf();
     let s = Setup::start(&spec, &[], certs, vec![dir]);
@@ -134,7 +185,10 @@ fn pkcs15_tool_lists_pem_files() {
 fn pkcs15_tool_lists_an_nss_database_and_nss_signs() {
     let dir = tempfile::tempdir().unwrap();
     testkit::nss_db(dir.path(), None).unwrap();
-    let spec = format!("emulated,backend=certificates,db=sql:{},cert1=cert1,cert2=cert2,cert3=cert3", dir.path().display());
+    let spec = format!(
+        "emulated,backend=certificates,db=sql:{},cert1=cert1,cert2=cert2,cert3=cert3",
+        dir.path().display()
+    );
     let certs = dir.path().to_path_buf();
     let s = Setup::start(&spec, &[], certs, vec![dir]);
     assert_pkcs15_lists_three(&s);
@@ -192,8 +246,18 @@ fn pkcs11_decrypt_with_key_three_recovers_openssl_ciphertext() {
         .arg(&ct))
     .unwrap();
     let o = s.p11(&[
-        "--login", "--pin", PIN, "--decrypt", "--mechanism", "RSA-PKCS", "--id", "0003",
-        "--input-file", ct.to_str().unwrap(), "--output-file", pt.to_str().unwrap(),
+        "--login",
+        "--pin",
+        PIN,
+        "--decrypt",
+        "--mechanism",
+        "RSA-PKCS",
+        "--id",
+        "0003",
+        "--input-file",
+        ct.to_str().unwrap(),
+        "--output-file",
+        pt.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&pt).unwrap(), b"the secret 1234567890\n");
@@ -213,10 +277,28 @@ fn pkcs11_tool_test_reports_no_errors() {
 
 /// VERIFY through pcscd with raw APDUs; returns the last "SW1=0x.., SW2=0x.." line.
 fn verify_sw(s: &Setup, pin_hex: &str) -> String {
-    let apdu = if pin_hex.is_empty() { "00 20 00 00".to_string() } else { format!("00 20 00 00 08 {pin_hex}") };
-    let o = s.tool("opensc-tool", &["-r", "0", "-s", "00 A4 04 00 07 A0 00 00 00 79 03 00", "-s", &apdu]);
+    let apdu = if pin_hex.is_empty() {
+        "00 20 00 00".to_string()
+    } else {
+        format!("00 20 00 00 08 {pin_hex}")
+    };
+    let o = s.tool(
+        "opensc-tool",
+        &[
+            "-r",
+            "0",
+            "-s",
+            "00 A4 04 00 07 A0 00 00 00 79 03 00",
+            "-s",
+            &apdu,
+        ],
+    );
     let t = text(&o);
-    t.lines().filter(|l| l.contains("SW1=")).last().unwrap_or_default().trim().to_string()
+    t.lines()
+        .rfind(|l| l.contains("SW1="))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -224,7 +306,11 @@ fn wrong_pins_count_down_block_and_survive_power_cycles() {
     let s = Setup::default_card();
     let wrong = "30 30 30 30 30 30 30 30";
     let right = "31 32 33 34 35 36 37 38";
-    assert!(verify_sw(&s, "").contains("SW1=0x63, SW2=0xC3"), "{}", verify_sw(&s, ""));
+    assert!(
+        verify_sw(&s, "").contains("SW1=0x63, SW2=0xC3"),
+        "{}",
+        verify_sw(&s, "")
+    );
     assert!(verify_sw(&s, wrong).contains("SW1=0x63, SW2=0xC2"));
     // A cold reset does not give the tries back.
     let o = s.tool("opensc-tool", &["-r", "0", "--reset", "cold"]);
@@ -232,14 +318,22 @@ fn wrong_pins_count_down_block_and_survive_power_cycles() {
     assert!(verify_sw(&s, "").contains("SW1=0x63, SW2=0xC2"));
     // OpenSC maps 63Cx to CKR_PIN_INCORRECT.
     let o = s.p11(&["--login", "--pin", "00000000", "--list-objects"]);
-    assert!(!o.status.success() && text(&o).contains("CKR_PIN_INCORRECT"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("CKR_PIN_INCORRECT"),
+        "{}",
+        text(&o)
+    );
     assert!(verify_sw(&s, "").contains("SW1=0x63, SW2=0xC1"));
     // The last wrong try blocks the PIN; the right PIN is then refused.
     assert!(verify_sw(&s, wrong).contains("SW1=0x63, SW2=0xC0"));
     assert!(verify_sw(&s, "").contains("SW1=0x69, SW2=0x83"));
     assert!(verify_sw(&s, right).contains("SW1=0x69, SW2=0x83"));
     let o = s.p11(&["--login", "--pin", PIN, "--list-objects"]);
-    assert!(!o.status.success() && text(&o).contains("CKR_PIN_LOCKED"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("CKR_PIN_LOCKED"),
+        "{}",
+        text(&o)
+    );
     s.tool("opensc-tool", &["-r", "0", "--reset", "cold"]);
     assert!(verify_sw(&s, right).contains("SW1=0x69, SW2=0x83"));
 }
@@ -251,7 +345,8 @@ fn card_leaves_and_returns_when_vccid_restarts() {
     s.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
     let data = s.pcscd.dir.path().join("data");
     let mut cmd = s.pcscd.command(VCCID);
-    cmd.args(["--vpcd", "127.0.0.1:35963", "--data-dir"]).arg(&data);
+    cmd.args(["--vpcd", "127.0.0.1:35963", "--data-dir"])
+        .arg(&data);
     s.pcscd.spawn("vccid2", cmd).unwrap();
     s.pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
     assert_sign_verifies(&s, 1);

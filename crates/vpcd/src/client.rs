@@ -87,7 +87,9 @@ pub async fn serve(card: SharedCard, opts: ClientOptions) {
                 tracing::info!(addr = %opts.addr, "connected to vpcd");
                 announced = false;
                 match session(stream, &card, &mut rx).await {
-                    End::Lost(why) => tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}"),
+                    End::Lost(why) => {
+                        tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}")
+                    }
                     End::Removed => continue,
                 }
             }

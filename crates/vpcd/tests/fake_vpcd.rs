@@ -48,10 +48,16 @@ async fn answers_follows_presence_and_reconnects() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let presence = Presence::new(true);
-    let card = Arc::new(Mutex::new(Echo { presence: presence.clone(), resets: 0 }));
+    let card = Arc::new(Mutex::new(Echo {
+        presence: presence.clone(),
+        resets: 0,
+    }));
     let task = tokio::spawn(vpcd::serve(card.clone(), vpcd::ClientOptions::new(addr)));
 
-    let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ask(&mut s, &[0x04]).await, h("3B 02 14 50"));
     // Power on gets no answer; the next GET ATR is answered and the card was reset once.
     s.write_all(&[0, 1, 1]).await.unwrap();
@@ -62,22 +68,40 @@ async fn answers_follows_presence_and_reconnects() {
     // Removal closes the connection; insertion brings a new one.
     presence.set(false);
     let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "connection closed on removal");
     presence.set(true);
-    let (mut s2, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    let (mut s2, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ask(&mut s2, &[0x04]).await, h("3B 02 14 50"));
 
     // vpcd going away: the client reconnects.
     drop(s2);
-    let (mut s3, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
-    assert_eq!(ask(&mut s3, &h("80 CA 00 00 00")).await, h("80 CA 00 00 00 90 00"));
+    let (mut s3, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ask(&mut s3, &h("80 CA 00 00 00")).await,
+        h("80 CA 00 00 00 90 00")
+    );
 
     // A zero-length message is a protocol error: the client drops that connection only.
     s3.write_all(&[0, 0]).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), s3.read(&mut b)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s3.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0);
-    let (mut s4, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    let (mut s4, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ask(&mut s4, &[0x04]).await, h("3B 02 14 50"));
     task.abort();
 }

@@ -27,11 +27,14 @@ const ACR_ENTRIES: [(u8, &[u8]); 11] = [
     (0x11, &[0x11, 0x00, 0x1D]),
 ];
 
+/// An object's access rules: its OID and (INS, ACRID) pairs.
+type ObjectAcr = ([u8; 2], Vec<(u8, u8)>);
+
 /// One applet of the applet/object table: id, AID, objects as (OID, [(INS, ACRID)]).
 struct AppletAcr {
     id: u8,
     aid: Vec<u8>,
-    objects: Vec<([u8; 2], Vec<(u8, u8)>)>,
+    objects: Vec<ObjectAcr>,
 }
 
 fn aid(rid: [u8; 5], tail: [u8; 2]) -> Vec<u8> {
@@ -41,26 +44,41 @@ fn aid(rid: [u8; 5], tail: [u8; 2]) -> Vec<u8> {
 }
 
 /// Generic containers: UPDATE BUFFER needs ACR 04, READ BUFFER ACR 00.
-fn generic(oid: [u8; 2]) -> ([u8; 2], Vec<(u8, u8)>) {
+fn generic(oid: [u8; 2]) -> ObjectAcr {
     (oid, vec![(0x58, 0x04), (0x52, 0x00)])
 }
 
 fn applet_table(n_pki: usize) -> Vec<AppletAcr> {
     let mut v = vec![
-        AppletAcr { id: 0x1F, aid: ACA_AID.to_vec(), objects: vec![] },
-        AppletAcr { id: 0xF4, aid: aid(RID_GSC, [0xDB, 0x00]), objects: vec![generic([0xDB, 0x00])] },
+        AppletAcr {
+            id: 0x1F,
+            aid: ACA_AID.to_vec(),
+            objects: vec![],
+        },
+        AppletAcr {
+            id: 0xF4,
+            aid: aid(RID_GSC, [0xDB, 0x00]),
+            objects: vec![generic([0xDB, 0x00])],
+        },
     ];
     for (id, tail) in [
         (0x4B, [0x02, 0xFB]),
         (0x41, [0x02, 0x00]),
         (0x42, [0x02, 0x01]),
     ] {
-        v.push(AppletAcr { id, aid: aid(RID_CAC, tail), objects: vec![generic(tail)] });
+        v.push(AppletAcr {
+            id,
+            aid: aid(RID_CAC, tail),
+            objects: vec![generic(tail)],
+        });
     }
     v.push(AppletAcr {
         id: 0x40,
         aid: aid(RID_GSC, [0x30, 0x00]),
-        objects: [[0x30, 0x00], [0x60, 0x10], [0x60, 0x30], [0x90, 0x00]].into_iter().map(generic).collect(),
+        objects: [[0x30, 0x00], [0x60, 0x10], [0x60, 0x30], [0x90, 0x00]]
+            .into_iter()
+            .map(generic)
+            .collect(),
     });
     for (id, tail) in [
         (0x4E, [0x02, 0xFE]),
@@ -71,14 +89,21 @@ fn applet_table(n_pki: usize) -> Vec<AppletAcr> {
         (0x44, [0x12, 0x01]),
         (0x45, [0x12, 0x02]),
     ] {
-        v.push(AppletAcr { id, aid: aid(RID_CAC, tail), objects: vec![generic(tail)] });
+        v.push(AppletAcr {
+            id,
+            aid: aid(RID_CAC, tail),
+            objects: vec![generic(tail)],
+        });
     }
     for i in 0..n_pki {
         v.push(AppletAcr {
             id: 0x61 + i as u8,
             aid: aid(RID_CAC, [0x01, i as u8]),
             objects: vec![
-                ([0x01, i as u8], vec![(0x58, 0x04), (0x52, 0x00), (0x42, 0x06)]),
+                (
+                    [0x01, i as u8],
+                    vec![(0x58, 0x04), (0x52, 0x00), (0x42, 0x06)],
+                ),
                 ([0xFF, 0xFF], vec![(0x20, 0x10)]),
             ],
         });
@@ -137,7 +162,13 @@ pub fn get_acr(p1: u8, p2: u8, data: &[u8], n_pki: usize) -> Result<Vec<u8>, Sw>
     if p2 != 0 {
         return Err(Sw::INCORRECT_P1P2);
     }
-    let need = |n: usize| if data.len() == n { Ok(()) } else { Err(Sw::DATA_INVALID) };
+    let need = |n: usize| {
+        if data.len() == n {
+            Ok(())
+        } else {
+            Err(Sw::DATA_INVALID)
+        }
+    };
     match p1 {
         0x00 => {
             need(0)?;
@@ -149,7 +180,10 @@ pub fn get_acr(p1: u8, p2: u8, data: &[u8], n_pki: usize) -> Result<Vec<u8>, Sw>
         }
         0x01 => {
             need(1)?;
-            let (_, e) = ACR_ENTRIES.iter().find(|(id, _)| *id == data[0]).ok_or(Sw::REFERENCE_NOT_FOUND)?;
+            let (_, e) = ACR_ENTRIES
+                .iter()
+                .find(|(id, _)| *id == data[0])
+                .ok_or(Sw::REFERENCE_NOT_FOUND)?;
             let mut out = header(0xA1, 1);
             push(&mut out, 0xA0, e);
             Ok(out)
@@ -176,7 +210,10 @@ pub fn get_acr(p1: u8, p2: u8, data: &[u8], n_pki: usize) -> Result<Vec<u8>, Sw>
         0x11 => {
             need(7)?;
             let table = applet_table(n_pki);
-            let a = table.iter().find(|a| a.aid == data).ok_or(Sw::REFERENCE_NOT_FOUND)?;
+            let a = table
+                .iter()
+                .find(|a| a.aid == data)
+                .ok_or(Sw::REFERENCE_NOT_FOUND)?;
             let mut out = header(0x81, 1);
             applet_entry(&mut out, a);
             Ok(out)
@@ -226,7 +263,11 @@ pub fn get_acr(p1: u8, p2: u8, data: &[u8], n_pki: usize) -> Result<Vec<u8>, Sw>
             need(0)?;
             // The 42 bytes libcacard copied from a real card (libcacard.md §4.4).
             let mut out = Vec::new();
-            for (provider, tail) in [(0x1F, [0x12, 0, 0, 0]), (0x1E, [0x10, 0x01, 0, 0]), (0x1D, [0x01, 0, 0, 0])] {
+            for (provider, tail) in [
+                (0x1F, [0x12, 0, 0, 0]),
+                (0x1E, [0x10, 0x01, 0, 0]),
+                (0x1D, [0x01, 0, 0, 0]),
+            ] {
                 out.extend_from_slice(&[provider, 0x00, 0x07]);
                 out.extend_from_slice(&ACA_AID);
                 out.extend_from_slice(&tail);

@@ -258,7 +258,12 @@ impl CacCard {
             ));
         }
         // FCI stub: 6F { 84 AID, A5 {} } (libcacard.md §1.6).
-        let mut fci = vec![0x6F, (applet.aid.len() + 4) as u8, 0x84, applet.aid.len() as u8];
+        let mut fci = vec![
+            0x6F,
+            (applet.aid.len() + 4) as u8,
+            0x84,
+            applet.aid.len() as u8,
+        ];
         fci.extend_from_slice(&applet.aid);
         fci.extend_from_slice(&[0xA5, 0x00]);
         Answer::Data(fci)
@@ -277,7 +282,11 @@ impl CacCard {
             });
         }
         // CAC pads the PIN to 8 bytes with FF.
-        let end = cmd.data.iter().rposition(|b| *b != 0xFF).map_or(0, |p| p + 1);
+        let end = cmd
+            .data
+            .iter()
+            .rposition(|b| *b != 0xFF)
+            .map_or(0, |p| p + 1);
         self.logged_in = false;
         match self.pin.verify(&cmd.data[..end]) {
             PinVerify::Ok => {

@@ -23,7 +23,9 @@ fn card() -> CacCard {
 }
 
 fn cert(i: usize) -> Vec<u8> {
-    FileStore::open(identities()).unwrap().identities()[i].cert_der.clone()
+    FileStore::open(identities()).unwrap().identities()[i]
+        .cert_der
+        .clone()
 }
 
 /// Sends each command and compares the whole answer as spaced hex.
@@ -46,7 +48,10 @@ const LOGIN: &str = "00 20 00 00 08 31 32 33 34 35 36 37 38";
 #[test]
 fn atr_and_power_cycle() {
     let mut c = card();
-    assert_eq!(spaced(&c.power_on()), "3B 7A 18 00 00 73 66 74 65 20 63 64 31 34 34");
+    assert_eq!(
+        spaced(&c.power_on()),
+        "3B 7A 18 00 00 73 66 74 65 20 63 64 31 34 34"
+    );
     assert_eq!(c.atr(), c.reset());
     assert!(c.presence().is_present());
 }
@@ -59,10 +64,16 @@ fn select_ccc_and_get_response() {
         &[
             ("80 56 01 00 00", "69 00"),
             (SELECT_CCC, "61 0D"),
-            ("00 C0 00 00 0D", "6F 0B 84 07 A0 00 00 01 16 DB 00 A5 00 90 00"),
+            (
+                "00 C0 00 00 0D",
+                "6F 0B 84 07 A0 00 00 01 16 DB 00 A5 00 90 00",
+            ),
             ("00 C0 00 00 0D", "6A 88"),
             ("00 A4 04 0C 07 A0 00 00 01 16 DB 00", "61 0D"),
-            ("00 A4 04 00 07 A0 00 00 01 16 DB 00 00", "6F 0B 84 07 A0 00 00 01 16 DB 00 A5 00 90 00"),
+            (
+                "00 A4 04 00 07 A0 00 00 01 16 DB 00 00",
+                "6F 0B 84 07 A0 00 00 01 16 DB 00 A5 00 90 00",
+            ),
         ],
     );
 }
@@ -150,7 +161,9 @@ fn pki_properties_and_buffers() {
     let mut off = 0;
     while off < total {
         let k = (total - off).min(240);
-        let cmd = apdu::CommandBuf::new(0, 0x52, (off >> 8) as u8, off as u8).data(vec![0x02, k as u8]).le(k as u32);
+        let cmd = apdu::CommandBuf::new(0, 0x52, (off >> 8) as u8, off as u8)
+            .data(vec![0x02, k as u8])
+            .le(k as u32);
         let r = c.transmit(&cmd.to_bytes().unwrap());
         assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
         v.extend_from_slice(&r[..r.len() - 2]);
@@ -196,14 +209,19 @@ fn verify_counts_tries_and_blocks() {
 #[test]
 fn pin_padding_and_logout_on_power_cycle() {
     let mut c = card();
-    transcript(&mut c, &[("00 20 00 00 08 31 32 33 34 35 36 37 38", "90 00")]);
+    transcript(
+        &mut c,
+        &[("00 20 00 00 08 31 32 33 34 35 36 37 38", "90 00")],
+    );
     assert!(c.is_logged_in());
     c.power_off();
     assert!(!c.is_logged_in());
     c.power_on();
     // 8-byte FF padding is stripped; the counter returns to 3 after success.
-    let mut cfg = CacConfig::default();
-    cfg.pin = zeroize::Zeroizing::new(b"1234".to_vec());
+    let cfg = CacConfig {
+        pin: zeroize::Zeroizing::new(b"1234".to_vec()),
+        ..Default::default()
+    };
     let mut c2 = CacCard::new(Box::new(FileStore::open(identities()).unwrap()), &cfg).unwrap();
     transcript(
         &mut c2,
@@ -218,23 +236,41 @@ fn pin_padding_and_logout_on_power_cycle() {
 fn spki_der(cert: &[u8]) -> Vec<u8> {
     use der::{Decode, Encode};
     let c = x509_cert::Certificate::from_der(cert).unwrap();
-    c.tbs_certificate().subject_public_key_info().to_der().unwrap()
+    c.tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .unwrap()
 }
 
 fn verify_sig(cert: &[u8], msg: &[u8], sig: &[u8]) {
     use der::Decode;
     let c = x509_cert::Certificate::from_der(cert).unwrap();
-    let pk = c.tbs_certificate().subject_public_key_info().subject_public_key.raw_bytes().to_vec();
-    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, pk)
-        .verify(msg, sig)
-        .expect("signature verifies with the certificate's key");
+    let pk = c
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        pk,
+    )
+    .verify(msg, sig)
+    .expect("signature verifies with the certificate's key");
 }
 
 #[test]
 fn sign_one_shot_and_chained() {
     let mut c = card();
     let block = crate::keystore::testutil::pkcs1_sha256_block(b"data to sign", 256);
-    transcript(&mut c, &[(SELECT_ACA, "61 0D"), (LOGIN, "90 00"), (SELECT_PKI0, "61 0D")]);
+    transcript(
+        &mut c,
+        &[
+            (SELECT_ACA, "61 0D"),
+            (LOGIN, "90 00"),
+            (SELECT_PKI0, "61 0D"),
+        ],
+    );
     let mut one = h("80 42 00 00 00 01 00");
     one.extend_from_slice(&block);
     assert_eq!(spaced(&c.transmit(&one)), "61 00");
@@ -264,7 +300,13 @@ fn decrypt_recovers_pkcs1_plaintext() {
     let enc = aws_lc_rs::rsa::Pkcs1PublicEncryptingKey::new(key).unwrap();
     let mut ct = vec![0u8; 256];
     let ct = enc.encrypt(b"1234567890\n", &mut ct).unwrap().to_vec();
-    transcript(&mut c, &[(LOGIN, "90 00"), ("00 A4 04 00 07 A0 00 00 00 79 01 02", "61 0D")]);
+    transcript(
+        &mut c,
+        &[
+            (LOGIN, "90 00"),
+            ("00 A4 04 00 07 A0 00 00 00 79 01 02", "61 0D"),
+        ],
+    );
     let mut cmd = h("80 42 00 00 00 01 00");
     cmd.extend_from_slice(&ct);
     assert_eq!(spaced(&c.transmit(&cmd)), "61 00");
@@ -318,7 +360,10 @@ fn get_challenge_works_everywhere() {
     assert_ne!(a, b);
     transcript(&mut c, &[(SELECT_PKI0, "61 0D")]);
     assert_eq!(tx(&mut c, "00 84 00 00 00").len(), 258);
-    transcript(&mut c, &[("00 84 00 00", "67 00"), ("00 84 01 00 08", "6A 86")]);
+    transcript(
+        &mut c,
+        &[("00 84 00 00", "67 00"), ("00 84 01 00 08", "6A 86")],
+    );
 }
 
 #[test]
@@ -375,13 +420,28 @@ fn aca_properties_and_acr_tables() {
             ("80 58 00 00 00", "6D 00"),
         ],
     );
-    for p1 in ["11 00 07 A0 00 00 00 79 12 02", "20 00", "21 00", "40 00", "41 00", "50 00", "61 00"] {
+    for p1 in [
+        "11 00 07 A0 00 00 00 79 12 02",
+        "20 00",
+        "21 00",
+        "40 00",
+        "41 00",
+        "50 00",
+        "61 00",
+    ] {
         let r = tx(&mut c, &format!("80 4C {p1} 00"));
-        assert_eq!(&r[r.len() - 2..], &[0x90, 0x00], "GET ACR {p1}: {}", spaced(&r));
+        assert_eq!(
+            &r[r.len() - 2..],
+            &[0x90, 0x00],
+            "GET ACR {p1}: {}",
+            spaced(&r)
+        );
     }
     // The service table lists the static applets and the three PKI applets (93 entries).
     let r = tx(&mut c, "80 4C 21 00 00");
-    let entries = apdu::simpletlv::iter(&r[..r.len() - 2]).filter(|t| t.as_ref().unwrap().tag == 0x93).count();
+    let entries = apdu::simpletlv::iter(&r[..r.len() - 2])
+        .filter(|t| t.as_ref().unwrap().tag == 0x93)
+        .count();
     assert_eq!(entries, 15);
 }
 
@@ -451,9 +511,18 @@ fn libcacard_invalid_apdu_suite() {
 fn empty_and_passthrough_applets() {
     let mut c = card();
     for (aid, props) in [
-        ("02 FB", "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 02 FB 42 05 01 60 00 60 00 26 01 01"),
-        ("12 01", "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 12 01 42 05 01 60 00 60 00 26 01 01"),
-        ("02 00", "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 02 00 42 05 00 60 00 60 00 26 01 01"),
+        (
+            "02 FB",
+            "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 02 FB 42 05 01 60 00 60 00 26 01 01",
+        ),
+        (
+            "12 01",
+            "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 12 01 42 05 01 60 00 60 00 26 01 01",
+        ),
+        (
+            "02 00",
+            "01 05 10 02 06 02 03 40 01 01 50 0E 41 02 02 00 42 05 00 60 00 60 00 26 01 01",
+        ),
         ("02 F1", "01 05 10 02 06 02 03 40 01 00"),
     ] {
         transcript(
@@ -529,13 +598,22 @@ fn too_many_or_no_certificates() {
         }
     }
     let one = FileStore::open(identities()).unwrap().identities()[0].clone();
-    assert!(matches!(CacCard::new(Box::new(Many(vec![])), &CacConfig::default()), Err(CacError::NoIdentities)));
+    assert!(matches!(
+        CacCard::new(Box::new(Many(vec![])), &CacConfig::default()),
+        Err(CacError::NoIdentities)
+    ));
     assert!(matches!(
         CacCard::new(Box::new(Many(vec![one.clone(); 17])), &CacConfig::default()),
         Err(CacError::TooMany(17))
     ));
     let mut c = CacCard::new(Box::new(Many(vec![one; 16])), &CacConfig::default()).unwrap();
-    transcript(&mut c, &[("00 A4 04 00 07 A0 00 00 00 79 01 0F", "61 0D"), ("00 A4 04 00 07 A0 00 00 00 79 01 10", "6A 82")]);
+    transcript(
+        &mut c,
+        &[
+            ("00 A4 04 00 07 A0 00 00 00 79 01 0F", "61 0D"),
+            ("00 A4 04 00 07 A0 00 00 00 79 01 10", "6A 82"),
+        ],
+    );
 }
 
 mod properties {

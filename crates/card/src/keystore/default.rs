@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 /// The user's data directory for vccid: `$VCCID_DATA_DIR`, else `$XDG_DATA_HOME/vccid`, else
 /// `$HOME/.local/share/vccid` (XDG Base Directory Specification).
 pub fn default_data_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("VCCID_DATA_DIR")
         .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("vccid")))
         .or_else(|| env("HOME").map(|h| h.join(".local/share/vccid")))
@@ -123,7 +127,10 @@ mod tests {
         let d = DefaultIdentities::new(dir.path());
         let files = d.ensure().unwrap();
         assert_eq!(files.len(), 3);
-        let mode = std::fs::metadata(files[0].key.as_ref().unwrap()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(files[0].key.as_ref().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let first = std::fs::read(&files[1].cert).unwrap();
         let again = d.ensure().unwrap();

@@ -43,10 +43,14 @@ fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<Vec<u8>>)> {
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after = &rest[start..];
-        let Some(label_end) = after[11..].find("-----") else { break };
+        let Some(label_end) = after[11..].find("-----") else {
+            break;
+        };
         let label = after[11..11 + label_end].to_string();
         let end_marker = format!("-----END {label}-----");
-        let Some(end) = after.find(&end_marker) else { break };
+        let Some(end) = after.find(&end_marker) else {
+            break;
+        };
         let block = &after[..end + end_marker.len()];
         if let Ok((_, der)) = der::pem::decode_vec(block.as_bytes()) {
             out.push((label, Zeroizing::new(der)));
@@ -114,7 +118,10 @@ impl FileStore {
             if !cert_has_modulus(&id.cert_der, &key.modulus()) {
                 return Err(file_err(
                     key_path,
-                    format!("this key does not belong to certificate {}", f.cert.display()),
+                    format!(
+                        "this key does not belong to certificate {}",
+                        f.cert.display()
+                    ),
                 ));
             }
             identities.push(id);
@@ -156,7 +163,11 @@ mod tests {
         assert!(pem_blocks("-----BEGIN A-----\nAAEC\n").is_empty());
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let e = FileStore::open(&[FileIdentity { cert: missing, key: None }]).unwrap_err();
+        let e = FileStore::open(&[FileIdentity {
+            cert: missing,
+            key: None,
+        }])
+        .unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
     }
 }

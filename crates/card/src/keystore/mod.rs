@@ -90,7 +90,8 @@ pub trait KeyStore: Send {
 /// RFC 8017 A.1.1). Errors for anything but an RSA key.
 pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
     use der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
     let spki = &cert.tbs_certificate().subject_public_key_info();
     const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -117,7 +118,9 @@ pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
         None => return Err("RSA modulus is zero".into()),
     };
     if !(1024..=4096).contains(&bits) {
-        return Err(format!("RSA modulus of {bits} bits (the card takes 1024..4096)"));
+        return Err(format!(
+            "RSA modulus of {bits} bits (the card takes 1024..4096)"
+        ));
     }
     Ok(bits)
 }

@@ -57,7 +57,11 @@ const SOFTOKN_PATHS: &[&str] = &[
 impl Pkcs11Config {
     /// An NSS database (`sql:DIR`, `dbm:DIR` or a bare directory) opened read-only through
     /// softokn's internal key token ("NSS Certificate DB"), with certificates chosen by nickname.
-    pub fn nss(db: &str, nicknames: Vec<String>, password: Option<Zeroizing<String>>) -> Result<Self, KeyError> {
+    pub fn nss(
+        db: &str,
+        nicknames: Vec<String>,
+        password: Option<Zeroizing<String>>,
+    ) -> Result<Self, KeyError> {
         let dir = db
             .strip_prefix("sql:")
             .or_else(|| db.strip_prefix("dbm:"))
@@ -109,7 +113,9 @@ impl Pkcs11Config {
             id: None,
         };
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (k, v) = attr.split_once('=').ok_or_else(|| bad(format!("attribute {attr:?} has no '='")))?;
+            let (k, v) = attr
+                .split_once('=')
+                .ok_or_else(|| bad(format!("attribute {attr:?} has no '='")))?;
             let v = percent_decode(v).ok_or_else(|| bad(format!("bad %-escape in {attr:?}")))?;
             let text = || String::from_utf8_lossy(&v).into_owned();
             match k {
@@ -117,18 +123,28 @@ impl Pkcs11Config {
                 "serial" => cfg.token = TokenSelector::Serial(text()),
                 "slot-id" => {
                     cfg.token = TokenSelector::SlotId(
-                        text().parse().map_err(|_| bad(format!("slot-id {:?} is not a number", text())))?,
+                        text()
+                            .parse()
+                            .map_err(|_| bad(format!("slot-id {:?} is not a number", text())))?,
                     )
                 }
                 "object" => cfg.labels = vec![text()],
                 "id" => cfg.id = Some(v),
-                "type" | "manufacturer" | "model" | "library-manufacturer" | "library-description"
-                | "library-version" | "slot-description" | "slot-manufacturer" => {}
+                "type"
+                | "manufacturer"
+                | "model"
+                | "library-manufacturer"
+                | "library-description"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer" => {}
                 _ => return Err(bad(format!("unknown attribute {k:?}"))),
             }
         }
         for attr in query.split('&').filter(|a| !a.is_empty()) {
-            let (k, v) = attr.split_once('=').ok_or_else(|| bad(format!("query {attr:?} has no '='")))?;
+            let (k, v) = attr
+                .split_once('=')
+                .ok_or_else(|| bad(format!("query {attr:?} has no '='")))?;
             let v = String::from_utf8_lossy(
                 &percent_decode(v).ok_or_else(|| bad(format!("bad %-escape in {attr:?}")))?,
             )
@@ -140,7 +156,9 @@ impl Pkcs11Config {
                     let path = v.strip_prefix("file:").unwrap_or(&v);
                     let pin = std::fs::read_to_string(path)
                         .map_err(|e| bad(format!("pin-source {path}: {e}")))?;
-                    cfg.pin = Some(Zeroizing::new(pin.trim_end_matches(['\n', '\r']).to_string()));
+                    cfg.pin = Some(Zeroizing::new(
+                        pin.trim_end_matches(['\n', '\r']).to_string(),
+                    ));
                 }
                 _ => return Err(bad(format!("unknown query attribute {k:?}"))),
             }
@@ -201,7 +219,9 @@ impl Pkcs11Store {
         let reserved = cfg
             .init_reserved
             .as_ref()
-            .map(|s| CString::new(s.as_str()).map_err(|_| KeyError::Pkcs11("NUL in init string".into())))
+            .map(|s| {
+                CString::new(s.as_str()).map_err(|_| KeyError::Pkcs11("NUL in init string".into()))
+            })
             .transpose()?;
         let args = match &reserved {
             // SAFETY: the string outlives C_Initialize (it lives until the end of this
@@ -239,7 +259,11 @@ impl Pkcs11Store {
                 "no token matches {:?} in {}; tokens: {}",
                 cfg.token,
                 cfg.module.display(),
-                if seen.is_empty() { "none".into() } else { seen.join(", ") }
+                if seen.is_empty() {
+                    "none".into()
+                } else {
+                    seen.join(", ")
+                }
             ))
         })?;
         let session = ctx.open_ro_session(slot).map_err(p11("C_OpenSession"))?;
@@ -249,9 +273,15 @@ impl Pkcs11Store {
                     "token {label:?} needs its PIN: give token-pin-file=FILE or VCCID_TOKEN_PIN"
                 ))
             })?;
-            match session.login(UserType::User, Some(&AuthPin::from(pin.as_str().to_string()))) {
+            match session.login(
+                UserType::User,
+                Some(&AuthPin::from(pin.as_str().to_string())),
+            ) {
                 Ok(()) => {}
-                Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserAlreadyLoggedIn,
+                    _,
+                )) => {}
                 Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::PinIncorrect, _)) => {
                     return Err(KeyError::Pkcs11(format!(
                         "wrong PIN/password for token {label:?}"
@@ -282,7 +312,14 @@ fn list_identities(
     let mut all = Vec::new();
     for h in certs {
         let attrs = session
-            .get_attributes(h, &[AttributeType::Value, AttributeType::Id, AttributeType::Label])
+            .get_attributes(
+                h,
+                &[
+                    AttributeType::Value,
+                    AttributeType::Id,
+                    AttributeType::Label,
+                ],
+            )
             .map_err(p11("C_GetAttributeValue"))?;
         let (mut value, mut id, mut label) = (None, None, String::new());
         for a in attrs {
@@ -307,14 +344,20 @@ fn list_identities(
     } else {
         let mut v = Vec::new();
         for want in &cfg.labels {
-            let hit = all.iter().find(|(l, id, _)| l == want && cfg.id.as_ref().is_none_or(|w| w == id));
+            let hit = all
+                .iter()
+                .find(|(l, id, _)| l == want && cfg.id.as_ref().is_none_or(|w| w == id));
             match hit {
                 Some(c) => v.push(c.clone()),
                 None => {
                     let names: Vec<&str> = all.iter().map(|c| c.0.as_str()).collect();
                     return Err(KeyError::NotFound(format!(
                         "no certificate {want:?} in token {token:?}; it has: {}",
-                        if names.is_empty() { "no certificates".into() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "no certificates".into()
+                        } else {
+                            names.join(", ")
+                        }
                     )));
                 }
             }
@@ -325,7 +368,10 @@ fn list_identities(
     let mut keys = Vec::new();
     for (label, id, value) in chosen {
         let key = session
-            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.clone())])
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.clone()),
+            ])
             .map_err(p11("C_FindObjects"))?;
         let Some(key) = key.first().copied() else {
             if cfg.labels.is_empty() {
@@ -374,7 +420,10 @@ impl KeyStore for Pkcs11Store {
             .ok_or_else(|| KeyError::NotFound(format!("no key {index}")))?;
         let k = self.identities[index].modulus_len();
         if input.len() != k {
-            return Err(KeyError::BadInput(format!("{} bytes for a {k}-byte modulus", input.len())));
+            return Err(KeyError::BadInput(format!(
+                "{} bytes for a {k}-byte modulus",
+                input.len()
+            )));
         }
         if self.raw_ok {
             match self.session.decrypt(&Mechanism::RsaX509, key, input) {
@@ -388,7 +437,8 @@ impl KeyStore for Pkcs11Store {
                     return Ok(Zeroizing::new(out));
                 }
                 Err(cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::MechanismInvalid | cryptoki::error::RvError::KeyFunctionNotPermitted,
+                    cryptoki::error::RvError::MechanismInvalid
+                    | cryptoki::error::RvError::KeyFunctionNotPermitted,
                     _,
                 )) => {
                     tracing::info!("token has no raw RSA (CKM_RSA_X_509); using CKM_RSA_PKCS");
@@ -405,7 +455,12 @@ impl KeyStore for Pkcs11Store {
 /// anything else is decrypted with CKM_RSA_PKCS and re-wrapped as a type-2 block with random
 /// non-zero padding (libcacard.md §1.11, minus its constant 0x03 padding). PSS and raw X.509
 /// blocks cannot be served this way; they get an error.
-fn pkcs1_fallback(session: &Session, key: ObjectHandle, input: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+fn pkcs1_fallback(
+    session: &Session,
+    key: ObjectHandle,
+    input: &[u8],
+    k: usize,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     if input.len() > 2 && input[0] == 0 && input[1] == 1 {
         let pad = input[2..].iter().take_while(|b| **b == 0xFF).count();
         let sep = 2 + pad;
@@ -415,9 +470,15 @@ fn pkcs1_fallback(session: &Session, key: ObjectHandle, input: &[u8], k: usize) 
                 .map(Zeroizing::new)
                 .map_err(map_rv);
         }
-        return Err(KeyError::BadInput("not a PKCS#1 type-1 block and the token has no raw RSA".into()));
+        return Err(KeyError::BadInput(
+            "not a PKCS#1 type-1 block and the token has no raw RSA".into(),
+        ));
     }
-    let msg = Zeroizing::new(session.decrypt(&Mechanism::RsaPkcs, key, input).map_err(map_rv)?);
+    let msg = Zeroizing::new(
+        session
+            .decrypt(&Mechanism::RsaPkcs, key, input)
+            .map_err(map_rv)?,
+    );
     if msg.len() + 11 > k {
         return Err(KeyError::BadInput("decrypted message too long".into()));
     }
@@ -427,7 +488,8 @@ fn pkcs1_fallback(session: &Session, key: ObjectHandle, input: &[u8], k: usize) 
     for b in &mut out[2..pad_end] {
         let mut r = [0u8];
         loop {
-            aws_lc_rs::rand::fill(&mut r).map_err(|_| KeyError::Pkcs11("no random numbers".into()))?;
+            aws_lc_rs::rand::fill(&mut r)
+                .map_err(|_| KeyError::Pkcs11("no random numbers".into()))?;
             if r[0] != 0 {
                 break;
             }
@@ -458,7 +520,9 @@ mod tests {
         assert!(Pkcs11Config::from_uri("pkcs11:bogus=1?module-path=/m").is_err());
         assert!(Pkcs11Config::from_uri("pkcs11:token=%G1?module-path=/m").is_err());
         assert_eq!(
-            Pkcs11Config::from_uri("pkcs11:slot-id=5?module-path=/m").unwrap().token,
+            Pkcs11Config::from_uri("pkcs11:slot-id=5?module-path=/m")
+                .unwrap()
+                .token,
             TokenSelector::SlotId(5)
         );
     }
@@ -466,7 +530,8 @@ mod tests {
     #[test]
     fn nss_without_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Pkcs11Config::nss(&format!("sql:{}", dir.path().display()), vec![], None).unwrap_err();
+        let e =
+            Pkcs11Config::nss(&format!("sql:{}", dir.path().display()), vec![], None).unwrap_err();
         assert!(e.to_string().contains("certutil -N"), "{e}");
     }
 }

@@ -120,7 +120,9 @@ mod tests {
             &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
             kp.public_key().as_ref(),
         );
-        verifier.verify(msg, &sig).expect("raw private op gives a valid PKCS#1 signature");
+        verifier
+            .verify(msg, &sig)
+            .expect("raw private op gives a valid PKCS#1 signature");
         assert!(key.private_raw(&block[1..]).is_err());
         assert!(key.private_raw(&[0xFF; 256]).is_err());
         assert_eq!(key.modulus().len(), 256);
