@@ -32,7 +32,8 @@ until opensc-tool -l 2>/dev/null | grep -q '^1 .*Yes'; do sleep 0.05; done
 echo "== through pcscd + vpcd"
 echo "start to card present in pcscd: $(( (t1 - t0) / 1000000 )) ms (pcscd polls vpcd every 400 ms)"
 N=2000
-args=(); for _ in $(seq $N); do args+=(-s "00 A4 04 00 07 A0 00 00 01 16 DB 00 00"); done
+# VERIFY status (case 1): one exchange on both cards, no 61xx/GET RESPONSE round trip.
+args=(); for _ in $(seq $N); do args+=(-s "00 20 00 00"); done
 rate() { local r=$1 s e; s=$(date +%s%N); opensc-tool -r "$r" "${args[@]}" >/dev/null 2>&1; e=$(date +%s%N); echo $(( N * 1000000000 / (e - s) )); }
 for round in 1 2 3; do
   ours=$(rate 0); inst=$(rate 1)
