@@ -168,32 +168,19 @@ impl PrivatePcscd {
 
     /// Waits until reader `index` shows a card in `opensc-tool -l`.
     pub fn wait_card(&self, index: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let want = format!("{index} ");
-        loop {
-            let out = self
-                .command("opensc-tool")
-                .arg("-l")
-                .output()
-                .map_err(|e| e.to_string())?;
-            let t = String::from_utf8_lossy(&out.stdout);
-            if t.lines().any(|l| l.starts_with(&want) && l.contains("Yes")) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no card in reader {index} after {timeout:?}:\n{t}\npcscd: {}",
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_reader(index, true, timeout)
     }
 
     /// Waits until reader `index` shows no card.
     pub fn wait_no_card(&self, index: usize, timeout: Duration) -> Result<()> {
+        self.wait_reader(index, false, timeout)
+    }
+
+    /// Polls `opensc-tool -l` until reader `index` says "Yes" (card present) or "No".
+    fn wait_reader(&self, index: usize, present: bool, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let want = format!("{index} ");
+        let word = if present { "Yes" } else { "No" };
         loop {
             let out = self
                 .command("opensc-tool")
@@ -201,12 +188,13 @@ impl PrivatePcscd {
                 .output()
                 .map_err(|e| e.to_string())?;
             let t = String::from_utf8_lossy(&out.stdout);
-            if t.lines().any(|l| l.starts_with(&want) && l.contains("No")) {
+            if t.lines().any(|l| l.starts_with(&want) && l.contains(word)) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "card still in reader {index} after {timeout:?}:\n{t}"
+                    "reader {index} did not show {word} for a card after {timeout:?}:\n{t}\npcscd: {}",
+                    self.log()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
