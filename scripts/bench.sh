@@ -1,48 +1,97 @@
 #!/usr/bin/env bash
-# Benchmarks, each beside its reference measured in the same run:
-#  1. the card engine in-process (cargo bench -p card) and `openssl speed rsa2048`;
-#  2. through a private pcscd + vpcd: APDU round trips per second of vccid's card against a
-#     card that answers instantly (vpcd example instant_card), whole-process times of
-#     `pkcs15-tool -D` and one `pkcs11-tool --sign`, vccid's idle RSS, and the time from
-#     starting vccid to the card being present in pcscd.
-# Timings here are figures for the README, never pass/fail checks.
+# Benchmarks, each beside its reference peer measured in the same run (figures for the
+# README; never pass/fail checks). Needs root (a private pcscd) and installs what it needs.
+#  1. in-process: vccid's card (cargo bench -p card: AWS-LC keys, an NSS database, a SoftHSM2
+#     token) against libcacard's card on the same NSS database (bench/libcacard_card.c, built
+#     here against Debian's libcacard-dev) and `openssl speed rsa2048`;
+#  2. through one private pcscd + vpcd: APDU round trips of vccid against a card that answers
+#     instantly; then vccid and libcacard on the same NSS database side by side: round trips,
+#     whole-process `pkcs15-tool -D` and `pkcs11-tool --sign`; vccid's idle RSS and its time
+#     from start to card present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+W=${BENCH_WORK:-$(mktemp -d)}
+export BENCH_WORK=$W
 if [ -z "${BENCH_IN_NS:-}" ]; then
+  need=(pcscd vsmartcard-vpcd opensc libnss3-tools softhsm2 libcacard-dev pkgconf gcc iproute2)
+  missing=(); for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+  [ "${#missing[@]}" -eq 0 ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
   cargo build -q --release -p vccid -p vpcd --examples --bins
-  echo "== in-process"
-  cargo bench -q -p card 2>/dev/null | grep -E '^(read_certs|select|sign):'
+  gcc -O2 -Wall -o "$W/libcacard_card" bench/libcacard_card.c $(pkg-config --cflags --libs libcacard)
+  # The seed's NSS database, and a SoftHSM2 token with the same three identities.
+  mkdir -p "$W/nss" "$W/hsm/tokens"
+  certutil -N -d "sql:$W/nss" --empty-password
+  head -c 2048 /dev/urandom > "$W/noise"
+  for n in 1 2 3; do
+    certutil -d "sql:$W/nss" -x -t CT,CT,CT -S -s "CN=cert$n" -n "cert$n" -k rsa -g 2048 -v 12 -Z SHA256 -m "10$n" -z "$W/noise" </dev/null >/dev/null 2>&1
+  done
+  export SOFTHSM2_CONF=$W/hsm/softhsm2.conf
+  echo "directories.tokendir = $W/hsm/tokens" > "$SOFTHSM2_CONF"
+  softhsm2-util --init-token --free --label bench --so-pin 12345678 --pin 77777777 >/dev/null
+  for n in 1 2 3; do
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=cert$n" -keyout "$W/hsm/k$n.pem" -out "$W/hsm/c$n.pem" 2>/dev/null
+    openssl x509 -outform DER -in "$W/hsm/c$n.pem" -out "$W/hsm/c$n.der"
+    softhsm2-util --import "$W/hsm/k$n.pem" --token bench --label "cert$n" --id "0$n" --pin 77777777 >/dev/null
+    pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label bench --login --pin 77777777 \
+      --write-object "$W/hsm/c$n.der" --type cert --id "0$n" --label "cert$n" >/dev/null 2>&1
+  done
+  echo "== in-process: vccid's card"
+  VCCID_BENCH_NSS_DB="sql:$W/nss" \
+  VCCID_BENCH_PKCS11_URI="pkcs11:token=bench?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=77777777" \
+    cargo bench -q -p card 2>/dev/null | grep -E '^(read_certs|select|sign)'
+  echo "== in-process: libcacard's card (same NSS database)"
+  "$W/libcacard_card" bench "$W/nss"
   echo "openssl: $(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {printf "RSA-2048 sign %.3f ms/op", $4*1000}')"
   exec env BENCH_IN_NS=1 unshare --mount --net --propagation private --fork --kill-child "$0"
 fi
 ip link set lo up
 mkdir -p /run/pcscd && mount -t tmpfs tmpfs /run/pcscd
-W=$(mktemp -d); export HOME=$W
+export HOME=$W
 pcscd -f >"$W/pcscd.log" 2>&1 & PIDS=($!)
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 until ss -ltn | grep -q ':35964 '; do sleep 0.05; done
-"$ROOT/target/release/vccid" --data-dir "$W/data" --vpcd 127.0.0.1:1 >/dev/null 2>&1 & P=$!; sleep 1; kill $P  # make identities
+VCCID=$ROOT/target/release/vccid
+present() { until opensc-tool -l 2>/dev/null | grep -q "^$1 .*Yes"; do sleep 0.01; done; }
+absent() { until opensc-tool -l 2>/dev/null | grep -q "^$1 .*No"; do sleep 0.05; done; }
+"$VCCID" --data-dir "$W/data" --vpcd 127.0.0.1:1 >/dev/null 2>&1 & P=$!; sleep 1; kill $P  # make identities
 t0=$(date +%s%N)
-"$ROOT/target/release/vccid" --data-dir "$W/data" --vpcd >"$W/vccid.log" 2>&1 & VPID=$!; PIDS+=($VPID)
-until opensc-tool -l 2>/dev/null | grep -q '^0 .*Yes'; do sleep 0.01; done
+"$VCCID" --data-dir "$W/data" --vpcd >"$W/vccid.log" 2>&1 & VPID=$!; PIDS+=($VPID)
+present 0
 t1=$(date +%s%N)
-"$ROOT/target/release/examples/instant_card" 127.0.0.1:35964 >/dev/null 2>&1 & PIDS+=($!)
-until opensc-tool -l 2>/dev/null | grep -q '^1 .*Yes'; do sleep 0.05; done
+"$ROOT/target/release/examples/instant_card" 127.0.0.1:35964 >/dev/null 2>&1 & IPID=$!; PIDS+=($IPID)
+present 1
 echo "== through pcscd + vpcd"
 echo "start to card present in pcscd: $(( (t1 - t0) / 1000000 )) ms (pcscd polls vpcd every 400 ms)"
-N=2000
-# VERIFY status (case 1): one exchange on both cards, no 61xx/GET RESPONSE round trip.
+N=4000
+# VERIFY status (case 1): one exchange on every card, no 61xx/GET RESPONSE round trip.
 args=(); for _ in $(seq $N); do args+=(-s "00 20 00 00"); done
-rate() { local r=$1 s e; s=$(date +%s%N); opensc-tool -r "$r" "${args[@]}" >/dev/null 2>&1; e=$(date +%s%N); echo $(( N * 1000000000 / (e - s) )); }
-for round in 1 2 3; do
-  ours=$(rate 0); inst=$(rate 1)
-  echo "round $round: vccid $ours APDU/s, instant card $inst APDU/s, ratio $(awk -v a="$ours" -v b="$inst" 'BEGIN{printf "%.2f", a/b}')"
-done
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
-echo "pkcs15-tool -D: $(ms pkcs15-tool -D) ms, $(ms pkcs15-tool -D) ms, $(ms pkcs15-tool -D) ms"
-echo hi > "$W/msg"
-SIGN=(pkcs11-tool --module /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so --login --pin 12345678 --sign --mechanism SHA256-RSA-PKCS --id 0001 --input-file "$W/msg" --output-file "$W/sig")
-echo "pkcs11-tool --sign: $(ms "${SIGN[@]}") ms, $(ms "${SIGN[@]}") ms, $(ms "${SIGN[@]}") ms"
+rate() { local s e; s=$(date +%s%N); opensc-tool -r "$1" "${args[@]}" >/dev/null 2>&1; e=$(date +%s%N); echo $(( N * 1000000000 / (e - s) )); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# Alternating rounds, medians: pcscd and the machine's load make single runs noisy.
+compare() {
+  local A=() B=()
+  for _ in 1 2 3 4 5; do A+=("$(rate 0)"); B+=("$(rate 1)"); done
+  local a b; a=$(median "${A[@]}"); b=$(median "${B[@]}")
+  echo "round trips (median of 5 × $N): $1 $a/s [${A[*]}], $2 $b/s [${B[*]}], ratio $(ratio "$a" "$b")"
+}
+compare vccid "instant card"
 sleep 2
 echo "vccid idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$VPID/status)"
+# vccid and libcacard on the same NSS database, side by side.
+kill "$VPID" "$IPID"; absent 0; absent 1
+"$VCCID" --vpcd --card "emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3" >"$W/vccid-nss.log" 2>&1 & PIDS+=($!)
+"$W/libcacard_card" vpcd "$W/nss" 35964 >"$W/libcacard.log" 2>&1 & PIDS+=($!)
+present 0; present 1
+compare "vccid(NSS)" libcacard
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || echo "FAILED: $*" >&2; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+echo hi > "$W/msg"
+P11=(pkcs11-tool --module /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so)
+for r in 0 1; do
+  name=$([ $r = 0 ] && echo "vccid(NSS)" || echo "libcacard ")
+  # libcacard accepts any PIN on an empty-password database; vccid checks its own (12345678).
+  SIGN=("${P11[@]}" --slot-index "$r" --login --pin 12345678 --sign --mechanism SHA256-RSA-PKCS --id 0001 --input-file "$W/msg" --output-file "$W/sig$r")
+  d=(); s=(); for _ in $(seq 9); do d+=("$(ms pkcs15-tool --reader "$r" -D)"); s+=("$(ms "${SIGN[@]}")"); done
+  echo "$name: pkcs15-tool -D median $(median "${d[@]}") ms [${d[*]}]; pkcs11-tool --sign median $(median "${s[@]}") ms [${s[*]}]"
+done

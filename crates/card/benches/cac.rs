@@ -68,12 +68,44 @@ fn read_all_certs(card: &mut CacCard) -> usize {
     count
 }
 
+fn bench_sign(name: &str, card: &mut CacCard, n: usize) {
+    let mut count = 0;
+    xfer(
+        card,
+        &h("00 20 00 00 08 31 32 33 34 35 36 37 38"),
+        &mut count,
+    );
+    xfer(card, &h("00 A4 04 00 07 A0 00 00 00 79 01 00"), &mut count);
+    let mut block = vec![0xFFu8; 256];
+    block[0] = 0;
+    block[1] = 1;
+    block[200] = 0;
+    let mut first = h("00 42 80 00 F0");
+    first.extend_from_slice(&block[..240]);
+    let mut last = h("00 42 00 00 10");
+    last.extend_from_slice(&block[240..]);
+    let t = Instant::now();
+    for _ in 0..n {
+        xfer(card, &first, &mut count);
+        let (sig, sw) = xfer(card, &last, &mut count);
+        assert_eq!((sig.len(), sw), (256, 0x9000));
+    }
+    println!(
+        "{name}: RSA-2048 chained CAC SIGN {:.3} ms/op",
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+}
+
+fn card_with(store: Box<dyn card::keystore::KeyStore>) -> CacCard {
+    let mut card = CacCard::new(store, &CacConfig::default()).expect("card");
+    card.power_on();
+    card
+}
+
 fn main() {
     let dir = std::env::temp_dir().join("vccid-bench-ids");
     let files = DefaultIdentities::new(&dir).ensure().expect("identities");
-    let store = FileStore::open(&files).expect("store");
-    let mut card = CacCard::new(Box::new(store), &CacConfig::default()).expect("card");
-    card.power_on();
+    let mut card = card_with(Box::new(FileStore::open(&files).expect("store")));
 
     let per = read_all_certs(&mut card);
     let rounds = 2000;
@@ -100,35 +132,19 @@ fn main() {
         "select: {:.2} µs/APDU",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
+    bench_sign("sign", &mut card, 500);
 
-    let mut count = 0;
-    xfer(
-        &mut card,
-        &h("00 20 00 00 08 31 32 33 34 35 36 37 38"),
-        &mut count,
-    );
-    xfer(
-        &mut card,
-        &h("00 A4 04 00 07 A0 00 00 00 79 01 00"),
-        &mut count,
-    );
-    let mut block = vec![0xFFu8; 256];
-    block[0] = 0;
-    block[1] = 1;
-    block[200] = 0;
-    let mut first = h("00 42 80 00 F0");
-    first.extend_from_slice(&block[..240]);
-    let mut last = h("00 42 00 00 10");
-    last.extend_from_slice(&block[240..]);
-    let n = 500;
-    let t = Instant::now();
-    for _ in 0..n {
-        xfer(&mut card, &first, &mut count);
-        let (sig, sw) = xfer(&mut card, &last, &mut count);
-        assert_eq!((sig.len(), sw), (256, 0x9000));
+    // The token signs: an NSS database (softokn) and a SoftHSM2 token, when scripts/bench.sh
+    // made them.
+    if let Ok(db) = std::env::var("VCCID_BENCH_NSS_DB") {
+        let nicks = (1..=3).map(|i| format!("cert{i}")).collect();
+        let cfg = card::keystore::Pkcs11Config::nss(&db, nicks, None).expect("nss config");
+        let store = card::keystore::Pkcs11Store::open(&cfg).expect("nss store");
+        bench_sign("sign_nss", &mut card_with(Box::new(store)), 300);
     }
-    println!(
-        "sign: RSA-2048 chained CAC SIGN {:.3} ms/op",
-        t.elapsed().as_secs_f64() * 1e3 / n as f64
-    );
+    if let Ok(uri) = std::env::var("VCCID_BENCH_PKCS11_URI") {
+        let cfg = card::keystore::Pkcs11Config::from_uri(&uri).expect("uri");
+        let store = card::keystore::Pkcs11Store::open(&cfg).expect("pkcs11 store");
+        bench_sign("sign_pkcs11", &mut card_with(Box::new(store)), 300);
+    }
 }
