@@ -298,6 +298,34 @@ pub fn nss_db(dir: &Path, password: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Exports `certN` of an NSS database made by [`nss_db`] (empty password) as `certN.nss.p12`
+/// with NSS's own `pk12util`, PKCS#12 password `password`.
+pub fn nss_pkcs12(dir: &Path, password: &str) -> Result<()> {
+    let db = format!("sql:{}", dir.display());
+    for n in 1..=3 {
+        run(Command::new("pk12util")
+            .args(["-d", &db, "-n", &format!("cert{n}"), "-o"])
+            .arg(dir.join(format!("cert{n}.nss.p12")))
+            .args(["-W", password, "-K", ""]))?;
+    }
+    Ok(())
+}
+
+/// Bundles the PEM identities of [`openssl_identities`] as `certN.p12` with
+/// `openssl pkcs12 -export` (OpenSSL 3's defaults: PBES2, AES-256-CBC, PBKDF2-SHA256).
+pub fn openssl_pkcs12(dir: &Path, password: &str) -> Result<()> {
+    for n in 1..=3 {
+        run(Command::new("openssl")
+            .args(["pkcs12", "-export", "-inkey"])
+            .arg(dir.join(format!("cert{n}.key.pem")))
+            .arg("-in")
+            .arg(dir.join(format!("cert{n}.crt.pem")))
+            .args(["-passout", &format!("pass:{password}"), "-out"])
+            .arg(dir.join(format!("cert{n}.p12"))))?;
+    }
+    Ok(())
+}
+
 /// A SoftHSM2 token "vccid-test" (user PIN 77777777) in `dir` holding three RSA-2048 keys and
 /// certificates CN=cert1..3 with CKA_ID 01..03; returns the SOFTHSM2_CONF path.
 pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {

@@ -27,7 +27,8 @@ struct Args {
 
     /// The card, in QEMU's property syntax: `emulated` (embedded default identities),
     /// `emulated,backend=certificates,db=sql:DIR,cert1=NICK,...` (NSS database),
-    /// `emulated,backend=files,cert1=CERT.pem,key1=KEY.pem,...`,
+    /// `emulated,backend=files,cert1=CERT.pem,key1=KEY.pem,...` (or `cert1=ID.p12,...,
+    /// p12-password-file=FILE`),
     /// `emulated,backend=pkcs11,uri=pkcs11:token=...?module-path=...`.
     /// Common properties: pin=PIN (default 12345678), pin-tries=N (default 3).
     #[arg(long, value_name = "SPEC", default_value = "emulated")]
@@ -59,7 +60,27 @@ fn key_store(backend: &Backend, data_dir: Option<PathBuf>) -> Result<Box<dyn Key
             let files = DefaultIdentities::new(&dir).ensure()?;
             Box::new(FileStore::open(&files)?)
         }
-        Backend::Files(files) => Box::new(FileStore::open(files)?),
+        Backend::Files(files, p12_password) => {
+            let mut files = files.clone();
+            let needs_password = files.iter().any(|f| {
+                f.key.is_none()
+                    && f.cert.extension().is_some_and(|e| {
+                        e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx")
+                    })
+            });
+            if needs_password {
+                let pw = match spec::secret(p12_password.as_ref(), "VCCID_P12_PASSWORD")? {
+                    Some(pw) => pw,
+                    None => spec::prompt("PKCS#12 password: ").ok_or_else(|| {
+                        anyhow!("PKCS#12 files need their password: give p12-password-file=FILE or VCCID_P12_PASSWORD")
+                    })?,
+                };
+                for f in &mut files {
+                    f.password = Some(pw.clone());
+                }
+            }
+            Box::new(FileStore::open(&files)?)
+        }
         Backend::Nss {
             db,
             nicknames,

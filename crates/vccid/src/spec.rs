@@ -18,8 +18,8 @@ pub enum Backend {
         nicknames: Vec<String>,
         password: Option<PathBuf>,
     },
-    /// Certificate and key files.
-    Files(Vec<FileIdentity>),
+    /// Certificate and key files (or PKCS#12 files), and the PKCS#12 password file.
+    Files(Vec<FileIdentity>, Option<PathBuf>),
     /// A PKCS#11 token.
     Pkcs11(Box<Pkcs11Config>, Option<PathBuf>),
 }
@@ -125,14 +125,13 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
             if let Some(n) = keys.keys().find(|n| **n > certs.len()) {
                 bail!("key{n} has no cert{n}");
             }
+            let p12_password = props.remove("p12-password-file").map(PathBuf::from);
             Backend::Files(
                 certs
                     .into_iter()
-                    .map(|(n, c)| FileIdentity {
-                        cert: PathBuf::from(c),
-                        key: keys.get(&n).map(PathBuf::from),
-                    })
+                    .map(|(n, c)| FileIdentity::new(c, keys.get(&n).map(PathBuf::from)))
                     .collect(),
+                p12_password,
             )
         }
         Some("pkcs11") => {
@@ -225,7 +224,7 @@ mod tests {
             .unwrap()
             .backend
         {
-            Backend::Files(f) => {
+            Backend::Files(f, _) => {
                 assert_eq!(f.len(), 2);
                 assert_eq!(f[0].key.as_deref(), Some(std::path::Path::new("/a.key")));
                 assert_eq!(f[1].key, None);

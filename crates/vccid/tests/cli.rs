@@ -5,7 +5,16 @@ use std::process::Command;
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 
 fn fails_with(args: &[&str], words: &str) {
-    let o = Command::new(VCCID).args(args).output().unwrap();
+    fails_with_env(args, &[], words)
+}
+
+fn fails_with_env(args: &[&str], env: &[(&str, &str)], words: &str) {
+    let o = Command::new(VCCID)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let line = err
@@ -78,5 +87,36 @@ fn key_that_does_not_match_its_certificate() {
             &format!("emulated,backend=files,cert1={d}/cert1.crt.pem,key1={d}/cert2.key.pem"),
         ],
         "does not belong to certificate",
+    );
+}
+
+#[test]
+fn nss_pk12util_files_get_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::nss_db(dir.path(), None).unwrap();
+    testkit::nss_pkcs12(dir.path(), "lab").unwrap();
+    let d = dir.path().display();
+    fails_with_env(
+        &[
+            "--card",
+            &format!("emulated,backend=files,cert1={d}/cert1.nss.p12"),
+        ],
+        &[("VCCID_P12_PASSWORD", "lab")],
+        "re-export with `openssl pkcs12`",
+    );
+}
+
+#[test]
+fn pkcs12_without_a_password_says_how_to_give_one() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::openssl_identities(dir.path()).unwrap();
+    testkit::openssl_pkcs12(dir.path(), "lab").unwrap();
+    let d = dir.path().display();
+    fails_with(
+        &[
+            "--card",
+            &format!("emulated,backend=files,cert1={d}/cert1.p12"),
+        ],
+        "p12-password-file=FILE",
     );
 }

@@ -196,6 +196,24 @@ fn pkcs15_tool_lists_an_nss_database_and_nss_signs() {
 }
 
 #[test]
+fn pkcs15_tool_lists_pkcs12_files() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::openssl_identities(dir.path()).unwrap();
+    testkit::openssl_pkcs12(dir.path(), "lab").unwrap();
+    let pw = dir.path().join("p12pass.txt");
+    std::fs::write(&pw, "lab\n").unwrap();
+    let d = dir.path().display();
+    let spec = format!(
+        "emulated,backend=files,cert1={d}/cert1.p12,cert2={d}/cert2.p12,cert3={d}/cert3.p12,p12-password-file={}",
+        pw.display()
+    );
+    let certs = dir.path().to_path_buf();
+    let s = Setup::start(&spec, &[], certs, vec![dir]);
+    assert_pkcs15_lists_three(&s);
+    assert_sign_verifies(&s, 3);
+}
+
+#[test]
 fn nss_database_with_a_password_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     testkit::nss_db(dir.path(), Some("s3cret")).unwrap();

@@ -62,10 +62,7 @@ impl DefaultIdentities {
                 write_atomic(&cert, cert_pem.as_bytes(), 0o644).map_err(io)?;
                 tracing::info!(cert = %cert.display(), "generated default identity cert{i}");
             }
-            out.push(FileIdentity {
-                cert,
-                key: Some(key),
-            });
+            out.push(FileIdentity::new(cert, Some(key)));
         }
         Ok(out)
     }

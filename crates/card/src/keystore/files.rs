@@ -1,5 +1,6 @@
 //! Keys and certificates from files: PEM (several blocks per file allowed) or DER, the key as
-//! PKCS#8 ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY").
+//! PKCS#8 ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY"); or PKCS#12 (.p12/.pfx) files holding
+//! both.
 
 use super::rawrsa::RawRsa;
 use super::{Identity, KeyError, KeyStore};
@@ -7,13 +8,35 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// One identity's files: the certificate, and the key (or `None` when the certificate file also
-/// holds the key).
+/// holds the key, as a PEM file with both blocks or a PKCS#12 file does).
 #[derive(Debug, Clone)]
 pub struct FileIdentity {
-    /// Certificate file (PEM or DER).
+    /// Certificate file (PEM or DER), or a PKCS#12 file (.p12/.pfx).
     pub cert: PathBuf,
     /// Private key file (PEM or DER); `None` = look in the certificate file.
     pub key: Option<PathBuf>,
+    /// The password of a PKCS#12 file.
+    pub password: Option<Zeroizing<String>>,
+}
+
+impl FileIdentity {
+    /// A certificate and an optional separate key file.
+    pub fn new(cert: impl Into<PathBuf>, key: Option<PathBuf>) -> Self {
+        FileIdentity {
+            cert: cert.into(),
+            key,
+            password: None,
+        }
+    }
+
+    /// A PKCS#12 file: no separate key and a `.p12`/`.pfx` name.
+    pub fn is_pkcs12(&self) -> bool {
+        self.key.is_none()
+            && self
+                .cert
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+    }
 }
 
 /// A key store over files; keys are read once into AWS-LC and zeroised when dropped.
@@ -106,6 +129,20 @@ impl FileStore {
         let mut identities = Vec::new();
         let mut keys = Vec::new();
         for f in files {
+            if f.is_pkcs12() {
+                let bytes = read(&f.cert)?;
+                let pw = f.password.as_deref().map_or("", String::as_str);
+                let (key, cert) =
+                    RawRsa::from_pkcs12(&bytes, pw).map_err(|e| file_err(&f.cert, e))?;
+                let label = f
+                    .cert
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                identities.push(Identity::from_cert(label, cert)?);
+                keys.push(key);
+                continue;
+            }
             let cert = load_cert(&f.cert)?;
             let label = f
                 .cert
@@ -163,11 +200,70 @@ mod tests {
         assert!(pem_blocks("-----BEGIN A-----\nAAEC\n").is_empty());
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let e = FileStore::open(&[FileIdentity {
-            cert: missing,
-            key: None,
-        }])
-        .unwrap_err();
+        let e = FileStore::open(&[FileIdentity::new(missing, None)]).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod pkcs12_tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sh(args: &[&str]) {
+        let o = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    #[test]
+    fn pkcs12_from_openssl_with_password() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n).display().to_string();
+        sh(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=p12",
+            "-keyout",
+            &p("k.pem"),
+            "-out",
+            &p("c.pem"),
+        ]);
+        sh(&[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &p("k.pem"),
+            "-in",
+            &p("c.pem"),
+            "-passout",
+            "pass:lab",
+            "-out",
+            &p("id.p12"),
+        ]);
+        let mut f = FileIdentity::new(d.path().join("id.p12"), None);
+        f.password = Some(Zeroizing::new("lab".into()));
+        let mut store = FileStore::open(std::slice::from_ref(&f)).unwrap();
+        assert_eq!(store.identities()[0].modulus_bits, 2048);
+        let cert_pem = std::fs::read_to_string(d.path().join("c.pem")).unwrap();
+        assert_eq!(
+            store.identities()[0].cert_der,
+            pem_blocks(&cert_pem)[0].1.to_vec()
+        );
+        let block = crate::keystore::testutil::pkcs1_sha256_block(b"p12", 256);
+        assert_eq!(store.rsa_raw(0, &block).unwrap().len(), 256);
+        f.password = Some(Zeroizing::new("wrong".into()));
+        let e = FileStore::open(&[f]).unwrap_err();
+        assert!(e.to_string().contains("wrong password"), "{e}");
     }
 }

@@ -43,6 +43,67 @@ impl RawRsa {
         }
     }
 
+    /// Opens a PKCS#12 file (PFX, RFC 7292) with its password; returns the key and the DER
+    /// certificate that goes with it. AWS-LC decrypts PBES2 (AES, PBKDF2: OpenSSL 3's default)
+    /// and the legacy PKCS#12 PBE schemes. NSS `pk12util` output (indefinite-length BER inside
+    /// the authenticated safe) is refused with a hint.
+    pub(crate) fn from_pkcs12(der: &[u8], password: &str) -> Result<(Self, Vec<u8>), String> {
+        let pw = std::ffi::CString::new(password).map_err(|_| "password contains a NUL byte")?;
+        let mut p = der.as_ptr();
+        // SAFETY: `p` points to `der.len()` readable bytes; every object obtained is checked
+        // for null and freed exactly once; `pw` outlives the call that reads it.
+        unsafe {
+            let p12 = aws_lc_sys::d2i_PKCS12(std::ptr::null_mut(), &mut p, der.len());
+            if p12.is_null() {
+                aws_lc_sys::ERR_clear_error();
+                return Err("not a PKCS#12 file".into());
+            }
+            let mut pkey = std::ptr::null_mut();
+            let mut cert = std::ptr::null_mut();
+            let ok = aws_lc_sys::PKCS12_parse(
+                p12,
+                pw.as_ptr(),
+                &mut pkey,
+                &mut cert,
+                std::ptr::null_mut(),
+            );
+            aws_lc_sys::PKCS12_free(p12);
+            if ok != 1 {
+                aws_lc_sys::ERR_clear_error();
+                return Err(
+                    "wrong password, or an encoding AWS-LC cannot read (NSS pk12util writes \
+                     indefinite-length BER: re-export with `openssl pkcs12`, or use the NSS \
+                     database itself with backend=certificates)"
+                        .into(),
+                );
+            }
+            let cert_der = if cert.is_null() {
+                None
+            } else {
+                let len = aws_lc_sys::i2d_X509(cert, std::ptr::null_mut());
+                let mut out = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                let mut w = out.as_mut_ptr();
+                let written = aws_lc_sys::i2d_X509(cert, &mut w);
+                aws_lc_sys::X509_free(cert);
+                (written == len && len > 0).then_some(out)
+            };
+            let rsa = if pkey.is_null() {
+                std::ptr::null_mut()
+            } else {
+                let r = aws_lc_sys::EVP_PKEY_get1_RSA(pkey);
+                aws_lc_sys::EVP_PKEY_free(pkey);
+                r
+            };
+            aws_lc_sys::ERR_clear_error();
+            let key = NonNull::new(rsa).map(|rsa| RawRsa { rsa });
+            match (key, cert_der) {
+                (Some(key), Some(cert)) => Ok((key, cert)),
+                (None, _) => Err("the PKCS#12 file holds no RSA private key".into()),
+                (_, None) => Err("the PKCS#12 file holds no certificate for its key".into()),
+            }
+        }
+    }
+
     /// Modulus length in bytes.
     pub(crate) fn modulus_len(&self) -> usize {
         // SAFETY: self.rsa is a valid RSA object for our lifetime.
