@@ -43,7 +43,17 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
   echo "== in-process: libcacard's card (same NSS database)"
   "$W/libcacard_card" bench "$W/nss"
   echo "openssl: $(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {printf "RSA-2048 sign %.3f ms/op", $4*1000}')"
-  exec env BENCH_IN_NS=1 unshare --mount --net --propagation private --fork --kill-child "$0"
+  # The vpcd link alone (no pcscd): a fake vpcd times round trips to each card, all on CPU 0
+  # (on this VM, wake-ups across the two vCPUs add 100-300 µs of noise per round trip).
+  echo "== vpcd transport alone (bench/fake_vpcd.py, pinned to CPU 0)"
+  NSSCARD="emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3"
+  taskset -c 0 python3 bench/fake_vpcd.py vccid 41011 & sleep 0.3
+  taskset -c 0 target/release/vccid --vpcd 127.0.0.1:41011 --card "$NSSCARD" 2>/dev/null & VP=$!
+  wait %1; kill $VP
+  taskset -c 0 python3 bench/fake_vpcd.py libcacard 41012 & sleep 0.3
+  taskset -c 0 "$W/libcacard_card" vpcd "$W/nss" 41012; wait
+  # pcscd, the cards and the tools all on CPU 0 as well, for the same reason.
+  exec env BENCH_IN_NS=1 taskset -c 0 unshare --mount --net --propagation private --fork --kill-child "$0"
 fi
 ip link set lo up
 mkdir -p /run/pcscd && mount -t tmpfs tmpfs /run/pcscd
@@ -88,10 +98,13 @@ compare "vccid(NSS)" libcacard
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || echo "FAILED: $*" >&2; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 echo hi > "$W/msg"
 P11=(pkcs11-tool --module /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so)
-for r in 0 1; do
-  name=$([ $r = 0 ] && echo "vccid(NSS)" || echo "libcacard ")
-  # libcacard accepts any PIN on an empty-password database; vccid checks its own (12345678).
-  SIGN=("${P11[@]}" --slot-index "$r" --login --pin 12345678 --sign --mechanism SHA256-RSA-PKCS --id 0001 --input-file "$W/msg" --output-file "$W/sig$r")
-  d=(); s=(); for _ in $(seq 9); do d+=("$(ms pkcs15-tool --reader "$r" -D)"); s+=("$(ms "${SIGN[@]}")"); done
-  echo "$name: pkcs15-tool -D median $(median "${d[@]}") ms [${d[*]}]; pkcs11-tool --sign median $(median "${s[@]}") ms [${s[*]}]"
+sign_cmd() { echo "${P11[@]}" --slot-index "$1" --login --pin 12345678 --sign --mechanism SHA256-RSA-PKCS --id 0001 --input-file "$W/msg" --output-file "$W/sig$1"; }
+# Alternating runs, 25 each: whole-process times on a shared VM vary by 2-4x from run to run.
+# libcacard accepts any PIN on an empty-password database; vccid checks its own (12345678).
+D0=(); D1=(); S0=(); S1=()
+for _ in $(seq 25); do
+  D0+=("$(ms pkcs15-tool --reader 0 -D)"); D1+=("$(ms pkcs15-tool --reader 1 -D)")
+  S0+=("$(ms $(sign_cmd 0))"); S1+=("$(ms $(sign_cmd 1))")
 done
+echo "pkcs15-tool -D, median of 25: vccid(NSS) $(median "${D0[@]}") ms, libcacard $(median "${D1[@]}") ms"
+echo "pkcs11-tool --sign, median of 25: vccid(NSS) $(median "${S0[@]}") ms, libcacard $(median "${S1[@]}") ms"

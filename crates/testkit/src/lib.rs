@@ -142,6 +142,20 @@ impl PrivatePcscd {
         Ok(())
     }
 
+    /// Like [`spawn`](Self::spawn), with the program's standard input as a pipe to write to.
+    pub fn spawn_with_stdin(
+        &mut self,
+        name: &str,
+        mut cmd: Command,
+    ) -> Result<std::process::ChildStdin> {
+        cmd.stdin(Stdio::piped());
+        self.spawn(name, cmd)?;
+        self.children
+            .last_mut()
+            .and_then(|c| c.stdin.take())
+            .ok_or_else(|| format!("{name} has no stdin pipe"))
+    }
+
     /// The log of a program started with [`spawn`](Self::spawn).
     pub fn child_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()

@@ -1,6 +1,7 @@
 //! `vccid`: a virtual smart card (libcacard-compatible CAC) exported to the host's PC/SC
 //! through vsmartcard's vpcd driver. See the README for every option.
 
+mod commands;
 mod spec;
 
 use anyhow::{anyhow, Context, Result};
@@ -131,18 +132,19 @@ fn run(args: Args) -> Result<()> {
     if !vpcd_addr.ip().is_loopback() {
         tracing::warn!(%vpcd_addr, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
     }
+    let presence = card::Card::presence(&card);
     let card: vpcd::SharedCard = Arc::new(Mutex::new(card));
+    commands::spawn(presence);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(async move {
-        let serve = tokio::spawn(vpcd::serve(card, vpcd::ClientOptions::new(vpcd_addr)));
-        tracing::info!(%vpcd_addr, "serving the card to vpcd");
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        serve.abort();
-    });
+    let client = vpcd::spawn(card, vpcd::ClientOptions::new(vpcd_addr))
+        .context("cannot start the vpcd client")?;
+    tracing::info!(%vpcd_addr, "serving the card to vpcd");
+    rt.block_on(shutdown_signal());
+    tracing::info!("shutting down");
+    client.stop();
     Ok(())
 }
 

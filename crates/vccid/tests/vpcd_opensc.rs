@@ -369,3 +369,28 @@ fn card_leaves_and_returns_when_vccid_restarts() {
     s.pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
     assert_sign_verifies(&s, 1);
 }
+
+#[test]
+fn remove_and_insert_commands_reach_pcscd() {
+    use std::io::Write;
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let mut cmd = pcscd.command(VCCID);
+    cmd.args(["--vpcd", "127.0.0.1:35963", "--data-dir"])
+        .arg(pcscd.dir.path().join("data"));
+    let mut stdin = pcscd.spawn_with_stdin("vccid", cmd).unwrap();
+    pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
+    writeln!(stdin, "remove").unwrap();
+    pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    writeln!(stdin, "insert").unwrap();
+    pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
+    let a = text(&pcscd.command("opensc-tool").arg("-a").output().unwrap());
+    assert!(
+        a.contains("3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34"),
+        "{a}"
+    );
+    // End of input ends the command reader only: vccid keeps serving.
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(500));
+    let n = text(&pcscd.command("opensc-tool").arg("-n").output().unwrap());
+    assert!(n.contains("Common Access Card (CAC)"), "{n}");
+}

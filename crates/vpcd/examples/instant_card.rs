@@ -31,11 +31,10 @@ fn main() {
         std::process::exit(2);
     };
     let card: vpcd::SharedCard = Arc::new(Mutex::new(Instant(Presence::new(true))));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    match rt {
-        Ok(rt) => rt.block_on(vpcd::serve(card, vpcd::ClientOptions::new(addr))),
+    match vpcd::spawn(card, vpcd::ClientOptions::new(addr)) {
+        Ok(_client) => loop {
+            std::thread::park();
+        },
         Err(e) => eprintln!("instant_card: {e}"),
     }
 }

@@ -1,14 +1,20 @@
 //! The vpcd client: connects the card to vpcd, answers it, reconnects when pcscd restarts,
 //! and follows the card's presence (removed = connection closed, which vpcd reports as card
 //! removal; inserted = connect again).
+//!
+//! It is a plain thread with blocking I/O, not a tokio task: vpcd keeps exactly one request in
+//! flight per connection (transports.md §3.2), so there is nothing to multiplex, and on this
+//! project's VM a blocking read answered 50–150 µs sooner per APDU than a tokio wake-up, which
+//! is most of a `pkcs15-tool -D`'s difference against libcacard's C loop (scripts/bench.sh).
 
 use crate::codec::{encode, Decoder, Request};
-use card::Card;
-use std::net::SocketAddr;
+use card::{Card, Presence};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A card shared between a transport and whoever else holds it.
 pub type SharedCard = Arc<Mutex<dyn Card>>;
@@ -41,57 +47,132 @@ fn lock(card: &SharedCard) -> std::sync::MutexGuard<'_, dyn Card + 'static> {
     card.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How a connection ended.
-enum End {
-    /// vpcd closed or failed: reconnect.
-    Lost(String),
-    /// The card was removed: stay away until it is back.
-    Removed,
+/// State shared by the client's threads and its handle.
+struct Shared {
+    stop: AtomicBool,
+    /// The live connection, so that removal or stop can shut it down from another thread.
+    current: Mutex<Option<TcpStream>>,
 }
 
-/// Serves `card` to vpcd until the task is dropped. Never returns on its own: connection
-/// failures are logged and retried with backoff.
-pub async fn serve(card: SharedCard, opts: ClientOptions) {
+impl Shared {
+    fn cut(&self) {
+        if let Some(s) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A running vpcd client; [`Client::stop`] (or dropping it) disconnects and ends its threads.
+pub struct Client {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Client {
+    /// Disconnects from vpcd (pcscd sees the card removed) and waits for the threads.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.cut();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Starts serving `card` to vpcd on threads of its own. Connection failures are logged and
+/// retried with backoff until [`Client::stop`].
+pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
     let presence = lock(&card).presence();
-    // Presence waits are blocking (the card crate has no async runtime); a thread forwards
-    // them into a watch channel.
-    let (tx, mut rx) = tokio::sync::watch::channel(presence.snapshot());
-    let watcher = presence.clone();
-    std::thread::Builder::new()
-        .name("vpcd-presence".into())
-        .spawn(move || loop {
-            let seen = *tx.borrow();
-            let now = watcher.wait_change(seen.1, Duration::from_secs(1));
-            if now != seen && tx.send(now).is_err() {
-                break;
-            }
-            if tx.is_closed() {
-                break;
-            }
-        })
-        .ok();
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        current: Mutex::new(None),
+    });
+    let watcher = {
+        let (shared, presence) = (shared.clone(), presence.clone());
+        std::thread::Builder::new()
+            .name("vpcd-presence".into())
+            .spawn(move || watch_removal(&shared, &presence))?
+    };
+    let main = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("vpcd".into())
+            .spawn(move || run(&card, &opts, &shared, &presence))?
+    };
+    Ok(Client {
+        shared,
+        threads: vec![main, watcher],
+    })
+}
+
+/// Closing the socket is how a vpcd card says "removed" (transports.md §3.2).
+fn watch_removal(shared: &Shared, presence: &Presence) {
+    let (_, mut seen) = presence.snapshot();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let (present, gen) = presence.wait_change(seen, Duration::from_millis(200));
+        if gen != seen && !present {
+            shared.cut();
+        }
+        seen = gen;
+    }
+}
+
+fn sleep_unless_stopped(shared: &Shared, total: Duration) {
+    let step = Duration::from_millis(20);
+    let mut left = total;
+    while !left.is_zero() && !shared.stop.load(Ordering::SeqCst) {
+        let d = left.min(step);
+        std::thread::sleep(d);
+        left -= d;
+    }
+}
+
+fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Presence) {
     let mut backoff = opts.min_backoff;
     let mut announced = false;
-    loop {
-        if !rx.borrow_and_update().0 {
-            tracing::info!("card removed; disconnected from vpcd until it is inserted");
-            while !rx.borrow_and_update().0 {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
+    while !shared.stop.load(Ordering::SeqCst) {
+        let (present, gen) = presence.snapshot();
+        if !present {
+            presence.wait_change(gen, Duration::from_millis(200));
+            continue;
         }
-        match TcpStream::connect(opts.addr).await {
+        match TcpStream::connect_timeout(&opts.addr, Duration::from_secs(2)) {
             Ok(stream) => {
                 backoff = opts.min_backoff;
-                tracing::info!(addr = %opts.addr, "connected to vpcd");
                 announced = false;
-                match session(stream, &card, &mut rx).await {
-                    End::Lost(why) => {
-                        tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}")
-                    }
-                    End::Removed => continue,
+                tracing::info!(addr = %opts.addr, "connected to vpcd");
+                if let Ok(clone) = stream.try_clone() {
+                    *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
                 }
+                // Removal may have happened between the presence check and storing the clone.
+                if !presence.is_present() {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+                let why = session(stream, card);
+                *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !presence.is_present() {
+                    tracing::info!("card removed; disconnected from vpcd until it is inserted");
+                    continue;
+                }
+                tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}");
             }
             Err(e) => {
                 if !announced {
@@ -103,16 +184,13 @@ pub async fn serve(card: SharedCard, opts: ClientOptions) {
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        sleep_unless_stopped(shared, backoff);
         backoff = (backoff * 2).min(opts.max_backoff);
     }
 }
 
-async fn session(
-    mut stream: TcpStream,
-    card: &SharedCard,
-    presence: &mut tokio::sync::watch::Receiver<(bool, u64)>,
-) -> End {
+/// Serves one connection until it ends; returns why it ended.
+fn session(mut stream: TcpStream, card: &SharedCard) -> String {
     // One write per answer plus TCP_NODELAY, and quick ACKs: vpcd writes length and body
     // separately, so a delayed ACK would cost ~40 ms per APDU (lab/README.md).
     let _ = stream.set_nodelay(true);
@@ -123,19 +201,10 @@ async fn session(
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 65536 + 2];
     loop {
-        let n = tokio::select! {
-            r = stream.read(&mut buf) => match r {
-                Ok(0) => return End::Lost("closed by vpcd".into()),
-                Ok(n) => n,
-                Err(e) => return End::Lost(e.to_string()),
-            },
-            changed = presence.changed() => {
-                if changed.is_ok() && !presence.borrow_and_update().0 {
-                    // Closing the socket is how a vpcd card says "removed" (transports.md §3.2).
-                    return End::Removed;
-                }
-                continue;
-            }
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return "closed".into(),
+            Ok(n) => n,
+            Err(e) => return e.to_string(),
         };
         quickack(&stream);
         dec.feed(&buf[..n]);
@@ -143,45 +212,44 @@ async fn session(
             let req = match dec.next_request() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(e) => return End::Lost(format!("protocol error: {e}")),
+                Err(e) => return format!("protocol error: {e}"),
             };
-            let answer = {
-                let mut c = lock(card);
-                match req {
-                    Request::PowerOff => {
-                        c.power_off();
-                        None
-                    }
-                    Request::PowerOn => {
-                        c.power_on();
-                        None
-                    }
-                    Request::Reset => {
-                        c.reset();
-                        None
-                    }
-                    // Answered from the cache: treating GET ATR as a reset breaks OpenSC
-                    // (libcacard.md §4.5).
-                    Request::GetAtr => Some(c.atr()),
-                    Request::UnknownControl(b) => {
-                        tracing::warn!("unknown vpcd control byte {b:02X} ignored");
-                        None
-                    }
-                    Request::Apdu(apdu) => Some(c.transmit(&apdu)),
-                }
-            };
-            if let Some(answer) = answer {
-                let framed = match encode(&answer) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!("answer not sendable ({e}); sending 6F00");
-                        encode(&[0x6F, 0x00]).unwrap_or_default()
-                    }
-                };
-                if let Err(e) = stream.write_all(&framed).await {
-                    return End::Lost(e.to_string());
+            if let Some(answer) = answer(card, req) {
+                let framed = encode(&answer).unwrap_or_else(|e| {
+                    tracing::warn!("answer not sendable ({e}); sending 6F00");
+                    vec![0x00, 0x02, 0x6F, 0x00]
+                });
+                if let Err(e) = stream.write_all(&framed) {
+                    return e.to_string();
                 }
             }
         }
+    }
+}
+
+/// The card's answer to one request, if the request has one.
+fn answer(card: &SharedCard, req: Request) -> Option<Vec<u8>> {
+    let mut c = lock(card);
+    match req {
+        Request::PowerOff => {
+            c.power_off();
+            None
+        }
+        Request::PowerOn => {
+            c.power_on();
+            None
+        }
+        Request::Reset => {
+            c.reset();
+            None
+        }
+        // Answered from the cache: treating GET ATR as a reset breaks OpenSC
+        // (libcacard.md §4.5).
+        Request::GetAtr => Some(c.atr()),
+        Request::UnknownControl(b) => {
+            tracing::warn!("unknown vpcd control byte {b:02X} ignored");
+            None
+        }
+        Request::Apdu(apdu) => Some(c.transmit(&apdu)),
     }
 }

@@ -52,7 +52,7 @@ async fn answers_follows_presence_and_reconnects() {
         presence: presence.clone(),
         resets: 0,
     }));
-    let task = tokio::spawn(vpcd::serve(card.clone(), vpcd::ClientOptions::new(addr)));
+    let client = vpcd::spawn(card.clone(), vpcd::ClientOptions::new(addr)).unwrap();
 
     let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
         .await
@@ -103,5 +103,11 @@ async fn answers_follows_presence_and_reconnects() {
         .unwrap()
         .unwrap();
     assert_eq!(ask(&mut s4, &[0x04]).await, h("3B 02 14 50"));
-    task.abort();
+    // Stopping closes the connection.
+    client.stop();
+    let n = tokio::time::timeout(Duration::from_secs(5), s4.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
 }
