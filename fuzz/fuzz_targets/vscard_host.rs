@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match d.next_frame() {
                 Ok(Some(f)) => {
-                    if data.len() % 3 == 0 {
+                    if data.len().is_multiple_of(3) {
                         let _ = s.send_apdu(&[0, 0xA4, 4, 0]);
                     }
                     for r in s.on_frame(f).0 {

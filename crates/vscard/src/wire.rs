@@ -264,7 +264,7 @@ fn parse(msg_type: MsgType, reader_id: u32, p: &[u8]) -> Result<Message, DecodeE
     };
     match msg_type {
         MsgType::INIT => {
-            if p.len() < 8 || (p.len() - 8) % 4 != 0 {
+            if p.len() < 8 || !(p.len() - 8).is_multiple_of(4) {
                 return Err(bad(
                     "Init payload is not magic, version and whole capability words",
                 ));
