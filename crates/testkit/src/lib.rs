@@ -49,7 +49,7 @@ pub fn text(out: &Output) -> String {
 /// A private pcscd with vpcd's readers "Virtual PCD 00 00" (port 35963) and "... 00 01".
 pub struct PrivatePcscd {
     holder: Child,
-    children: Vec<Child>,
+    children: Vec<(String, Child)>,
     /// A scratch directory for this instance (HOME of the programs run inside).
     pub dir: tempfile::TempDir,
 }
@@ -138,7 +138,7 @@ impl PrivatePcscd {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
-        self.children.push(child);
+        self.children.push((name.to_string(), child));
         Ok(())
     }
 
@@ -152,7 +152,7 @@ impl PrivatePcscd {
         self.spawn(name, cmd)?;
         self.children
             .last_mut()
-            .and_then(|c| c.stdin.take())
+            .and_then(|(_, c)| c.stdin.take())
             .ok_or_else(|| format!("{name} has no stdin pipe"))
     }
 
@@ -163,21 +163,30 @@ impl PrivatePcscd {
 
     /// Stops the programs started with [`spawn`](Self::spawn) (SIGTERM, then SIGKILL).
     pub fn stop_children(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let all: Vec<(String, Child)> = self.children.drain(..).collect();
+        stop(all);
+    }
+
+    /// Stops one program started with [`spawn`](Self::spawn), by its name (SIGTERM, then
+    /// SIGKILL after 3 s); `signal` "KILL" kills it at once.
+    pub fn stop_child(&mut self, name: &str, signal: &str) {
+        let (mine, rest): (Vec<_>, Vec<_>) = self.children.drain(..).partition(|(n, _)| n == name);
+        self.children = rest;
+        for (_, c) in &mine {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(c.id().to_string())
+                .status();
         }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.children.clear();
+        stop(mine);
+    }
+
+    /// The process id of a program started with [`spawn`](Self::spawn).
+    pub fn child_pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
     }
 
     /// Waits until reader `index` shows a card in `opensc-tool -l`.
@@ -213,6 +222,24 @@ impl PrivatePcscd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 3 s, and reap.
+fn stop(mut children: Vec<(String, Child)>) {
+    for (_, c) in &children {
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+    }
+    for (_, c) in &mut children {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

@@ -24,12 +24,27 @@ pub enum Backend {
     Pkcs11(Box<Pkcs11Config>, Option<PathBuf>),
 }
 
+/// A parsed `--card emulated,...` value.
+#[derive(Debug, Clone)]
+pub struct EmulatedSpec {
+    /// Where the keys are.
+    pub backend: Backend,
+    /// The card PIN.
+    pub pin: Option<String>,
+    /// Tries before the PIN blocks.
+    pub pin_tries: Option<u8>,
+}
+
 /// A parsed `--card` value.
 #[derive(Debug, Clone)]
-pub struct CardSpec {
-    pub backend: Backend,
-    pub pin: Option<String>,
-    pub pin_tries: Option<u8>,
+pub enum CardSpec {
+    /// The emulated CAC card.
+    Emulated(EmulatedSpec),
+    /// A VSCard host: the card lives in a client (`listen=ADDR`, default 127.0.0.1:2001).
+    Passthru {
+        /// `HOST:PORT` or `unix:PATH`.
+        listen: String,
+    },
 }
 
 fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
@@ -78,15 +93,27 @@ fn numbered(
     Ok(out)
 }
 
+/// Parses a `--card` value.
 pub fn parse(spec: &str) -> Result<CardSpec> {
     let (kind, mut props) = split(spec)?;
     match kind.as_str() {
-        "emulated" => {}
-        "passthru" | "hardware" => bail!(
-            "--card {kind} is not available yet (it comes with VSCard passthrough); use --card emulated"
-        ),
-        other => bail!("unknown card type {other:?}; expected emulated"),
+        "emulated" => parse_emulated(props).map(CardSpec::Emulated),
+        "passthru" => {
+            let listen = props
+                .remove("listen")
+                .unwrap_or_else(|| "127.0.0.1:2001".into());
+            if let Some(k) = props.keys().next() {
+                bail!("unknown passthru property {k:?} (expected listen=ADDR)");
+            }
+            Ok(CardSpec::Passthru { listen })
+        }
+        "hardware" => bail!("--card hardware is not available yet; use emulated or passthru"),
+        other => bail!("unknown card type {other:?}; expected emulated or passthru"),
     }
+}
+
+/// Parses the properties of `emulated`.
+pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpec> {
     let pin = props.remove("pin");
     let pin_tries = props
         .remove("pin-tries")
@@ -168,7 +195,7 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
     if let Some(k) = props.keys().next() {
         bail!("unknown card property {k:?}");
     }
-    Ok(CardSpec {
+    Ok(EmulatedSpec {
         backend,
         pin,
         pin_tries,
@@ -203,11 +230,33 @@ pub fn prompt(prompt: &str) -> Option<Zeroizing<String>> {
 mod tests {
     use super::*;
 
+    fn emulated(spec: &str) -> Result<EmulatedSpec> {
+        match parse(spec)? {
+            CardSpec::Emulated(e) => Ok(e),
+            other => bail!("not emulated: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passthru() {
+        assert!(
+            matches!(parse("passthru").unwrap(), CardSpec::Passthru { listen } if listen == "127.0.0.1:2001")
+        );
+        assert!(
+            matches!(parse("passthru,listen=unix:/tmp/s").unwrap(), CardSpec::Passthru { listen } if listen == "unix:/tmp/s")
+        );
+        assert!(parse("passthru,port=1")
+            .unwrap_err()
+            .to_string()
+            .contains("listen=ADDR"));
+    }
+
     #[test]
     fn qemu_syntax() {
-        let s =
-            parse("emulated,backend=certificates,db=sql:/tmp/db,cert1=a,cert2=b,cert3=c,pin=1234")
-                .unwrap();
+        let s = emulated(
+            "emulated,backend=certificates,db=sql:/tmp/db,cert1=a,cert2=b,cert3=c,pin=1234",
+        )
+        .unwrap();
         match s.backend {
             Backend::Nss { db, nicknames, .. } => {
                 assert_eq!(db, "sql:/tmp/db");
@@ -217,10 +266,10 @@ mod tests {
         }
         assert_eq!(s.pin.as_deref(), Some("1234"));
         assert!(matches!(
-            parse("emulated").unwrap().backend,
+            emulated("emulated").unwrap().backend,
             Backend::Default
         ));
-        match parse("emulated,backend=files,cert1=/a.pem,key1=/a.key,cert2=/b.pem")
+        match emulated("emulated,backend=files,cert1=/a.pem,key1=/a.key,cert2=/b.pem")
             .unwrap()
             .backend
         {
@@ -232,7 +281,7 @@ mod tests {
             b => panic!("{b:?}"),
         }
         assert!(matches!(
-            parse("emulated,backend=pkcs11,uri=pkcs11:token=t?module-path=/m")
+            emulated("emulated,backend=pkcs11,uri=pkcs11:token=t?module-path=/m")
                 .unwrap()
                 .backend,
             Backend::Pkcs11(..)

@@ -1,0 +1,322 @@
+//! `vscclient`: serves a card to a VSCard host (QEMU's `ccid-card-passthru`, or
+//! `vccid --card passthru`). Compatible with libcacard's command line:
+//! `vscclient [-c CERTNAME]... [-e EMUL_ARGS] [-p] [-d LEVEL] HOST PORT`, plus long options.
+//!
+//! Unlike libcacard's: it checks every length, takes the reader id the host gives, answers
+//! Flush, sends CardRemove and ReaderRemove before it exits (also on SIGINT/SIGTERM),
+//! reconnects with backoff when the host goes away, and idles when stdin closes.
+
+use anyhow::{bail, Context, Result};
+use card::Card;
+use clap::Parser;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vccid::spec::{self, Backend, CardSpec, EmulatedSpec};
+use vccid::stream::{write_frames, Addr, Stream};
+use vscard::client::{ClientEvent, ClientSession};
+
+/// Serve a smart card to a VSCard host (QEMU ccid-card-passthru, vccid --card passthru).
+#[derive(Parser, Debug)]
+#[command(name = "vscclient", version, about, long_about = None)]
+struct Args {
+    /// Emulate a CAC card with this NSS certificate nickname (repeatable), from the database
+    /// in -e's db= (default /etc/pki/nssdb).
+    #[arg(short = 'c', long = "cert", value_name = "CERTNAME")]
+    certs: Vec<String>,
+
+    /// libcacard emulator options, e.g. `db="sql:DIR" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)`.
+    #[arg(short = 'e', long = "emul-args", value_name = "EMUL_ARGS")]
+    emul_args: Option<String>,
+
+    /// libcacard's compare-with-PC/SC debug mode (not supported).
+    #[arg(short = 'p', long = "passthru-compare")]
+    passthru_compare: bool,
+
+    /// Debug level (libcacard: >0 prints messages, >10 everything).
+    #[arg(short = 'd', long = "debug", value_name = "LEVEL", default_value_t = 0)]
+    debug: u32,
+
+    /// The card as vccid specifies it (`emulated`, `emulated,backend=...`), instead of -c/-e.
+    #[arg(long, value_name = "SPEC")]
+    card: Option<String>,
+
+    /// The reader name announced to the host.
+    #[arg(long, value_name = "NAME", default_value = "Virtual Reader")]
+    reader: String,
+
+    /// The emulated card's PIN (default 12345678).
+    #[arg(long, value_name = "PIN")]
+    pin: Option<String>,
+
+    /// Where vccid's default identities are kept (for --card emulated).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Give up after this many seconds without a host (default: retry for ever).
+    #[arg(long, value_name = "SECONDS")]
+    connect_timeout: Option<u64>,
+
+    /// The host: HOST PORT, HOST:PORT, or unix:PATH.
+    #[arg(value_name = "HOST", required = true)]
+    host: String,
+
+    /// The port (omit for HOST:PORT or unix:PATH).
+    #[arg(value_name = "PORT")]
+    port: Option<String>,
+}
+
+/// The card and the connection state, shared by the socket reader, stdin and signals.
+struct Shared {
+    session: Mutex<(ClientSession, Option<Stream>)>,
+    card: Mutex<Box<dyn Card>>,
+    quit: AtomicBool,
+}
+
+impl Shared {
+    fn send(&self, frames: impl FnOnce(&mut ClientSession) -> Vec<vscard::Frame>) {
+        let mut g = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let out = frames(&mut g.0);
+        if let Some(w) = g.1.as_mut() {
+            if let Err(e) = write_frames(w, &out) {
+                tracing::warn!("cannot send to the host: {e}");
+            }
+        }
+    }
+}
+
+fn card_spec(args: &Args) -> Result<EmulatedSpec> {
+    if args.passthru_compare {
+        bail!("-p (compare with a PC/SC reader) is not supported");
+    }
+    if let Some(c) = &args.card {
+        return match spec::parse(c)? {
+            CardSpec::Emulated(e) => Ok(e),
+            CardSpec::Passthru { .. } => bail!("--card passthru is a host; vscclient needs a card"),
+        };
+    }
+    let emul = args
+        .emul_args
+        .as_deref()
+        .map(vccid::emul_args::parse)
+        .transpose()?
+        .unwrap_or_default();
+    let db = emul.db.clone().unwrap_or_else(|| "/etc/pki/nssdb".into());
+    let nicknames = if !args.certs.is_empty() {
+        args.certs.clone()
+    } else if let Some(soft) = emul.soft.first() {
+        if !soft.slot.is_empty() {
+            bail!(
+                "soft=({},...): only the database's own slot (empty SLOT) is supported",
+                soft.slot
+            );
+        }
+        soft.certs.clone()
+    } else {
+        bail!(
+            "no card: give -c CERTNAME..., -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,cert1,...)' or --card emulated \
+             (relaying PC/SC readers is not available yet)"
+        );
+    };
+    Ok(EmulatedSpec {
+        backend: Backend::Nss {
+            db,
+            nicknames,
+            password: None,
+        },
+        pin: args.pin.clone(),
+        pin_tries: None,
+    })
+}
+
+fn reader_name(args: &Args) -> String {
+    let emul = args
+        .emul_args
+        .as_deref()
+        .and_then(|e| vccid::emul_args::parse(e).ok());
+    match emul.and_then(|e| e.soft.first().map(|s| s.reader.clone())) {
+        Some(r) if args.certs.is_empty() && !r.is_empty() => r,
+        _ => args.reader.clone(),
+    }
+}
+
+/// Commands on stdin, as libcacard's vscclient: insert, remove, exit.
+fn stdin_commands(shared: Arc<Shared>) {
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let stdin = std::io::stdin();
+            loop {
+                line.clear();
+                match stdin.read_line(&mut line) {
+                    Ok(0) | Err(_) => return, // end of input: keep serving (libcacard spins here)
+                    Ok(_) => {}
+                }
+                match line.trim() {
+                    "" => {}
+                    "remove" => shared.send(|s| s.remove()),
+                    "insert" => {
+                        let atr = shared
+                            .card
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .power_on();
+                        shared.send(|s| s.insert(atr));
+                    }
+                    "exit" | "quit" => {
+                        goodbye(&shared);
+                        std::process::exit(0);
+                    }
+                    other => {
+                        tracing::info!("unknown command {other:?}; commands: insert, remove, exit")
+                    }
+                }
+            }
+        });
+}
+
+/// CardRemove and ReaderRemove, written before the process leaves.
+fn goodbye(shared: &Shared) {
+    shared.quit.store(true, Ordering::SeqCst);
+    let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
+    let frames = g.0.goodbye();
+    if let Some(w) = g.1.as_mut() {
+        let _ = write_frames(w, &frames);
+        w.shutdown();
+    }
+}
+
+/// One connection: Init, then frames until the host goes away.
+fn connection(shared: &Shared, mut stream: Stream) -> String {
+    let Ok(writer) = stream.try_clone() else {
+        return "cannot clone the socket".into();
+    };
+    {
+        let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = Some(writer);
+    }
+    shared.send(|s| s.start());
+    let mut dec = vscard::Decoder::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return "closed by the host".into(),
+            Ok(n) => n,
+            Err(e) => return e.to_string(),
+        };
+        dec.feed(&buf[..n]);
+        loop {
+            let frame = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => return format!("{e}; closing"),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+            };
+            tracing::debug!(?frame.message, reader = frame.reader_id, "from host");
+            let (replies, events) = {
+                let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
+                g.0.on_frame(frame)
+            };
+            shared.send(|_| replies);
+            for e in events {
+                match e {
+                    ClientEvent::Apdu(apdu) => {
+                        let resp = shared
+                            .card
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .transmit(&apdu);
+                        shared.send(|s| vec![s.response(resp)]);
+                    }
+                    ClientEvent::ReaderAccepted(id) => {
+                        tracing::info!(reader_id = id, "the host accepted the reader")
+                    }
+                    ClientEvent::ReaderRefused(code) => {
+                        tracing::warn!(?code, "the host refused the reader")
+                    }
+                    ClientEvent::HostError(code) => {
+                        tracing::warn!(?code, "the host reported an error")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let addr = match &args.port {
+        Some(p) => Addr::parse(&format!("{}:{p}", args.host))?,
+        None => Addr::parse(&args.host)?,
+    };
+    let spec = card_spec(&args)?;
+    let mut card = vccid::keys::emulated_card(&spec, args.data_dir.clone())?;
+    let atr = card.power_on();
+    let shared = Arc::new(Shared {
+        session: Mutex::new((ClientSession::new(&reader_name(&args), Some(atr)), None)),
+        card: Mutex::new(Box::new(card)),
+        quit: AtomicBool::new(false),
+    });
+    stdin_commands(shared.clone());
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if vccid::wait_for_shutdown().is_ok() {
+                    goodbye(&shared);
+                    std::process::exit(0);
+                }
+            })?;
+    }
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut announced = false;
+    while !shared.quit.load(Ordering::SeqCst) {
+        match Stream::connect(&addr) {
+            Ok(stream) => {
+                tracing::info!(%addr, "connected to the VSCard host");
+                backoff = Duration::from_millis(100);
+                announced = false;
+                let why = connection(&shared, stream);
+                shared.session.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+                if shared.quit.load(Ordering::SeqCst) {
+                    break;
+                }
+                tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting");
+            }
+            Err(e) => {
+                if let Some(t) = args.connect_timeout {
+                    if started.elapsed() > Duration::from_secs(t) {
+                        return Err(e).with_context(|| format!("cannot connect to {addr}"));
+                    }
+                }
+                if !announced {
+                    tracing::warn!(%addr, "cannot connect: {e}; retrying");
+                    announced = true;
+                }
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    vccid::init_logging(match args.debug {
+        0 => 0,
+        1..=10 => 1,
+        _ => 2,
+    });
+    if let Err(e) = run(args) {
+        eprintln!("vscclient: error: {e:#}");
+        std::process::exit(2);
+    }
+}

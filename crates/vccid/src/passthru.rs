@@ -1,0 +1,207 @@
+//! `--card passthru`: the card lives in a VSCard client (a vscclient, ours or libcacard's) and
+//! this is QEMU's `ccid-card-passthru` as a card of ours (qemu-ccid.md §1.7, §5.1). One client
+//! at a time, as QEMU's chardev; a closed connection removes the card and the reader.
+
+use crate::stream::{write_frames, Addr, Listener, Stream};
+use anyhow::Result;
+use card::{Card, Presence};
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use vscard::host::{HostEvent, HostSession};
+
+/// QEMU's DEFAULT_ATR, reported before any client sent one (qemu-ccid.md §1.7.1).
+const DEFAULT_ATR: [u8; 15] = [
+    0x3B, 0xD5, 0x18, 0xFF, 0x80, 0x91, 0xFE, 0x1F, 0xC3, 0x80, 0x73, 0xC8, 0x21, 0x13, 0x08,
+];
+/// How long an APDU may take on the client's card (a real card generating a key is slow).
+const APDU_TIMEOUT: Duration = Duration::from_secs(120);
+/// The answer of a command whose card link died or timed out (ISO 7816-4: no precise
+/// diagnosis).
+const LINK_FAILED: [u8; 2] = [0x6F, 0x00];
+
+struct State {
+    atr: Vec<u8>,
+    session: HostSession,
+    writer: Option<Stream>,
+    /// The answer to the outstanding APDU: `Some(Ok)` response, `Some(Err)` failure.
+    answer: Option<Result<Vec<u8>, ()>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    answered: Condvar,
+    presence: Presence,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The passthru card.
+pub struct PassthruCard {
+    inner: Arc<Inner>,
+    /// Serialises transmit(): one APDU outstanding, as VSCard has no tags to match answers.
+    transmit_lock: Mutex<()>,
+}
+
+impl PassthruCard {
+    /// Listens at `addr` and serves clients one after another on a thread of its own.
+    pub fn listen(addr: &Addr) -> Result<PassthruCard> {
+        let listener = Listener::bind(addr)?;
+        if !addr.is_local() {
+            tracing::warn!(
+                %addr,
+                "the VSCard channel is not on loopback: it is unauthenticated and unencrypted, and \
+                 anyone who reaches it can insert a card or read the APDUs"
+            );
+        }
+        tracing::info!(addr = %listener.local_addr(), "passthru card waiting for a VSCard client");
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                atr: DEFAULT_ATR.to_vec(),
+                session: HostSession::new(),
+                writer: None,
+                answer: None,
+            }),
+            answered: Condvar::new(),
+            presence: Presence::new(false),
+        });
+        let server = inner.clone();
+        std::thread::Builder::new()
+            .name("vscard-server".into())
+            .spawn(move || loop {
+                match listener.accept() {
+                    Ok(stream) => serve(&server, stream),
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })?;
+        Ok(PassthruCard {
+            inner,
+            transmit_lock: Mutex::new(()),
+        })
+    }
+}
+
+fn apply(inner: &Inner, st: &mut State, events: Vec<HostEvent>) {
+    for e in events {
+        match e {
+            HostEvent::CardInserted(atr) => {
+                st.atr = atr;
+                inner.presence.set(true);
+            }
+            HostEvent::CardRemoved | HostEvent::ReaderRemoved => {
+                inner.presence.set(false);
+            }
+            HostEvent::ReaderAdded => {}
+            HostEvent::Response(r) => {
+                st.answer = Some(Ok(r));
+                inner.answered.notify_all();
+            }
+            HostEvent::ClientError(code) => {
+                tracing::warn!(?code, "the VSCard client failed the APDU");
+                st.answer = Some(Err(()));
+                inner.answered.notify_all();
+            }
+        }
+    }
+}
+
+/// One client connection, until it closes.
+fn serve(inner: &Inner, mut stream: Stream) {
+    let peer = stream.peer();
+    tracing::info!(%peer, "VSCard client connected");
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    {
+        let mut st = inner.lock();
+        st.session = HostSession::new();
+        st.writer = Some(writer);
+    }
+    let mut dec = vscard::Decoder::new();
+    let mut buf = vec![0u8; 65536];
+    let why = 'conn: loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break "closed by the client".to_string(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        dec.feed(&buf[..n]);
+        loop {
+            let mut st = inner.lock();
+            let (replies, events) = match dec.next_frame() {
+                Ok(Some(frame)) => st.session.on_frame(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    let replies = st.session.on_decode_error(&e);
+                    if e.is_fatal() {
+                        break 'conn format!("{e}; closing the connection");
+                    }
+                    (replies, vec![])
+                }
+            };
+            apply(inner, &mut st, events);
+            if let Some(w) = st.writer.as_mut() {
+                if let Err(e) = write_frames(w, &replies) {
+                    break 'conn e.to_string();
+                }
+            }
+        }
+    };
+    let mut st = inner.lock();
+    let events = st.session.on_close();
+    apply(inner, &mut st, events);
+    if let Some(w) = st.writer.take() {
+        w.shutdown();
+    }
+    tracing::info!(%peer, "VSCard client gone: {why}");
+}
+
+impl Card for PassthruCard {
+    fn atr(&self) -> Vec<u8> {
+        self.inner.lock().atr.clone()
+    }
+    // QEMU's passthru forwards no power or reset to the client (libcacard.md §3.5): the card
+    // is reset when the client inserts it.
+    fn power_on(&mut self) -> Vec<u8> {
+        self.atr()
+    }
+    fn power_off(&mut self) {}
+    fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        let _one = self.transmit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.inner.lock();
+        if !st.session.card_present() {
+            return LINK_FAILED.to_vec();
+        }
+        st.answer = None;
+        let frame = st.session.send_apdu(apdu);
+        let sent = match st.writer.as_mut() {
+            Some(w) => write_frames(w, &[frame]).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return LINK_FAILED.to_vec();
+        }
+        let (mut st, timeout) = self
+            .inner
+            .answered
+            .wait_timeout_while(st, APDU_TIMEOUT, |s| s.answer.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!("the VSCard client did not answer within {APDU_TIMEOUT:?}");
+        }
+        match st.answer.take() {
+            Some(Ok(r)) if r.len() >= 2 => r,
+            _ => LINK_FAILED.to_vec(),
+        }
+    }
+    fn presence(&self) -> Presence {
+        self.inner.presence.clone()
+    }
+}

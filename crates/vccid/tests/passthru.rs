@@ -1,0 +1,193 @@
+//! VSCard passthrough on the host: a card served by our `vscclient` (certificates from an NSS
+//! database made with certutil, as the seed's section 6) → VSCard over loopback →
+//! `vccid --card passthru` → vpcd → a private pcscd → OpenSC.
+
+use std::io::Write;
+use std::process::{ChildStdin, Command};
+use std::time::Duration;
+use testkit::{run, text, PrivatePcscd, OPENSC_PKCS11};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
+
+struct Relay {
+    pcscd: PrivatePcscd,
+    client: ChildStdin,
+    db: tempfile::TempDir,
+}
+
+/// pcscd, then `vccid --card passthru`, then vscclient with the NSS database's three
+/// certificates in libcacard's -e syntax; waits for the card in pcscd.
+fn relay() -> Relay {
+    let db = tempfile::tempdir().unwrap();
+    testkit::nss_db(db.path(), None).unwrap();
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let mut host = pcscd.command(VCCID);
+    host.args([
+        "--vpcd",
+        "127.0.0.1:35963",
+        "--card",
+        "passthru,listen=127.0.0.1:2001",
+    ]);
+    pcscd.spawn("vccid", host).unwrap();
+    let mut client = pcscd.command(VSCCLIENT);
+    client
+        .arg("-e")
+        .arg(format!(
+            "db=\"sql:{}\" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)",
+            db.path().display()
+        ))
+        .args(["127.0.0.1", "2001"]);
+    let stdin = pcscd.spawn_with_stdin("vscclient", client).unwrap();
+    if let Err(e) = pcscd.wait_card(0, Duration::from_secs(20)) {
+        panic!(
+            "{e}\nvccid:\n{}\nvscclient:\n{}",
+            pcscd.child_log("vccid"),
+            pcscd.child_log("vscclient")
+        );
+    }
+    Relay {
+        pcscd,
+        client: stdin,
+        db,
+    }
+}
+
+fn tool(r: &Relay, program: &str, args: &[&str]) -> std::process::Output {
+    r.pcscd.command(program).args(args).output().unwrap()
+}
+
+#[test]
+fn opensc_reads_and_signs_with_a_card_served_by_vscclient() {
+    let r = relay();
+    let t = text(&tool(&r, "pkcs15-tool", &["-D"]));
+    assert_eq!(t.matches("X.509 Certificate [").count(), 3, "{t}");
+    assert_eq!(t.matches("Private RSA Key").count(), 3, "{t}");
+    let d = r.pcscd.dir.path();
+    let (msg, sig, pk) = (d.join("m"), d.join("s"), d.join("pub.pem"));
+    std::fs::write(&msg, b"through VSCard\n").unwrap();
+    let o = tool(
+        &r,
+        "pkcs11-tool",
+        &[
+            "--module",
+            OPENSC_PKCS11,
+            "--login",
+            "--pin",
+            "12345678",
+            "--sign",
+            "--mechanism",
+            "SHA256-RSA-PKCS",
+            "--id",
+            "0002",
+            "--input-file",
+            msg.to_str().unwrap(),
+            "--output-file",
+            sig.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cert = r.db.path().join("cert2.crt.pem");
+    let p = run(Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(&cert))
+    .unwrap();
+    std::fs::write(&pk, p.stdout).unwrap();
+    let v = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pk)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+}
+
+#[test]
+fn removal_and_reinsertion_in_vscclient_reach_pcscd() {
+    let mut r = relay();
+    writeln!(r.client, "remove").unwrap();
+    r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let scan = text(&tool(&r, "opensc-tool", &["-l"]));
+    assert!(scan.contains("0    No"), "{scan}");
+    writeln!(r.client, "insert").unwrap();
+    r.pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
+    let n = text(&tool(&r, "opensc-tool", &["-n"]));
+    assert!(n.contains("Common Access Card (CAC)"), "{n}");
+}
+
+#[test]
+fn vscclient_exit_removes_the_card_and_a_new_client_brings_it_back() {
+    let mut r = relay();
+    writeln!(r.client, "exit").unwrap();
+    r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let log = r.pcscd.child_log("vccid");
+    assert!(log.contains("VSCard client gone"), "{log}");
+    // A second client (our default-identity card) connects to the same passthru host.
+    let mut client = r.pcscd.command(VSCCLIENT);
+    client
+        .args(["--card", "emulated", "--data-dir"])
+        .arg(r.pcscd.dir.path().join("data"))
+        .arg("127.0.0.1:2001");
+    r.pcscd.spawn("vscclient2", client).unwrap();
+    r.pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
+    let n = text(&tool(&r, "opensc-tool", &["-n"]));
+    assert!(n.contains("Common Access Card (CAC)"), "{n}");
+}
+
+#[test]
+fn vscclient_reconnects_to_a_new_host() {
+    let mut r = relay();
+    // Kill the host side: vscclient must reconnect when a new host appears.
+    r.pcscd.stop_child("vccid", "KILL");
+    r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let mut pcscd = r.pcscd;
+    let mut host = pcscd.command(VCCID);
+    host.args([
+        "--vpcd",
+        "127.0.0.1:35963",
+        "--card",
+        "passthru,listen=127.0.0.1:2001",
+    ]);
+    pcscd.spawn("vccid2", host).unwrap();
+    pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
+    let log = pcscd.child_log("vscclient");
+    assert!(log.contains("reconnecting"), "{log}");
+}
+
+#[test]
+fn unix_socket_link() {
+    let db = tempfile::tempdir().unwrap();
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let sock = pcscd.dir.path().join("vscard.sock");
+    let mut host = pcscd.command(VCCID);
+    host.args(["--vpcd", "127.0.0.1:35963", "--card"])
+        .arg(format!("passthru,listen=unix:{}", sock.display()));
+    pcscd.spawn("vccid", host).unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let mut client = pcscd.command(VSCCLIENT);
+    client
+        .args(["--card", "emulated", "--data-dir"])
+        .arg(db.path())
+        .arg(format!("unix:{}", sock.display()));
+    pcscd.spawn("vscclient", client).unwrap();
+    pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
+}
+
+#[test]
+fn a_killed_client_is_a_removed_card() {
+    let mut r = relay();
+    r.pcscd.stop_child("vscclient", "KILL");
+    r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let log = r.pcscd.child_log("vccid");
+    assert!(log.contains("VSCard client gone"), "{log}");
+}
