@@ -103,10 +103,10 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
         current: Mutex::new(None),
     });
     let watcher = {
-        let (shared, presence) = (shared.clone(), presence.clone());
+        let (shared, presence, card) = (shared.clone(), presence.clone(), card.clone());
         std::thread::Builder::new()
             .name("vpcd-presence".into())
-            .spawn(move || watch_removal(&shared, &presence))?
+            .spawn(move || watch_removal(&shared, &presence, &card))?
     };
     let main = {
         let shared = shared.clone();
@@ -120,12 +120,15 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
     })
 }
 
-/// Closing the socket is how a vpcd card says "removed" (transports.md §3.2).
-fn watch_removal(shared: &Shared, presence: &Presence) {
+/// Closing the socket is how a vpcd card says "removed" (transports.md §3.2). The card lock is
+/// taken first: a command in flight (which holds it until its answer is written) is answered
+/// before the connection closes.
+fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard) {
     let (_, mut seen) = presence.snapshot();
     while !shared.stop.load(Ordering::SeqCst) {
         let (present, gen) = presence.wait_change(seen, Duration::from_millis(200));
         if gen != seen && !present {
+            let _in_flight = lock(card);
             shared.cut();
         }
         seen = gen;
@@ -214,7 +217,9 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> String {
                 Ok(None) => break,
                 Err(e) => return format!("protocol error: {e}"),
             };
-            if let Some(answer) = answer(card, req) {
+            // The card stays locked until its answer is written (see watch_removal).
+            let mut c = lock(card);
+            if let Some(answer) = answer(&mut *c, req) {
                 let framed = encode(&answer).unwrap_or_else(|e| {
                     tracing::warn!("answer not sendable ({e}); sending 6F00");
                     vec![0x00, 0x02, 0x6F, 0x00]
@@ -228,8 +233,7 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> String {
 }
 
 /// The card's answer to one request, if the request has one.
-fn answer(card: &SharedCard, req: Request) -> Option<Vec<u8>> {
-    let mut c = lock(card);
+fn answer(c: &mut dyn Card, req: Request) -> Option<Vec<u8>> {
     match req {
         Request::PowerOff => {
             c.power_off();

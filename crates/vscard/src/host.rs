@@ -49,14 +49,16 @@ impl HostSession {
         Frame::new(0, Message::Apdu(apdu.to_vec()))
     }
 
+    /// The outstanding APDU fails first, so its failure answer goes out before the reader
+    /// reports the card gone.
     fn removal(&mut self, events: &mut Vec<HostEvent>) {
-        if self.card {
-            self.card = false;
-            events.push(HostEvent::CardRemoved);
-        }
         if self.awaiting_response {
             self.awaiting_response = false;
             events.push(HostEvent::ClientError(ErrorCode::GENERAL_ERROR));
+        }
+        if self.card {
+            self.card = false;
+            events.push(HostEvent::CardRemoved);
         }
     }
 
@@ -278,8 +280,8 @@ mod tests {
         assert_eq!(
             s.on_close(),
             vec![
-                HostEvent::CardRemoved,
                 HostEvent::ClientError(ErrorCode::GENERAL_ERROR),
+                HostEvent::CardRemoved,
                 HostEvent::ReaderRemoved
             ]
         );
