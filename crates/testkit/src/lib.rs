@@ -251,6 +251,32 @@ impl Drop for PrivatePcscd {
     }
 }
 
+impl PrivatePcscd {
+    /// Starts vsmartcard's `vicc -t iso7816` (package vsmartcard-vpicc), the "real card" of
+    /// the hardware tests, on vpcd port `port` (35963 = reader 0). Debian's vicc needs its
+    /// package directory on PYTHONPATH and `Crypto` to name pycryptodome's `Cryptodome`.
+    pub fn start_vicc(&mut self, port: u16) -> Result<()> {
+        which("vicc")?;
+        let shim = self.dir.path().join("pyshim");
+        std::fs::create_dir_all(&shim).map_err(|e| e.to_string())?;
+        let link = shim.join("Crypto");
+        if !link.exists() {
+            std::os::unix::fs::symlink("/usr/lib/python3/dist-packages/Cryptodome", &link)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut cmd = self.command("vicc");
+        cmd.env(
+            "PYTHONPATH",
+            format!(
+                "/usr/lib/python3/site-packages/virtualsmartcard:{}",
+                shim.display()
+            ),
+        )
+        .args(["-t", "iso7816", "-H", "127.0.0.1", "-P", &port.to_string()]);
+        self.spawn("vicc", cmd)
+    }
+}
+
 /// Fails when a program is not on PATH.
 pub fn which(tool: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")

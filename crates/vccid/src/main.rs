@@ -28,6 +28,8 @@ struct Args {
     /// common properties: pin=PIN (default 12345678), pin-tries=N (default 3).
     /// `passthru[,listen=ADDR]`: the card lives in a VSCard client such as vscclient
     /// (default listen=127.0.0.1:2001; ADDR is HOST:PORT or unix:PATH).
+    /// `hardware[,reader=NAME]`: the host's real card through PC/SC (the first reader whose
+    /// name contains NAME).
     #[arg(long, value_name = "SPEC", default_value = "emulated")]
     card: String,
 
@@ -52,6 +54,9 @@ fn run(args: Args) -> Result<()> {
             let card = vccid::keys::emulated_card(e, args.data_dir.clone())?;
             vccid::commands::spawn(card::Card::presence(&card));
             Arc::new(Mutex::new(card))
+        }
+        CardSpec::Hardware { reader } => {
+            Arc::new(Mutex::new(hostcard::HostCard::open(reader.as_deref())?))
         }
         CardSpec::Passthru { listen } => Arc::new(Mutex::new(
             vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?)?,

@@ -45,6 +45,12 @@ pub enum CardSpec {
         /// `HOST:PORT` or `unix:PATH`.
         listen: String,
     },
+    /// The host's real card through PC/SC (`reader=NAME`: the first reader whose name
+    /// contains NAME; default the first reader).
+    Hardware {
+        /// Reader name filter.
+        reader: Option<String>,
+    },
 }
 
 fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
@@ -107,8 +113,14 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
             }
             Ok(CardSpec::Passthru { listen })
         }
-        "hardware" => bail!("--card hardware is not available yet; use emulated or passthru"),
-        other => bail!("unknown card type {other:?}; expected emulated or passthru"),
+        "hardware" => {
+            let reader = props.remove("reader");
+            if let Some(k) = props.keys().next() {
+                bail!("unknown hardware property {k:?} (expected reader=NAME)");
+            }
+            Ok(CardSpec::Hardware { reader })
+        }
+        other => bail!("unknown card type {other:?}; expected emulated, passthru or hardware"),
     }
 }
 

@@ -43,9 +43,15 @@ struct Args {
     #[arg(long, value_name = "SPEC")]
     card: Option<String>,
 
-    /// The reader name announced to the host.
-    #[arg(long, value_name = "NAME", default_value = "Virtual Reader")]
-    reader: String,
+    /// The reader name announced to the host (default: the PC/SC reader's name, or
+    /// "Virtual Reader" for an emulated card).
+    #[arg(long, value_name = "NAME")]
+    reader: Option<String>,
+
+    /// Hardware mode (no -c/-e/--card): relay the card of the first PC/SC reader whose name
+    /// contains NAME (default: the first reader).
+    #[arg(long, value_name = "NAME")]
+    pcsc_reader: Option<String>,
 
     /// The emulated card's PIN (default 12345678).
     #[arg(long, value_name = "PIN")]
@@ -87,15 +93,25 @@ impl Shared {
     }
 }
 
-fn card_spec(args: &Args) -> Result<EmulatedSpec> {
+/// The card vscclient serves: emulated, or a PC/SC reader's (libcacard's default mode).
+enum ClientCard {
+    Emulated(EmulatedSpec),
+    Hardware(Option<String>),
+}
+
+fn card_spec(args: &Args) -> Result<ClientCard> {
     if args.passthru_compare {
         bail!("-p (compare with a PC/SC reader) is not supported");
     }
     if let Some(c) = &args.card {
         return match spec::parse(c)? {
-            CardSpec::Emulated(e) => Ok(e),
+            CardSpec::Emulated(e) => Ok(ClientCard::Emulated(e)),
+            CardSpec::Hardware { reader } => Ok(ClientCard::Hardware(reader)),
             CardSpec::Passthru { .. } => bail!("--card passthru is a host; vscclient needs a card"),
         };
+    }
+    if args.certs.is_empty() && args.emul_args.is_none() {
+        return Ok(ClientCard::Hardware(args.pcsc_reader.clone()));
     }
     let emul = args
         .emul_args
@@ -115,12 +131,9 @@ fn card_spec(args: &Args) -> Result<EmulatedSpec> {
         }
         soft.certs.clone()
     } else {
-        bail!(
-            "no card: give -c CERTNAME..., -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,cert1,...)' or --card emulated \
-             (relaying PC/SC readers is not available yet)"
-        );
+        bail!("-e without soft=(...): give soft=(,Reader,CAC,,cert1,...) or -c CERTNAME");
     };
-    Ok(EmulatedSpec {
+    Ok(ClientCard::Emulated(EmulatedSpec {
         backend: Backend::Nss {
             db,
             nicknames,
@@ -128,18 +141,51 @@ fn card_spec(args: &Args) -> Result<EmulatedSpec> {
         },
         pin: args.pin.clone(),
         pin_tries: None,
-    })
+    }))
 }
 
-fn reader_name(args: &Args) -> String {
+fn reader_name(args: &Args, pcsc_reader: Option<&str>) -> String {
+    if let Some(r) = &args.reader {
+        return r.clone();
+    }
+    if let Some(r) = pcsc_reader {
+        return r.to_string();
+    }
     let emul = args
         .emul_args
         .as_deref()
         .and_then(|e| vccid::emul_args::parse(e).ok());
     match emul.and_then(|e| e.soft.first().map(|s| s.reader.clone())) {
         Some(r) if args.certs.is_empty() && !r.is_empty() => r,
-        _ => args.reader.clone(),
+        _ => "Virtual Reader".into(),
     }
+}
+
+/// Insertions and removals of the card (a PC/SC reader's, or `insert`/`remove` commands on an
+/// emulated one) become ATR and CardRemove messages.
+fn follow_presence(shared: Arc<Shared>, presence: card::Presence) {
+    let _ = std::thread::Builder::new()
+        .name("presence".into())
+        .spawn(move || {
+            let (_, mut seen) = presence.snapshot();
+            loop {
+                let (present, gen) = presence.wait_change(seen, Duration::from_secs(1));
+                if gen == seen {
+                    continue;
+                }
+                seen = gen;
+                if present {
+                    let atr = shared
+                        .card
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .power_on();
+                    shared.send(|s| s.insert(atr));
+                } else {
+                    shared.send(|s| s.remove());
+                }
+            }
+        });
 }
 
 /// Commands on stdin, as libcacard's vscclient: insert, remove, exit.
@@ -157,14 +203,21 @@ fn stdin_commands(shared: Arc<Shared>) {
                 }
                 match line.trim() {
                     "" => {}
-                    "remove" => shared.send(|s| s.remove()),
-                    "insert" => {
-                        let atr = shared
+                    "remove" => {
+                        shared
                             .card
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .power_on();
-                        shared.send(|s| s.insert(atr));
+                            .presence()
+                            .set(false);
+                    }
+                    "insert" => {
+                        shared
+                            .card
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .presence()
+                            .set(true);
                     }
                     "exit" | "quit" => {
                         goodbye(&shared);
@@ -254,15 +307,29 @@ fn run(args: Args) -> Result<()> {
         Some(p) => Addr::parse(&format!("{}:{p}", args.host))?,
         None => Addr::parse(&args.host)?,
     };
-    let spec = card_spec(&args)?;
-    let mut card = vccid::keys::emulated_card(&spec, args.data_dir.clone())?;
-    let atr = card.power_on();
+    let (mut card, pcsc_reader): (Box<dyn Card>, Option<String>) = match card_spec(&args)? {
+        ClientCard::Emulated(spec) => (
+            Box::new(vccid::keys::emulated_card(&spec, args.data_dir.clone())?),
+            None,
+        ),
+        ClientCard::Hardware(reader) => {
+            let c = hostcard::HostCard::open(reader.as_deref())?;
+            let name = c.reader().to_string();
+            (Box::new(c), Some(name))
+        }
+    };
+    let presence = card.presence();
+    let atr = presence.is_present().then(|| card.power_on());
     let shared = Arc::new(Shared {
-        session: Mutex::new((ClientSession::new(&reader_name(&args), Some(atr)), None)),
-        card: Mutex::new(Box::new(card)),
+        session: Mutex::new((
+            ClientSession::new(&reader_name(&args, pcsc_reader.as_deref()), atr),
+            None,
+        )),
+        card: Mutex::new(card),
         quit: AtomicBool::new(false),
     });
     stdin_commands(shared.clone());
+    follow_presence(shared.clone(), presence);
     {
         let shared = shared.clone();
         std::thread::Builder::new()
