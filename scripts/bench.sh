@@ -52,6 +52,9 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
   wait %1; kill $VP
   taskset -c 0 python3 bench/fake_vpcd.py libcacard 41012 & sleep 0.3
   taskset -c 0 "$W/libcacard_card" vpcd "$W/nss" 41012; wait
+  echo "== VSCard link (vscclient <-> passthru card, card in vscclient)"
+  echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/vscard_bench target/release/vscclient 20000)"
+  echo "unpinned:        $(target/release/examples/vscard_bench target/release/vscclient 20000)"
   # pcscd, the cards and the tools all on CPU 0 as well, for the same reason.
   exec env BENCH_IN_NS=1 taskset -c 0 unshare --mount --net --propagation private --fork --kill-child "$0"
 fi
@@ -108,3 +111,13 @@ for _ in $(seq 25); do
 done
 echo "pkcs15-tool -D, median of 25: vccid(NSS) $(median "${D0[@]}") ms, libcacard $(median "${D1[@]}") ms"
 echo "pkcs11-tool --sign, median of 25: vccid(NSS) $(median "${S0[@]}") ms, libcacard $(median "${S1[@]}") ms"
+# Idle: vccid --card passthru with a connected vscclient, the card present in pcscd.
+pkill -P $$ -f 'vccid|libcacard_card|instant_card' 2>/dev/null || true
+absent 0; absent 1
+"$VCCID" --vpcd --card passthru,listen=127.0.0.1:2001 >"$W/vccid-pt.log" 2>&1 & HPID=$!; PIDS+=($HPID)
+"$ROOT/target/release/vscclient" --card emulated --data-dir "$W/data" 127.0.0.1 2001 </dev/null >"$W/vsc.log" 2>&1 & CPID=$!; PIDS+=($CPID)
+present 0
+sleep 2
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+h0=$(ticks $HPID); c0=$(ticks $CPID); sleep 5; h1=$(ticks $HPID); c1=$(ticks $CPID)
+echo "idle 5 s (stdin closed, card in pcscd): vccid --card passthru $((h1 - h0)) CPU ticks, RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$HPID/status); vscclient $((c1 - c0)) ticks, RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$CPID/status) (100 ticks = 1 CPU-second)"

@@ -191,3 +191,39 @@ fn a_killed_client_is_a_removed_card() {
     let log = r.pcscd.child_log("vccid");
     assert!(log.contains("VSCard client gone"), "{log}");
 }
+
+/// CPU ticks (user + system, 1/100 s) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn vscclient_does_not_spin_when_stdin_and_the_host_are_gone() {
+    // libcacard's vscclient spins at 100% when its stdin or its socket closes. Ours, with
+    // stdin at end of file and no host (retrying with backoff), stays far below one tick per
+    // 100 ms; a busy loop would use ~300 ticks in these 3 s.
+    let mut r = relay();
+    r.pcscd.stop_child("vccid", "KILL");
+    r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let mut client = r.pcscd.command(VSCCLIENT);
+    client
+        .args(["--card", "emulated", "--data-dir"])
+        .arg(r.pcscd.dir.path().join("data2"))
+        .arg("127.0.0.1:2002");
+    client.stdin(std::process::Stdio::null());
+    r.pcscd.spawn("idle", client).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pids = [
+        r.pcscd.child_pid("idle").unwrap(),
+        r.pcscd.child_pid("vscclient").unwrap(),
+    ];
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for (pid, b) in pids.iter().zip(before) {
+        let used = cpu_ticks(*pid) - b;
+        assert!(used < 30, "vscclient {pid} used {used} ticks in 3 s idle");
+    }
+}
