@@ -120,3 +120,53 @@ fn pkcs12_without_a_password_says_how_to_give_one() {
         "p12-password-file=FILE",
     );
 }
+
+const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
+
+fn vscclient_fails_with(args: &[&str], words: &str) {
+    let o = Command::new(VSCCLIENT)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("vscclient: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(words), "{line}");
+}
+
+#[test]
+fn vscclient_errors_are_one_line() {
+    vscclient_fails_with(&["-e", "db=x", "127.0.0.1", "2001"], "quoted");
+    vscclient_fails_with(&["-e", "soft=(,r,PIV,,c)", "127.0.0.1", "2001"], "only CAC");
+    vscclient_fails_with(&["-p", "-c", "cert1", "127.0.0.1", "2001"], "not supported");
+    vscclient_fails_with(
+        &[
+            "-c",
+            "cert1",
+            "-e",
+            "db=\"sql:/nonexistent\"",
+            "127.0.0.1",
+            "2001",
+        ],
+        "certutil -N",
+    );
+    vscclient_fails_with(&["--card", "passthru", "127.0.0.1", "2001"], "is a host");
+    vscclient_fails_with(&["--card", "emulated", "no-port"], "bad address");
+    let dir = tempfile::tempdir().unwrap();
+    vscclient_fails_with(
+        &[
+            "--card",
+            "emulated",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--connect-timeout",
+            "0",
+            "127.0.0.1:1",
+        ],
+        "cannot connect to 127.0.0.1:1",
+    );
+}

@@ -227,3 +227,23 @@ fn vscclient_does_not_spin_when_stdin_and_the_host_are_gone() {
         assert!(used < 30, "vscclient {pid} used {used} ticks in 3 s idle");
     }
 }
+
+#[test]
+fn a_non_loopback_listener_warns_that_the_channel_is_unauthenticated() {
+    // Inside the private network namespace, 0.0.0.0 reaches nothing but its loopback.
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let mut host = pcscd.command(VCCID);
+    host.args([
+        "--vpcd",
+        "127.0.0.1:35963",
+        "--card",
+        "passthru,listen=0.0.0.0:2003",
+    ]);
+    pcscd.spawn("vccid", host).unwrap();
+    testkit::wait_for("the listener", Duration::from_secs(10), || {
+        pcscd.child_log("vccid").contains("passthru card waiting")
+    })
+    .unwrap();
+    let log = pcscd.child_log("vccid");
+    assert!(log.contains("unauthenticated and unencrypted"), "{log}");
+}
