@@ -277,6 +277,59 @@ impl PrivatePcscd {
     }
 }
 
+/// Writes the public key of a PEM certificate to `out` (`openssl x509 -pubkey`).
+pub fn pubkey_pem(cert: &Path, out: &Path) -> Result<()> {
+    let o = run(Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(cert))?;
+    std::fs::write(out, o.stdout).map_err(|e| e.to_string())
+}
+
+impl PrivatePcscd {
+    /// Signs a message with key `id` through OpenSC's PKCS#11 module (SHA256-RSA-PKCS, login
+    /// with `pin`) inside this instance, and checks the signature with
+    /// `openssl dgst -sha256 -verify` against the public key of the PEM certificate `cert`.
+    pub fn sign_and_verify(&self, id: &str, pin: &str, cert: &Path) -> Result<()> {
+        let d = self.dir.path();
+        let (msg, sig, pk) = (
+            d.join(format!("msg{id}")),
+            d.join(format!("sig{id}")),
+            d.join(format!("pub{id}.pem")),
+        );
+        std::fs::write(&msg, b"vccid signs this\n").map_err(|e| e.to_string())?;
+        let o = self
+            .command("pkcs11-tool")
+            .args(["--module", OPENSC_PKCS11, "--login", "--pin", pin, "--sign"])
+            .args(["--mechanism", "SHA256-RSA-PKCS", "--id", id, "--input-file"])
+            .arg(&msg)
+            .arg("--output-file")
+            .arg(&sig)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("pkcs11-tool --sign --id {id}: {}", text(&o)));
+        }
+        pubkey_pem(cert, &pk)?;
+        let v = Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pk)
+            .arg("-signature")
+            .arg(&sig)
+            .arg(&msg)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if v.status.success() && text(&v).contains("Verified OK") {
+            Ok(())
+        } else {
+            Err(format!(
+                "signature with {id} does not verify against {}: {}",
+                cert.display(),
+                text(&v)
+            ))
+        }
+    }
+}
+
 /// Fails when a program is not on PATH.
 pub fn which(tool: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")

@@ -9,7 +9,12 @@ fn fails_with(args: &[&str], words: &str) {
 }
 
 fn fails_with_env(args: &[&str], env: &[(&str, &str)], words: &str) {
-    let o = Command::new(VCCID)
+    program_fails_with(VCCID, "vccid", args, env, words)
+}
+
+/// Runs `program`; expects exit status 2 and one `NAME: error:` line containing `words`.
+fn program_fails_with(program: &str, name: &str, args: &[&str], env: &[(&str, &str)], words: &str) {
+    let o = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
@@ -19,7 +24,7 @@ fn fails_with_env(args: &[&str], env: &[(&str, &str)], words: &str) {
     assert_eq!(o.status.code(), Some(2), "{err}");
     let line = err
         .lines()
-        .find(|l| l.starts_with("vccid: error:"))
+        .find(|l| l.starts_with(&format!("{name}: error:")))
         .unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains(words), "{line}");
 }
@@ -124,18 +129,7 @@ fn pkcs12_without_a_password_says_how_to_give_one() {
 const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
 
 fn vscclient_fails_with(args: &[&str], words: &str) {
-    let o = Command::new(VSCCLIENT)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("vscclient: error:"))
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(line.contains(words), "{line}");
+    program_fails_with(VSCCLIENT, "vscclient", args, &[], words)
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! `vccid --card passthru` → vpcd → a private pcscd → OpenSC.
 
 use std::io::Write;
-use std::process::{ChildStdin, Command};
+use std::process::ChildStdin;
 use std::time::Duration;
-use testkit::{run, text, PrivatePcscd, OPENSC_PKCS11};
+use testkit::{text, PrivatePcscd};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
@@ -63,45 +63,9 @@ fn opensc_reads_and_signs_with_a_card_served_by_vscclient() {
     let t = text(&tool(&r, "pkcs15-tool", &["-D"]));
     assert_eq!(t.matches("X.509 Certificate [").count(), 3, "{t}");
     assert_eq!(t.matches("Private RSA Key").count(), 3, "{t}");
-    let d = r.pcscd.dir.path();
-    let (msg, sig, pk) = (d.join("m"), d.join("s"), d.join("pub.pem"));
-    std::fs::write(&msg, b"through VSCard\n").unwrap();
-    let o = tool(
-        &r,
-        "pkcs11-tool",
-        &[
-            "--module",
-            OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            "12345678",
-            "--sign",
-            "--mechanism",
-            "SHA256-RSA-PKCS",
-            "--id",
-            "0002",
-            "--input-file",
-            msg.to_str().unwrap(),
-            "--output-file",
-            sig.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let cert = r.db.path().join("cert2.crt.pem");
-    let p = run(Command::new("openssl")
-        .args(["x509", "-pubkey", "-noout", "-in"])
-        .arg(&cert))
-    .unwrap();
-    std::fs::write(&pk, p.stdout).unwrap();
-    let v = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pk)
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&msg)
-        .output()
+    r.pcscd
+        .sign_and_verify("0002", "12345678", &r.db.path().join("cert2.crt.pem"))
         .unwrap();
-    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
 }
 
 #[test]

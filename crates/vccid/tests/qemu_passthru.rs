@@ -27,22 +27,28 @@ fn qemu_with_passthru(port: u16) -> Qemu {
     Qemu::start(&args).expect("QEMU 7.2 starts")
 }
 
+/// Starts vscclient (emulated card, debug output) against 127.0.0.1:`port`; its log goes to
+/// `dir/vscclient.log`.
+fn vscclient(dir: &std::path::Path, port: u16, stdin: Stdio) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("vscclient.log")).unwrap();
+    Command::new(VSCCLIENT)
+        .args(["-d", "5", "--card", "emulated", "--data-dir"])
+        .arg(dir)
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(stdin)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn vscclient_session_with_qemu_passthru() {
     let port = free_port().unwrap();
     let qemu = qemu_with_passthru(port);
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("vscclient.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut client = Command::new(VSCCLIENT)
-        .args(["-d", "5", "--card", "emulated", "--data-dir"])
-        .arg(data.path())
-        .args(["127.0.0.1", &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut client = vscclient(data.path(), port, Stdio::piped());
     let vlog = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let ready = wait_for("the ATR accepted", Duration::from_secs(30), || {
         qemu.stdout().contains("atr passes check")
@@ -106,17 +112,8 @@ fn vscclient_waits_for_qemu_and_exits_cleanly_on_sigterm() {
     let port = free_port().unwrap();
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("vscclient.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     // The client starts first and retries until QEMU listens.
-    let mut client = Command::new(VSCCLIENT)
-        .args(["-d", "5", "--card", "emulated", "--data-dir"])
-        .arg(data.path())
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut client = vscclient(data.path(), port, Stdio::null());
     std::thread::sleep(Duration::from_millis(500));
     let qemu = qemu_with_passthru(port);
     wait_for("the ATR accepted", Duration::from_secs(30), || {

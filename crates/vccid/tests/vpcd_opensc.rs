@@ -3,7 +3,7 @@
 //! Key stores: the embedded default, PEM files, the seed's NSS database (certutil), SoftHSM2.
 //! Each test starts its own pcscd in its own namespaces (testkit::PrivatePcscd).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use testkit::{run, text, PrivatePcscd, OPENSC_PKCS11};
@@ -72,14 +72,6 @@ impl Setup {
     }
 }
 
-fn pubkey(cert: &Path, out: &Path) {
-    let o = run(Command::new("openssl")
-        .args(["x509", "-pubkey", "-noout", "-in"])
-        .arg(cert))
-    .unwrap();
-    std::fs::write(out, o.stdout).unwrap();
-}
-
 /// pkcs15-tool -D lists the PIN, three RSA private keys and three certificates, and the
 /// certificates read back are CN=cert1..cert3.
 fn assert_pkcs15_lists_three(s: &Setup) {
@@ -103,40 +95,9 @@ fn assert_pkcs15_lists_three(s: &Setup) {
 
 /// pkcs11-tool signs with SHA256-RSA-PKCS and `openssl dgst -verify` accepts the signature.
 fn assert_sign_verifies(s: &Setup, n: usize) {
-    let d = s.pcscd.dir.path();
-    let msg = d.join("msg.txt");
-    let sig = d.join(format!("sig{n}.bin"));
-    std::fs::write(&msg, b"vccid signs this\n").unwrap();
-    let o = s.p11(&[
-        "--login",
-        "--pin",
-        PIN,
-        "--sign",
-        "--mechanism",
-        "SHA256-RSA-PKCS",
-        "--id",
-        &format!("000{n}"),
-        "--input-file",
-        msg.to_str().unwrap(),
-        "--output-file",
-        sig.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "sign: {}", text(&o));
-    let pk = d.join(format!("pub{n}.pem"));
-    pubkey(&s.cert(n), &pk);
-    let v = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pk)
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&msg)
-        .output()
+    s.pcscd
+        .sign_and_verify(&format!("000{n}"), PIN, &s.cert(n))
         .unwrap();
-    assert!(
-        v.status.success() && text(&v).contains("Verified OK"),
-        "{}",
-        text(&v)
-    );
 }
 
 #[test]
@@ -254,7 +215,7 @@ fn pkcs11_decrypt_with_key_three_recovers_openssl_ciphertext() {
     let d = s.pcscd.dir.path();
     let (msg, ct, pt, pk) = (d.join("m"), d.join("ct"), d.join("pt"), d.join("pub3.pem"));
     std::fs::write(&msg, b"the secret 1234567890\n").unwrap();
-    pubkey(&s.cert(3), &pk);
+    testkit::pubkey_pem(&s.cert(3), &pk).unwrap();
     run(Command::new("openssl")
         .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
         .arg(&pk)
