@@ -1,0 +1,365 @@
+//! A mock CCID host that drives [`UsbDevice`] as libccid does through a host controller:
+//! control requests, bulk-OUT messages split in 64-byte packets, bulk-IN reads either one
+//! 64-byte packet at a time (UHCI) or as one large transfer (xHCI), the interrupt endpoint,
+//! and the Abort handshake. Transcripts are spaced hex (CCID §6).
+
+use apdu::hex::{h, spaced};
+use card::{Card, Presence};
+use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
+use ccid::device::Ccid;
+use ccid::usb::{Setup, Transfer, UsbDevice};
+
+/// A card answering `data + 90 00` to anything, 4 KiB + 9000 to INS B0.
+struct TestCard {
+    presence: Presence,
+}
+
+impl Card for TestCard {
+    fn atr(&self) -> Vec<u8> {
+        h("3B 7A 18 00 00 73 66 74 65 20 63 64 31 34 34")
+    }
+    fn power_on(&mut self) -> Vec<u8> {
+        self.atr()
+    }
+    fn power_off(&mut self) {}
+    fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        if apdu.get(1) == Some(&0xB0) {
+            let mut r: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+            r.extend_from_slice(&[0x90, 0x00]);
+            return r;
+        }
+        let mut r = apdu.to_vec();
+        r.extend_from_slice(&[0x90, 0x00]);
+        r
+    }
+    fn presence(&self) -> Presence {
+        self.presence.clone()
+    }
+}
+
+struct Host {
+    dev: Ccid,
+    presence: Presence,
+    /// Bulk-IN transfer size: 64 = packet at a time (UHCI), large = xHCI.
+    max_in: usize,
+}
+
+fn host(max_in: usize) -> Host {
+    let presence = Presence::new(true);
+    let dev = Ccid::new(
+        Identity::default(),
+        Box::new(TestCard {
+            presence: presence.clone(),
+        }),
+    );
+    Host {
+        dev,
+        presence,
+        max_in,
+    }
+}
+
+impl Host {
+    /// Sends one message in 64-byte packets; `Err` on STALL.
+    fn send(&mut self, msg: &[u8]) -> Result<(), ()> {
+        let mut chunks: Vec<&[u8]> = msg.chunks(64).collect();
+        if msg.len() % 64 == 0 {
+            chunks.push(&[]);
+        }
+        for c in chunks {
+            if self.dev.out(EP_BULK_OUT, c) == Transfer::Stall {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one reply as libccid does: the header, then until dwLength is complete.
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut msg = Vec::new();
+        loop {
+            match self.dev.input(EP_BULK_IN, self.max_in) {
+                Transfer::Done(d) => {
+                    let short = d.len() < self.max_in;
+                    msg.extend_from_slice(&d);
+                    if msg.len() >= 10 {
+                        let len = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
+                        if msg.len() >= 10 + len && (short || self.max_in > 64) {
+                            return Some(msg);
+                        }
+                    }
+                    if short && msg.len() >= 10 {
+                        return Some(msg);
+                    }
+                }
+                Transfer::Pending => return if msg.is_empty() { None } else { Some(msg) },
+                Transfer::Stall => panic!("bulk IN stalled"),
+            }
+        }
+    }
+
+    fn xfer(&mut self, cmd: &str) -> String {
+        self.send(&h(cmd)).expect("no STALL");
+        spaced(&self.recv().expect("a reply"))
+    }
+}
+
+#[test]
+fn libccid_start_up_transcript() {
+    let mut hst = host(64);
+    // The interrupt endpoint announces the card that is already in.
+    assert_eq!(
+        hst.dev.input(EP_INTERRUPT_IN, 8),
+        Transfer::Done(h("50 03"))
+    );
+    assert_eq!(hst.dev.input(EP_INTERRUPT_IN, 8), Transfer::Pending);
+    assert_eq!(
+        hst.xfer("65 00000000 00 00 000000"),
+        spaced(&h("81 00000000 00 00 01 00 00"))
+    );
+    // libccid's Escape probe: not supported, answered with RDR_to_PC_Escape (CCID §6.2.4).
+    assert_eq!(
+        hst.xfer("6B 01000000 00 02 000000 6A"),
+        spaced(&h("83 00000000 00 02 41 00 00"))
+    );
+    assert_eq!(
+        hst.xfer("62 00000000 00 06 000000"),
+        spaced(&h(
+            "80 0F000000 00 06 00 00 00 3B7A18000073667465206364313434"
+        ))
+    );
+    assert_eq!(
+        hst.xfer("65 00000000 00 07 000000"),
+        spaced(&h("81 00000000 00 07 00 00 00"))
+    );
+    assert_eq!(
+        hst.xfer("6C 00000000 00 08 000000"),
+        spaced(&h("82 05000000 00 08 00 00 00 11 00 00 0A 00"))
+    );
+    assert_eq!(
+        hst.xfer("61 07000000 00 09 010000 11 10 00 4D 00 20 00"),
+        spaced(&h("82 07000000 00 09 00 00 01 11 10 00 4D 00 20 00"))
+    );
+    assert_eq!(
+        hst.xfer("61 05000000 00 0A 090000 11 00 00 0A 00"),
+        spaced(&h("82 00000000 00 0A 40 07 01"))
+    );
+    assert_eq!(
+        hst.xfer("6D 00000000 00 0B 000000"),
+        spaced(&h("82 05000000 00 0B 00 00 00 11 00 00 0A 00"))
+    );
+    assert_eq!(
+        hst.xfer("6F 0C000000 00 18 000000 00A4040007627601FF000000"),
+        spaced(&h(
+            "80 0E000000 00 18 00 00 00 00A4040007627601FF000000 9000"
+        ))
+    );
+    assert_eq!(
+        hst.xfer("63 00000000 00 19 000000"),
+        spaced(&h("81 00000000 00 19 01 00 00"))
+    );
+    // Powered off: XfrBlock fails with ICC mute, status inactive.
+    assert_eq!(
+        hst.xfer("6F 04000000 00 1A 000000 00A40400"),
+        spaced(&h("80 00000000 00 1A 41 FE 00"))
+    );
+    assert_eq!(
+        hst.xfer("73 08000000 00 1B 000000 0000000000000000"),
+        spaced(&h("84 08000000 00 1B 01 00 00 A00F0000 80250000"))
+    );
+    for t in ["69", "6A", "6E", "71", "99"] {
+        let r = hst.xfer(&format!("{t} 00000000 00 20 000000"));
+        assert!(r.ends_with("00 20 41 00 00"), "{t}: {r}");
+    }
+}
+
+#[test]
+fn multi_packet_command_and_4k_response_on_uhci_and_xhci() {
+    for max_in in [64, 65554] {
+        let mut hst = host(max_in);
+        hst.xfer("62 00000000 00 01 000000");
+        // A 245-byte XfrBlock crosses in 64/64/64/63-byte packets.
+        let mut cmd = h("6F F5000000 00 02 000000 80 42 00 00 F0");
+        cmd.extend(vec![0xAB; 240]);
+        hst.send(&cmd).unwrap();
+        let r = hst.recv().unwrap();
+        assert_eq!(r.len(), 10 + 245 + 2);
+        assert_eq!(&r[..10], &h("80 F7000000 00 02 00 00 00")[..]);
+        // A 4098-byte response arrives whole (QEMU drops anything over 374 bytes).
+        hst.send(&h("6F 05000000 00 03 000000 00 B0 00 00 00"))
+            .unwrap();
+        let r = hst.recv().unwrap();
+        assert_eq!(r.len(), 10 + 4098, "max_in {max_in}");
+        assert_eq!(&r[10..14], &[0, 1, 2, 3]);
+        assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+        // Nothing else queued: IN stays pending (NAK), not an empty answer.
+        assert_eq!(hst.dev.input(EP_BULK_IN, max_in), Transfer::Pending);
+    }
+}
+
+#[test]
+fn zlp_only_when_the_host_asked_for_exactly_one_packet() {
+    // A 64-byte reply: 10-byte header + 54 bytes (52-byte APDU echoed + 9000).
+    let mut apdu = h("00 D6 00 00 2F");
+    apdu.extend(vec![0x11; 47]);
+    let mut cmd = h("6F 34000000 00 05 000000");
+    cmd.extend_from_slice(&apdu);
+    let mut uhci = host(64);
+    uhci.xfer("62 00000000 00 01 000000");
+    uhci.send(&cmd).unwrap();
+    assert!(matches!(uhci.dev.input(EP_BULK_IN, 64), Transfer::Done(d) if d.len() == 64));
+    assert_eq!(
+        uhci.dev.input(EP_BULK_IN, 64),
+        Transfer::Done(vec![]),
+        "UHCI: ZLP ends the transfer"
+    );
+    assert_eq!(uhci.dev.input(EP_BULK_IN, 64), Transfer::Pending);
+    let mut xhci = host(65554);
+    xhci.xfer("62 00000000 00 01 000000");
+    xhci.send(&cmd).unwrap();
+    assert!(matches!(xhci.dev.input(EP_BULK_IN, 65554), Transfer::Done(d) if d.len() == 64));
+    assert_eq!(
+        xhci.dev.input(EP_BULK_IN, 65554),
+        Transfer::Pending,
+        "xHCI: no stray ZLP"
+    );
+}
+
+#[test]
+fn removal_and_insertion_reach_the_interrupt_endpoint() {
+    let mut hst = host(64);
+    assert_eq!(
+        hst.dev.input(EP_INTERRUPT_IN, 8),
+        Transfer::Done(h("50 03"))
+    );
+    hst.xfer("62 00000000 00 01 000000");
+    hst.presence.set(false);
+    assert!(hst.dev.ready(EP_INTERRUPT_IN));
+    assert_eq!(
+        hst.dev.input(EP_INTERRUPT_IN, 8),
+        Transfer::Done(h("50 02"))
+    );
+    assert_eq!(
+        hst.xfer("65 00000000 00 02 000000"),
+        spaced(&h("81 00000000 00 02 02 00 00"))
+    );
+    assert_eq!(
+        hst.xfer("62 00000000 00 03 000000"),
+        spaced(&h("80 00000000 00 03 42 FE 00"))
+    );
+    hst.presence.set(true);
+    assert_eq!(
+        hst.dev.input(EP_INTERRUPT_IN, 8),
+        Transfer::Done(h("50 03"))
+    );
+    assert_eq!(
+        hst.xfer("65 00000000 00 04 000000"),
+        spaced(&h("81 00000000 00 04 01 00 00"))
+    );
+    hst.xfer("62 00000000 00 05 000000");
+    assert_eq!(
+        hst.xfer("6F 04000000 00 06 000000 00A40400"),
+        spaced(&h("80 06000000 00 06 00 00 00 00A40400 9000"))
+    );
+    assert_eq!(hst.dev.input(EP_INTERRUPT_IN, 1), Transfer::Pending);
+}
+
+#[test]
+fn bad_input_gets_stall_or_a_slot_error() {
+    let mut hst = host(64);
+    // A message shorter than its header, dwLength mismatches, and beyond the limit: STALL.
+    assert_eq!(hst.dev.out(EP_BULK_OUT, &h("65 00 00")), Transfer::Stall);
+    assert_eq!(
+        hst.dev.out(EP_BULK_OUT, &h("6F 05000000 00 01 000000 00")),
+        Transfer::Stall
+    );
+    assert_eq!(
+        hst.dev.out(EP_BULK_OUT, &h("65 00000000 00 01 000000 00")),
+        Transfer::Stall
+    );
+    assert_eq!(
+        hst.dev.out(EP_BULK_OUT, &h("6F FFFFFF7F 00 01 000000")),
+        Transfer::Stall
+    );
+    // The reader is still fine afterwards.
+    assert_eq!(
+        hst.xfer("65 00000000 00 02 000000"),
+        spaced(&h("81 00000000 00 02 01 00 00"))
+    );
+    // bSlot 1 does not exist; dwLength must be 0 for PowerOn.
+    assert_eq!(
+        hst.xfer("65 00000000 01 03 000000"),
+        spaced(&h("81 00000000 01 03 41 05 00"))
+    );
+    assert_eq!(
+        hst.xfer("62 01000000 00 04 000000 00"),
+        spaced(&h("80 00000000 00 04 41 01 00"))
+    );
+    // Unknown endpoints and control requests STALL.
+    assert_eq!(hst.dev.out(0x05, &[0]), Transfer::Stall);
+    let bogus = Setup {
+        request_type: 0x40,
+        request: 0x77,
+        value: 0,
+        index: 0,
+        length: 0,
+    };
+    assert_eq!(hst.dev.control(&bogus, &[]), Transfer::Stall);
+}
+
+#[test]
+fn control_requests() {
+    let mut hst = host(64);
+    let get = |t: u8, i: u8, len: u16| Setup {
+        request_type: 0x80,
+        request: 6,
+        value: (u16::from(t) << 8) | u16::from(i),
+        index: 0,
+        length: len,
+    };
+    assert_eq!(
+        hst.dev.control(&get(1, 0, 18), &[]),
+        Transfer::Done(h("12 01 10 01 00 00 00 40 E6 08 33 44 00 00 01 02 03 01"))
+    );
+    assert!(
+        matches!(hst.dev.control(&get(2, 0, 9), &[]), Transfer::Done(d) if d == h("09 02 5D 00 01 01 00 E0 32"))
+    );
+    assert!(matches!(hst.dev.control(&get(2, 0, 255), &[]), Transfer::Done(d) if d.len() == 93));
+    assert!(matches!(hst.dev.control(&get(3, 2, 255), &[]), Transfer::Done(d) if d[1] == 3));
+    let set_cfg = Setup {
+        request_type: 0,
+        request: 9,
+        value: 1,
+        index: 0,
+        length: 0,
+    };
+    assert_eq!(hst.dev.control(&set_cfg, &[]), Transfer::Done(vec![]));
+    let get_cfg = Setup {
+        request_type: 0x80,
+        request: 8,
+        value: 0,
+        index: 0,
+        length: 1,
+    };
+    assert_eq!(hst.dev.control(&get_cfg, &[]), Transfer::Done(vec![1]));
+    let clocks = Setup {
+        request_type: 0xA1,
+        request: 2,
+        value: 0,
+        index: 0,
+        length: 4,
+    };
+    assert_eq!(
+        hst.dev.control(&clocks, &[]),
+        Transfer::Done(h("A0 0F 00 00"))
+    );
+    // Endpoint CLEAR_FEATURE(HALT) is accepted (QEMU stalls it).
+    let clear_halt = Setup {
+        request_type: 0x02,
+        request: 1,
+        value: 0,
+        index: 0x82,
+        length: 0,
+    };
+    assert_eq!(hst.dev.control(&clear_halt, &[]), Transfer::Done(vec![]));
+}
