@@ -63,7 +63,7 @@ impl Host {
     /// Sends one message in 64-byte packets; `Err` on STALL.
     fn send(&mut self, msg: &[u8]) -> Result<(), ()> {
         let mut chunks: Vec<&[u8]> = msg.chunks(64).collect();
-        if msg.len() % 64 == 0 {
+        if msg.len().is_multiple_of(64) {
             chunks.push(&[]);
         }
         for c in chunks {
