@@ -601,8 +601,20 @@ impl Qemu {
         std::fs::read_to_string(self.dir.path().join("qemu.err")).unwrap_or_default()
     }
 
-    /// Runs one QMP command (after the capabilities handshake) and returns its answer line.
+    /// Runs a human-monitor command through QMP; returns the answer line.
+    pub fn qmp_hmp(&self, command_line: &str) -> Result<String> {
+        self.qmp_json(&format!(
+            "{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"{command_line}\"}}}}"
+        ))
+    }
+
+    /// Runs one QMP command without arguments and returns its answer line.
     pub fn qmp(&self, command: &str) -> Result<String> {
+        self.qmp_json(&format!("{{\"execute\":\"{command}\"}}"))
+    }
+
+    /// Sends one QMP request (after the capabilities handshake) and returns its answer line.
+    pub fn qmp_json(&self, request: &str) -> Result<String> {
         use std::io::{BufRead, BufReader, Write};
         let s = std::os::unix::net::UnixStream::connect(self.dir.path().join("qmp.sock"))
             .map_err(|e| format!("QMP connect: {e}"))?;
@@ -613,15 +625,12 @@ impl Qemu {
         let mut line = String::new();
         r.read_line(&mut line)
             .map_err(|e| format!("QMP greeting: {e}"))?;
-        for cmd in [
-            "{\"execute\":\"qmp_capabilities\"}".to_string(),
-            format!("{{\"execute\":\"{command}\"}}"),
-        ] {
+        for cmd in ["{\"execute\":\"qmp_capabilities\"}", request] {
             writeln!(w, "{cmd}").map_err(|e| e.to_string())?;
             loop {
                 line.clear();
                 r.read_line(&mut line)
-                    .map_err(|e| format!("QMP {command}: {e}"))?;
+                    .map_err(|e| format!("QMP {request}: {e}"))?;
                 // Skip asynchronous events.
                 if line.contains("\"return\"") || line.contains("\"error\"") || line.is_empty() {
                     break;

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod passthru;
 pub mod spec;
 pub mod stream;
+pub mod usb;
 
 /// Installs the tracing subscriber: `level` 0 info, 1 debug, 2+ trace; RUST_LOG overrides.
 pub fn init_logging(level: u8) {

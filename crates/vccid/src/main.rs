@@ -10,15 +10,21 @@ use vccid::spec::{self, CardSpec};
 use vccid::stream::Addr;
 
 const DEFAULT_VPCD: &str = "127.0.0.1:35963";
+const DEFAULT_USBREDIR: &str = "127.0.0.1:4000";
 
-/// A virtual smart-card reader and card. With no transport option the card is served to the
-/// local pcscd through vpcd (127.0.0.1:35963).
+/// A virtual smart-card reader and card. With no transport option the reader is exported over
+/// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
 #[derive(Parser, Debug)]
 #[command(name = "vccid", version, about, long_about = None)]
 struct Args {
     /// Serve the card to pcscd's vsmartcard vpcd driver at ADDR (HOST:PORT).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_VPCD)]
     vpcd: Option<String>,
+
+    /// Export the USB CCID reader over usbredir, listening at ADDR (HOST:PORT or unix:PATH)
+    /// for QEMU's `-device usb-redir` (default 127.0.0.1:4000).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBREDIR)]
+    usbredir: Option<String>,
 
     /// The card, in QEMU's property syntax: `emulated` (embedded default identities),
     /// `emulated,backend=certificates,db=sql:DIR,cert1=NICK,...` (NSS database),
@@ -45,9 +51,14 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let spec = spec::parse(&args.card).with_context(|| format!("--card {:?}", args.card))?;
-    let vpcd_addr = match Addr::parse(args.vpcd.as_deref().unwrap_or(DEFAULT_VPCD))? {
-        Addr::Tcp(a) => a,
-        Addr::Unix(_) => anyhow::bail!("vpcd listens on TCP only: give --vpcd HOST:PORT"),
+    let usbredir = match (&args.vpcd, &args.usbredir) {
+        (None, None) => Some(DEFAULT_USBREDIR.to_string()),
+        (_, u) => u.clone(),
+    };
+    let vpcd_addr = match args.vpcd.as_deref().map(Addr::parse).transpose()? {
+        Some(Addr::Tcp(a)) => Some(a),
+        Some(Addr::Unix(_)) => anyhow::bail!("vpcd listens on TCP only: give --vpcd HOST:PORT"),
+        None => None,
     };
     let card: vpcd::SharedCard = match &spec {
         CardSpec::Emulated(e) => {
@@ -62,15 +73,29 @@ fn run(args: Args) -> Result<()> {
             vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?)?,
         )),
     };
-    if !vpcd_addr.ip().is_loopback() {
-        tracing::warn!(%vpcd_addr, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
+    if let Some(u) = &usbredir {
+        let addr = Addr::parse(u)?;
+        vccid::usb::serve(&addr, card.clone())?;
+        println!("{}", vccid::usb::attach_lines(&addr));
     }
-    let client = vpcd::spawn(card, vpcd::ClientOptions::new(vpcd_addr))
-        .context("cannot start the vpcd client")?;
-    tracing::info!(%vpcd_addr, "serving the card to vpcd");
+    let client = match vpcd_addr {
+        Some(a) => {
+            if !a.ip().is_loopback() {
+                tracing::warn!(vpcd_addr = %a, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
+            }
+            tracing::info!(vpcd_addr = %a, "serving the card to vpcd");
+            Some(
+                vpcd::spawn(card, vpcd::ClientOptions::new(a))
+                    .context("cannot start the vpcd client")?,
+            )
+        }
+        None => None,
+    };
     vccid::wait_for_shutdown()?;
     tracing::info!("shutting down");
-    client.stop();
+    if let Some(c) = client {
+        c.stop();
+    }
     Ok(())
 }
 

@@ -1,0 +1,125 @@
+//! `--usbredir`: the card in a CCID reader, exported to QEMU's `-device usb-redir`.
+
+use crate::stream::{Addr, Listener};
+use anyhow::Result;
+use card::{Card, Presence};
+use ccid::descriptors::Identity;
+use ccid::device::Ccid;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A shared card seen as a card: lets one card serve several transports (vpcd and usbredir).
+pub struct SharedCardRef(pub Arc<Mutex<dyn Card>>);
+
+impl SharedCardRef {
+    fn lock(&self) -> std::sync::MutexGuard<'_, dyn Card + 'static> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Card for SharedCardRef {
+    fn atr(&self) -> Vec<u8> {
+        self.lock().atr()
+    }
+    fn power_on(&mut self) -> Vec<u8> {
+        self.lock().power_on()
+    }
+    fn power_off(&mut self) {
+        self.lock().power_off()
+    }
+    fn reset(&mut self) -> Vec<u8> {
+        self.lock().reset()
+    }
+    fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        self.lock().transmit(apdu)
+    }
+    fn presence(&self) -> Presence {
+        self.lock().presence()
+    }
+}
+
+/// The QEMU arguments and libvirt XML that attach a reader served at `addr`.
+pub fn attach_lines(addr: &Addr) -> String {
+    let (chardev, xml_source) = match addr {
+        Addr::Tcp(a) => (
+            format!(
+                "socket,id=vccid0,host={},port={},reconnect=2,nodelay=on",
+                a.ip(),
+                a.port()
+            ),
+            format!(
+                "<source mode='connect' host='{}' service='{}'/>",
+                a.ip(),
+                a.port()
+            ),
+        ),
+        Addr::Unix(p) => (
+            format!("socket,id=vccid0,path={},reconnect=2", p.display()),
+            format!("<source mode='connect' path='{}'/>", p.display()),
+        ),
+    };
+    let xml_type = if matches!(addr, Addr::Unix(_)) {
+        "unix"
+    } else {
+        "tcp"
+    };
+    format!(
+        "QEMU:    -device qemu-xhci -chardev {chardev} -device usb-redir,chardev=vccid0,id=vccid0\n\
+         libvirt: <redirdev bus='usb' type='{xml_type}'>{xml_source}</redirdev>"
+    )
+}
+
+/// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
+/// reader (and its card) outlive connections, so QEMU may restart.
+pub fn serve(addr: &Addr, card: Arc<Mutex<dyn Card>>) -> Result<()> {
+    let listener = Listener::bind(addr)?;
+    if !addr.is_local() {
+        tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
+    }
+    let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
+    let mut device = Ccid::new(Identity::default(), Box::new(SharedCardRef(card)));
+    tracing::info!(addr = %listener.local_addr(), "usbredir: waiting for QEMU");
+    std::thread::Builder::new()
+        .name("usbredir".into())
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("usbredir accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let peer = stream.peer();
+            tracing::info!(%peer, "usbredir: QEMU connected");
+            let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
+                continue;
+            };
+            let done = Arc::new(AtomicBool::new(false));
+            let why =
+                usbredir::server::serve_connection(reader, stream, &mut device, "vccid", |waker| {
+                    let (done, presence) = (done.clone(), presence.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("usbredir-presence".into())
+                        .spawn(move || {
+                            let (_, mut seen) = presence.snapshot();
+                            while !done.load(Ordering::SeqCst) {
+                                let (_, gen) =
+                                    presence.wait_change(seen, Duration::from_millis(500));
+                                if gen != seen {
+                                    seen = gen;
+                                    if !waker.wake() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                });
+            done.store(true, Ordering::SeqCst);
+            closer.shutdown();
+            ccid::usb::UsbDevice::reset(&mut device);
+            tracing::info!(%peer, "usbredir: QEMU gone: {why}");
+        })?;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `vccid --usbredir` against a real QEMU 7.2 `-device usb-redir` (no guest OS): the hello
+//! exchange with 64-bit ids, interface and endpoint info accepted, the full-speed 08e6:4433
+//! device attached to the xHCI port (QEMU's log and `info usb`), and a QEMU restart served by
+//! the same vccid.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::{free_port, wait_for, Qemu};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+
+fn qemu_redir(port: u16) -> Qemu {
+    let args: Vec<String> = [
+        "-device".to_string(),
+        "qemu-xhci,id=x".into(),
+        "-chardev".into(),
+        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
+        "-device".into(),
+        "usb-redir,chardev=cc,bus=x.0,debug=4".into(),
+    ]
+    .to_vec();
+    Qemu::start(&args).expect("QEMU 7.2 starts")
+}
+
+fn info_usb(q: &Qemu) -> String {
+    let mut out = String::new();
+    for _ in 0..40 {
+        out = q.qmp_hmp("info usb").unwrap_or_default();
+        if out.contains("USB Redirection Device") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out
+}
+
+#[test]
+fn qemu_attaches_the_reader_and_a_restart_reattaches() {
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("vccid.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let vccid = Command::new(VCCID)
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--usbredir",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let vlog = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for("vccid listening", Duration::from_secs(20), || {
+        vlog().contains("waiting for QEMU")
+    })
+    .unwrap();
+    for round in 0..2 {
+        let q = qemu_redir(port);
+        wait_for("the device attached", Duration::from_secs(30), || {
+            q.stderr().contains("attaching full speed device 08e6:4433")
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {e}\nQEMU:\n{}\nvccid:\n{}",
+                q.stderr(),
+                vlog()
+            )
+        });
+        assert!(q.stderr().contains("using 64-bits ids"), "{}", q.stderr());
+        assert!(q.stderr().contains("ep: 81 type: 3"), "{}", q.stderr());
+        assert!(
+            !q.stderr().contains("filter_reject") && !q.stderr().contains("rejected"),
+            "{}",
+            q.stderr()
+        );
+        let usb = info_usb(&q);
+        assert!(
+            usb.contains("Speed 12 Mb/s, Product USB Redirection Device"),
+            "{usb}"
+        );
+        drop(q);
+        wait_for("QEMU gone", Duration::from_secs(10), || {
+            vlog().matches("QEMU gone").count() > round
+        })
+        .unwrap();
+    }
+    assert_eq!(vlog().matches("usbredir guest hello").count(), 2);
+    let _ = Command::new("kill").arg(vccid.id().to_string()).status();
+    let out = vccid.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "-chardev socket,id=vccid0,host=127.0.0.1,port={port},reconnect=2,nodelay=on"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("service='{port}'")), "{text}");
+}
