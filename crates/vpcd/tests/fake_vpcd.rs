@@ -54,7 +54,7 @@ async fn answers_follows_presence_and_reconnects() {
     }));
     let client = vpcd::spawn(card.clone(), vpcd::ClientOptions::new(addr)).unwrap();
 
-    let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .unwrap()
         .unwrap();
@@ -68,13 +68,13 @@ async fn answers_follows_presence_and_reconnects() {
     // Removal closes the connection; insertion brings a new one.
     presence.set(false);
     let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b))
         .await
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0, "connection closed on removal");
     presence.set(true);
-    let (mut s2, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+    let (mut s2, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .unwrap()
         .unwrap();
@@ -82,7 +82,7 @@ async fn answers_follows_presence_and_reconnects() {
 
     // vpcd going away: the client reconnects.
     drop(s2);
-    let (mut s3, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+    let (mut s3, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .unwrap()
         .unwrap();
@@ -93,19 +93,19 @@ async fn answers_follows_presence_and_reconnects() {
 
     // A zero-length message is a protocol error: the client drops that connection only.
     s3.write_all(&[0, 0]).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), s3.read(&mut b))
+    let n = tokio::time::timeout(Duration::from_secs(20), s3.read(&mut b))
         .await
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0);
-    let (mut s4, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+    let (mut s4, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(ask(&mut s4, &[0x04]).await, h("3B 02 14 50"));
     // Stopping closes the connection.
     client.stop();
-    let n = tokio::time::timeout(Duration::from_secs(5), s4.read(&mut b))
+    let n = tokio::time::timeout(Duration::from_secs(20), s4.read(&mut b))
         .await
         .unwrap()
         .unwrap_or(0);

@@ -1,0 +1,248 @@
+//! A real Linux guest (Debian's kernel, a busybox initramfs with pcscd, libccid and OpenSC;
+//! `tests/guest/`) under QEMU 7.2 with TCG uses our reader through `-device usb-redir`: the
+//! kernel enumerates it, pcscd lists it, OpenSC reads the ATR, finds the CAC and three
+//! certificates, and signs; the host verifies the signature with OpenSSL.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use testkit::{free_port, run, text};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
+
+/// The initramfs and kernel, built once per test run.
+fn image() -> &'static PathBuf {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vccid-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guest/build-initramfs.sh");
+        run(Command::new("bash").arg(script).arg(&dir)).expect("the guest initramfs builds");
+        dir
+    })
+}
+
+struct Guest {
+    results: HashMap<String, String>,
+    blobs: HashMap<String, Vec<u8>>,
+    serial: String,
+}
+
+/// Boots the guest with the reader at `port` on `controller` ("xhci" or "uhci") and waits for
+/// it to power off (3 minutes at most).
+fn boot(port: u16, controller: &str) -> Guest {
+    let img = image();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let bus = match controller {
+        "uhci" => ["-device", "ich9-usb-uhci1,id=hc"],
+        _ => ["-device", "qemu-xhci,id=hc"],
+    };
+    let mut q = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-vga",
+            "none",
+            "-monitor",
+            "none",
+            "-nic",
+            "none",
+            "-no-reboot",
+            "-serial",
+        ])
+        .arg(format!("file:{}", serial.display()))
+        .arg("-kernel")
+        .arg(img.join("kernel"))
+        .arg("-initrd")
+        .arg(img.join("initramfs.cpio"))
+        .args([
+            "-append",
+            "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 e2e.apdus=100",
+        ])
+        .args(bus)
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"
+        ))
+        .args(["-device", "usb-redir,chardev=cc,bus=hc.0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("QEMU starts");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = q.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = q.kill();
+    let _ = q.wait();
+    let log =
+        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+    let mut results = HashMap::new();
+    let mut blobs = HashMap::new();
+    let mut lines = log.lines();
+    while let Some(l) = lines.next() {
+        if let Some(r) = l.strip_prefix("E2E-RESULT ") {
+            let (k, v) = r.split_once('=').unwrap_or((r, ""));
+            results.insert(k.to_string(), v.to_string());
+        } else if let Some(name) = l.strip_prefix("E2E-HEX-BEGIN ") {
+            let hex: String = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("E2E-HEX-END"))
+                .collect();
+            blobs.insert(name.to_string(), apdu::hex::parse(&hex).unwrap_or_default());
+        }
+    }
+    assert!(log.contains("E2E-DONE"), "the guest did not finish:\n{log}");
+    Guest {
+        results,
+        blobs,
+        serial: log,
+    }
+}
+
+fn vccid_usbredir(port: u16, card: &str, data: &Path) -> Child {
+    Command::new(VCCID)
+        .args([
+            "--usbredir",
+            &format!("127.0.0.1:{port}"),
+            "--card",
+            card,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vccid starts")
+}
+
+/// The guest's checks, and its signature verified on the host against `cert`.
+fn assert_guest_signed(g: &Guest, cert: &Path) {
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(
+        r("usb_reader").starts_with("1 id=08e6:4433"),
+        "{}",
+        g.serial
+    );
+    assert!(
+        r("reader_listed").starts_with("1 reader=\"Gemalto Gemplus USB SmartCard Reader 433-Swap"),
+        "{}",
+        g.serial
+    );
+    assert_eq!(
+        r("atr"),
+        "3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34",
+        "{}",
+        g.serial
+    );
+    assert_eq!(
+        r("card_driver"),
+        "\"Common Access Card (CAC)\"",
+        "{}",
+        g.serial
+    );
+    assert_eq!(r("pkcs15_certs"), "3", "{}", g.serial);
+    assert_eq!(r("sign"), "1", "{}", g.serial);
+    assert!(r("apdu_loop").starts_with("100/100 "), "{}", g.serial);
+    let dir = tempfile::tempdir().unwrap();
+    let (data, sig, pk) = (
+        dir.path().join("data"),
+        dir.path().join("sig"),
+        dir.path().join("pub.pem"),
+    );
+    std::fs::write(&data, &g.blobs["data"]).unwrap();
+    std::fs::write(&sig, &g.blobs["sig"]).unwrap();
+    testkit::pubkey_pem(cert, &pk).unwrap();
+    let v = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pk)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+}
+
+fn default_card_in_guest(controller: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut v = vccid_usbredir(port, "emulated", data.path());
+    let g = boot(port, controller);
+    let _ = v.kill();
+    let _ = v.wait();
+    assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
+}
+
+#[test]
+fn guest_reads_and_signs_over_usbredir_on_xhci() {
+    default_card_in_guest("xhci");
+}
+
+#[test]
+fn guest_reads_and_signs_over_usbredir_on_uhci() {
+    default_card_in_guest("uhci");
+}
+
+#[test]
+fn seed_nss_certificates_to_the_guest_and_back() {
+    let db = tempfile::tempdir().unwrap();
+    testkit::nss_db(db.path(), None).unwrap();
+    let port = free_port().unwrap();
+    let spec = format!(
+        "emulated,backend=certificates,db=sql:{},cert1=cert1,cert2=cert2,cert3=cert3",
+        db.path().display()
+    );
+    let mut v = vccid_usbredir(port, &spec, db.path());
+    let g = boot(port, "xhci");
+    let _ = v.kill();
+    let _ = v.wait();
+    assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
+}
+
+#[test]
+fn vscclient_card_through_vccid_passthru_to_the_guest() {
+    let db = tempfile::tempdir().unwrap();
+    testkit::nss_db(db.path(), None).unwrap();
+    let (port, vsc) = (free_port().unwrap(), free_port().unwrap());
+    let mut v = vccid_usbredir(port, &format!("passthru,listen=127.0.0.1:{vsc}"), db.path());
+    let mut c = Command::new(VSCCLIENT)
+        .arg("-e")
+        .arg(format!(
+            "db=\"sql:{}\" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)",
+            db.path().display()
+        ))
+        .args(["127.0.0.1", &vsc.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = boot(port, "xhci");
+    let _ = c.kill();
+    let _ = c.wait();
+    let _ = v.kill();
+    let _ = v.wait();
+    assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
+}

@@ -1,0 +1,64 @@
+#!/bin/sh
+# /init of the guest: busybox ash as PID 1; reports on the serial console as
+# "E2E-RESULT name=value" lines and hex blobs, then powers off. Kernel parameters:
+# e2e.pin=PIN (default 12345678), e2e.keyid=ID (default 0001), e2e.apdus=N (default 0).
+export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /run/pcscd /run/udev /root
+PIN=12345678; KEYID=0001; APDUS=0
+for a in $(cat /proc/cmdline); do
+  case $a in e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};; esac
+done
+up() { cut -d' ' -f1 /proc/uptime; }
+result() { echo "E2E-RESULT $*"; }
+blob() { [ -f "$2" ] && { echo "E2E-HEX-BEGIN $1"; od -An -v -tx1 "$2" | tr -d ' \n'; echo; echo "E2E-HEX-END $1"; }; }
+finish() { echo "E2E-DONE t=$(up)"; sync; poweroff -f; sleep 5; echo o > /proc/sysrq-trigger; }
+echo "E2E-BEGIN kernel=$(uname -r) t=$(up)"
+dmesg -n 1
+for m in $(cat /etc/modules); do insmod "$m" 2>/dev/null; done
+/usr/lib/systemd/systemd-udevd --daemon --resolve-names=never
+udevadm trigger --type=devices --action=add; udevadm settle -t 10
+IFACE=""; i=0
+while [ $i -lt 600 ]; do
+  for f in /sys/bus/usb/devices/*/bInterfaceClass; do
+    [ "$(cat "$f" 2>/dev/null)" = 0b ] && { IFACE=${f%/bInterfaceClass}; break 2; }
+  done
+  usleep 100000; i=$((i + 1))
+done
+[ -n "$IFACE" ] || { result usb_reader=0; finish; }
+DEV=${IFACE%/*}/$(basename "$IFACE" | cut -d: -f1)
+result "usb_reader=1 id=$(cat "$DEV/idVendor"):$(cat "$DEV/idProduct") t=$(up)"
+pcscd -f > /tmp/pcscd.log 2>&1 &
+READER=""; i=0
+while [ $i -lt 30 ]; do
+  READER=$(timeout 10 pcsc_scan -r 2>/dev/null | grep -E '^ *[0-9]+: ' | head -1 | sed 's/^ *[0-9]*: //')
+  [ -n "$READER" ] && break; sleep 1; i=$((i + 1))
+done
+result "reader_listed=$([ -n "$READER" ] && echo 1 || echo 0) reader=\"$READER\""
+ATR=""; i=0
+while [ -n "$READER" ] && [ $i -lt 20 ]; do
+  ATR=$(timeout 30 opensc-tool -a 2>/dev/null | grep -iE '^([0-9a-f]{2}:)+[0-9a-f]{2}$' | head -1)
+  [ -n "$ATR" ] && break; sleep 1; i=$((i + 1))
+done
+result "atr=${ATR:-none}"
+if [ -n "$ATR" ]; then
+  result "card_driver=\"$(timeout 60 opensc-tool -n 2>/dev/null | grep -v '^Using reader' | head -1)\""
+  timeout 120 pkcs15-tool -D > /tmp/p15 2>&1
+  result "pkcs15_certs=$(grep -c '^X.509 Certificate' /tmp/p15)"
+  P11=/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
+  echo "signed in the guest" > /tmp/data
+  if timeout 120 pkcs11-tool --module $P11 --login --pin "$PIN" --sign --mechanism SHA256-RSA-PKCS \
+       --id "$KEYID" --input-file /tmp/data --output-file /tmp/sig > /tmp/sign.out 2>&1; then
+    result "sign=1"; blob data /tmp/data; blob sig /tmp/sig
+  else
+    result "sign=0"; cat /tmp/sign.out
+  fi
+  if [ "$APDUS" -gt 0 ]; then
+    set --; n=0; while [ $n -lt "$APDUS" ]; do set -- "$@" -s 00A4040007A000000116DB00; n=$((n + 1)); done
+    t0=$(up); timeout 120 opensc-tool "$@" > /tmp/loop 2>&1; t1=$(up)
+    result "apdu_loop=$(grep -c 'SW1=0x61\|SW1=0x90' /tmp/loop)/$APDUS t0=$t0 t1=$t1"
+  fi
+fi
+finish
