@@ -26,6 +26,8 @@ put_elf() {   # a binary and, transitively, its shared libraries
 for b in /usr/sbin/pcscd /usr/bin/pcsc_scan /usr/bin/opensc-tool /usr/bin/pkcs15-tool /usr/bin/pkcs11-tool /usr/bin/udevadm; do
   put_elf "$b"
 done
+# Our raw-APDU tool (hostcard's example), when the caller built it: APDU_TOOL=path.
+if [ -n "${APDU_TOOL:-}" ]; then put_elf "$APDU_TOOL"; cp -L "$APDU_TOOL" "$ROOT/usr/bin/apdu"; fi
 mkdir -p "$ROOT/usr/lib/systemd"; ln -sf /usr/bin/udevadm "$ROOT/usr/lib/systemd/systemd-udevd"
 # dlopen()ed: the libccid driver, pcsc-lite for OpenSC, the PKCS#11 module, and libgcc_s
 # (glibc needs it for thread cancellation; pcscd aborts without it).

@@ -1,15 +1,21 @@
 #!/bin/sh
 # /init of the guest: busybox ash as PID 1; reports on the serial console as
 # "E2E-RESULT name=value" lines and hex blobs, then powers off. Kernel parameters:
-# e2e.pin=PIN (default 12345678), e2e.keyid=ID (default 0001), e2e.apdus=N (default 0).
+# e2e.pin=PIN (default 12345678), e2e.keyid=ID (default 0001), e2e.apdus=N (default 0),
+# e2e.events=1: print "E2E-WAIT remove" / "E2E-WAIT insert" and report whether the reader saw
+# the host remove and reinsert the card, e2e.big=1: a 4096-byte response (GET CHALLENGE with an
+# extended Le) through the reader.
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root
-PIN=12345678; KEYID=0001; APDUS=0
+PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0
 for a in $(cat /proc/cmdline); do
-  case $a in e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};; esac
+  case $a in
+    e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};;
+    e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};;
+  esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
 result() { echo "E2E-RESULT $*"; }
@@ -59,6 +65,19 @@ if [ -n "$ATR" ]; then
     set --; n=0; while [ $n -lt "$APDUS" ]; do set -- "$@" -s 00A4040007A000000116DB00; n=$((n + 1)); done
     t0=$(up); timeout 120 opensc-tool "$@" > /tmp/loop 2>&1; t1=$(up)
     result "apdu_loop=$(grep -c 'SW1=0x61\|SW1=0x90' /tmp/loop)/$APDUS t0=$t0 t1=$t1"
+  fi
+  if [ "$BIG" = 1 ]; then
+    # GET CHALLENGE with an extended Le of 4096, through pcscd and libccid (extended APDU level).
+    result "big_response=\"$(timeout 60 apdu 00840000001000 2>&1 | tail -1)\""
+  fi
+  if [ "$EVENTS" = 1 ]; then
+    # pcscd learns of both through the reader's interrupt endpoint (NotifySlotChange).
+    wait_state() { i=0; while [ $i -lt 60 ]; do timeout 10 opensc-tool -l 2>/dev/null | grep -qE "^0 +$1" && return 0; usleep 500000; i=$((i + 1)); done; return 1; }
+    echo "E2E-WAIT remove"
+    wait_state No && result "removal_seen=1" || result "removal_seen=0"
+    echo "E2E-WAIT insert"
+    wait_state Yes && result "insertion_seen=1" || result "insertion_seen=0"
+    result "after_insert=\"$(timeout 60 opensc-tool -n 2>/dev/null | grep -v '^Using reader' | head -1)\""
   fi
 fi
 finish

@@ -19,9 +19,24 @@ fn image() -> &'static PathBuf {
     IMG.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("vccid-guest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guest/build-initramfs.sh");
-        run(Command::new("bash").arg(script).arg(&dir)).expect("the guest initramfs builds");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // The raw-APDU tool for the guest: hostcard's example, built like the tests.
+        run(Command::new(env!("CARGO")).current_dir(&root).args([
+            "build",
+            "-q",
+            "-p",
+            "hostcard",
+            "--example",
+            "apdu",
+        ]))
+        .expect("the apdu example builds");
+        let tool = root.join("target/debug/examples/apdu");
+        let script = root.join("tests/guest/build-initramfs.sh");
+        run(Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .env("APDU_TOOL", &tool))
+        .expect("the guest initramfs builds");
         dir
     })
 }
@@ -35,13 +50,28 @@ struct Guest {
 /// Boots the guest with the reader at `port` on `controller` ("xhci" or "uhci") and waits for
 /// it to power off (3 minutes at most).
 fn boot(port: u16, controller: &str) -> Guest {
+    let hc = if controller == "uhci" {
+        "ich9-usb-uhci1,id=hc"
+    } else {
+        "qemu-xhci,id=hc"
+    };
+    let devices = [
+        "-device".to_string(),
+        hc.into(),
+        "-chardev".into(),
+        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
+        "-device".into(),
+        "usb-redir,chardev=cc,bus=hc.0".into(),
+    ];
+    boot_with(&devices, "e2e.apdus=100", |_| {})
+}
+
+/// Boots the guest with these devices and kernel parameters; `on_wait` gets each
+/// `E2E-WAIT <what>` the guest prints while it runs.
+fn boot_with(devices: &[String], append: &str, mut on_wait: impl FnMut(&str)) -> Guest {
     let img = image();
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
-    let bus = match controller {
-        "uhci" => ["-device", "ich9-usb-uhci1,id=hc"],
-        _ => ["-device", "qemu-xhci,id=hc"],
-    };
     let mut q = Command::new("qemu-system-x86_64")
         .args([
             "-machine",
@@ -71,26 +101,31 @@ fn boot(port: u16, controller: &str) -> Guest {
         .arg(img.join("kernel"))
         .arg("-initrd")
         .arg(img.join("initramfs.cpio"))
-        .args([
-            "-append",
-            "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 e2e.apdus=100",
-        ])
-        .args(bus)
-        .arg("-chardev")
+        .arg("-append")
         .arg(format!(
-            "socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"
+            "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 {append}"
         ))
-        .args(["-device", "usb-redir,chardev=cc,bus=hc.0"])
+        .args(devices)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("QEMU starts");
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut waits_seen = 0;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = q.try_wait() {
             break;
         }
+        let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+        let waits: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("E2E-WAIT "))
+            .collect();
+        for w in &waits[waits_seen.min(waits.len())..] {
+            on_wait(w);
+        }
+        waits_seen = waits.len();
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = q.kill();
@@ -244,5 +279,84 @@ fn vscclient_card_through_vccid_passthru_to_the_guest() {
     let _ = c.wait();
     let _ = v.kill();
     let _ = v.wait();
+    assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
+}
+
+#[test]
+fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut v = Command::new(VCCID)
+        .args(["--usbredir", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = v.stdin.take().unwrap();
+    let devices = [
+        "-device".to_string(),
+        "qemu-xhci,id=hc".into(),
+        "-chardev".into(),
+        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
+        "-device".into(),
+        "usb-redir,chardev=cc,bus=hc.0".into(),
+    ];
+    let g = boot_with(&devices, "e2e.events=1 e2e.big=1", |what| {
+        let _ = writeln!(stdin, "{what}");
+    });
+    let _ = v.kill();
+    let _ = v.wait();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert_eq!(
+        r("big_response"),
+        "\"R 4096 9000\"",
+        "4096 bytes + 9000 in one response:\n{}",
+        g.serial
+    );
+    assert_eq!(r("removal_seen"), "1", "{}", g.serial);
+    assert_eq!(r("insertion_seen"), "1", "{}", g.serial);
+    assert_eq!(
+        r("after_insert"),
+        "\"Common Access Card (CAC)\"",
+        "{}",
+        g.serial
+    );
+}
+
+#[test]
+fn vscclient_card_in_qemus_own_usb_ccid_passthru() {
+    // The seed's sections 5-7 with QEMU as the reader: QEMU's usb-ccid (on UHCI: it
+    // desynchronises xHCI guests) and ccid-card-passthru, our vscclient serving the NSS card.
+    let db = tempfile::tempdir().unwrap();
+    testkit::nss_db(db.path(), None).unwrap();
+    let port = free_port().unwrap();
+    let devices = [
+        "-device".to_string(),
+        "ich9-usb-uhci1,id=hc".into(),
+        "-device".into(),
+        "usb-ccid,bus=hc.0".into(),
+        "-chardev".into(),
+        format!("socket,id=ccid,host=127.0.0.1,port={port},server=on,wait=off,nodelay=on"),
+        "-device".into(),
+        "ccid-card-passthru,chardev=ccid".into(),
+    ];
+    let mut c = Command::new(VSCCLIENT)
+        .arg("-e")
+        .arg(format!(
+            "db=\"sql:{}\" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)",
+            db.path().display()
+        ))
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = boot_with(&devices, "e2e.apdus=100", |_| {});
+    let _ = c.kill();
+    let _ = c.wait();
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
 }

@@ -318,13 +318,14 @@ impl CacCard {
         }
     }
 
-    /// GET CHALLENGE (ISO 7816-4 §7.5.3): Le random bytes. libcacard answers 6D00, which
-    /// makes OpenSC's C_GenerateRandom fail.
+    /// GET CHALLENGE (ISO 7816-4 §7.5.3): Le random bytes, up to 256 with a short Le and up
+    /// to 65536 with an extended one. libcacard answers 6D00, which makes OpenSC's
+    /// C_GenerateRandom fail.
     fn get_challenge(&mut self, cmd: &Command) -> Answer {
         if cmd.p1 != 0 || cmd.p2 != 0 {
             return Answer::Sw(Sw::INCORRECT_P1P2);
         }
-        let n = cmd.ne().min(256);
+        let n = cmd.ne();
         if n == 0 || !cmd.data.is_empty() {
             return Answer::Sw(Sw::WRONG_LENGTH);
         }

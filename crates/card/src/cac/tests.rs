@@ -360,6 +360,9 @@ fn get_challenge_works_everywhere() {
     assert_ne!(a, b);
     transcript(&mut c, &[(SELECT_PKI0, "61 0D")]);
     assert_eq!(tx(&mut c, "00 84 00 00 00").len(), 258);
+    // An extended Le asks for more than 256 bytes at once.
+    let big = tx(&mut c, "00 84 00 00 00 10 00");
+    assert_eq!((big.len(), &big[4096..]), (4098, &[0x90, 0x00][..]));
     transcript(
         &mut c,
         &[("00 84 00 00", "67 00"), ("00 84 01 00 08", "6A 86")],
