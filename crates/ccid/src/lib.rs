@@ -15,5 +15,6 @@
 pub mod descriptors;
 pub mod device;
 pub mod message;
+pub mod pcap;
 pub mod reader;
 pub mod usb;

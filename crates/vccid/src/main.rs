@@ -26,6 +26,11 @@ struct Args {
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBREDIR)]
     usbredir: Option<String>,
 
+    /// Write every USB transfer between the host and the reader to FILE as a usbmon pcap
+    /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+
     /// The card, in QEMU's property syntax: `emulated` (embedded default identities),
     /// `emulated,backend=certificates,db=sql:DIR,cert1=NICK,...` (NSS database),
     /// `emulated,backend=files,cert1=CERT.pem,key1=KEY.pem,...` (or `cert1=ID.p12,...,
@@ -75,7 +80,7 @@ fn run(args: Args) -> Result<()> {
     };
     if let Some(u) = &usbredir {
         let addr = Addr::parse(u)?;
-        vccid::usb::serve(&addr, card.clone())?;
+        vccid::usb::serve(&addr, card.clone(), args.pcap.as_deref())?;
         println!("{}", vccid::usb::attach_lines(&addr));
     }
     let client = match vpcd_addr {

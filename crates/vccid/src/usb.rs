@@ -5,6 +5,8 @@ use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
+use ccid::pcap::PcapDevice;
+use ccid::usb::UsbDevice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,14 +73,27 @@ pub fn attach_lines(addr: &Addr) -> String {
 }
 
 /// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
-/// reader (and its card) outlive connections, so QEMU may restart.
-pub fn serve(addr: &Addr, card: Arc<Mutex<dyn Card>>) -> Result<()> {
+/// reader (and its card) outlive connections, so QEMU may restart. With `pcap`, every USB
+/// transfer is also written there as a usbmon capture.
+pub fn serve(
+    addr: &Addr,
+    card: Arc<Mutex<dyn Card>>,
+    pcap: Option<&std::path::Path>,
+) -> Result<()> {
     let listener = Listener::bind(addr)?;
     if !addr.is_local() {
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
     let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
-    let mut device = Ccid::new(Identity::default(), Box::new(SharedCardRef(card)));
+    let ccid = Ccid::new(Identity::default(), Box::new(SharedCardRef(card)));
+    let mut device: Box<dyn UsbDevice> = match pcap {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?)
+        }
+        None => Box::new(ccid),
+    };
     tracing::info!(addr = %listener.local_addr(), "usbredir: waiting for QEMU");
     std::thread::Builder::new()
         .name("usbredir".into())
@@ -98,7 +113,7 @@ pub fn serve(addr: &Addr, card: Arc<Mutex<dyn Card>>) -> Result<()> {
             };
             let done = Arc::new(AtomicBool::new(false));
             let why =
-                usbredir::server::serve_connection(reader, stream, &mut device, "vccid", |waker| {
+                usbredir::server::serve_connection(reader, stream, &mut *device, "vccid", |waker| {
                     let (done, presence) = (done.clone(), presence.clone());
                     let _ = std::thread::Builder::new()
                         .name("usbredir-presence".into())
@@ -118,7 +133,7 @@ pub fn serve(addr: &Addr, card: Arc<Mutex<dyn Card>>) -> Result<()> {
                 });
             done.store(true, Ordering::SeqCst);
             closer.shutdown();
-            ccid::usb::UsbDevice::reset(&mut device);
+            device.reset();
             tracing::info!(%peer, "usbredir: QEMU gone: {why}");
         })?;
     Ok(())

@@ -165,6 +165,8 @@ fn vccid_usbredir(port: u16, card: &str, data: &Path) -> Child {
             "--data-dir",
         ])
         .arg(data)
+        .arg("--pcap")
+        .arg(data.join("usb.pcap"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -228,6 +230,28 @@ fn default_card_in_guest(controller: &str) {
     let _ = v.kill();
     let _ = v.wait();
     assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
+    // tshark decodes the capture as CCID: the XfrBlock / DataBlock pairs of the guest's work.
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(data.path().join("usb.pcap"))
+        .args([
+            "-Y",
+            "usbccid",
+            "-T",
+            "fields",
+            "-e",
+            "usbccid.bMessageType",
+        ])
+        .output()
+        .expect("tshark runs");
+    let types = String::from_utf8_lossy(&o.stdout);
+    let xfr = types.lines().filter(|l| l.trim() == "0x6f").count();
+    let data_blocks = types.lines().filter(|l| l.trim() == "0x80").count();
+    assert!(
+        xfr >= 100 && data_blocks >= xfr,
+        "XfrBlock {xfr}, DataBlock {data_blocks}: {}",
+        text(&o)
+    );
 }
 
 #[test]
