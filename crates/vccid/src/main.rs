@@ -26,6 +26,11 @@ struct Args {
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBREDIR)]
     usbredir: Option<String>,
 
+    /// Export the reader over usbredir by connecting to QEMU's
+    /// `-chardev socket,server=on,wait=off` at ADDR (reconnecting when QEMU restarts).
+    #[arg(long, value_name = "ADDR", conflicts_with = "usbredir")]
+    usbredir_connect: Option<String>,
+
     /// Write every USB transfer between the host and the reader to FILE as a usbmon pcap
     /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages).
     #[arg(long, value_name = "FILE")]
@@ -56,9 +61,14 @@ struct Args {
 
 fn run(args: Args) -> Result<()> {
     let spec = spec::parse(&args.card).with_context(|| format!("--card {:?}", args.card))?;
-    let usbredir = match (&args.vpcd, &args.usbredir) {
-        (None, None) => Some(DEFAULT_USBREDIR.to_string()),
-        (_, u) => u.clone(),
+    let usbredir = match (&args.vpcd, &args.usbredir, &args.usbredir_connect) {
+        (_, _, Some(c)) => Some(vccid::usb::Role::Connect(Addr::parse(c)?)),
+        (None, None, None) => Some(vccid::usb::Role::Listen(Addr::parse(DEFAULT_USBREDIR)?)),
+        (_, u, None) => u
+            .as_deref()
+            .map(Addr::parse)
+            .transpose()?
+            .map(vccid::usb::Role::Listen),
     };
     let vpcd_addr = match args.vpcd.as_deref().map(Addr::parse).transpose()? {
         Some(Addr::Tcp(a)) => Some(a),
@@ -78,10 +88,11 @@ fn run(args: Args) -> Result<()> {
             vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?)?,
         )),
     };
-    if let Some(u) = &usbredir {
-        let addr = Addr::parse(u)?;
-        vccid::usb::serve(&addr, card.clone(), args.pcap.as_deref())?;
-        println!("{}", vccid::usb::attach_lines(&addr));
+    if let Some(role) = &usbredir {
+        vccid::usb::serve(role, card.clone(), args.pcap.as_deref())?;
+        if let vccid::usb::Role::Listen(addr) = role {
+            println!("{}", vccid::usb::attach_lines(addr));
+        }
     }
     let client = match vpcd_addr {
         Some(a) => {

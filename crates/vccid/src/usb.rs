@@ -72,15 +72,27 @@ pub fn attach_lines(addr: &Addr) -> String {
     )
 }
 
+/// How the reader reaches QEMU.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Listen; QEMU connects (`-chardev socket,host=...,port=...,reconnect=N`).
+    Listen(Addr),
+    /// Connect to QEMU's `-chardev socket,server=on,wait=off`, and again after it restarts.
+    Connect(Addr),
+}
+
 /// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
 /// reader (and its card) outlive connections, so QEMU may restart. With `pcap`, every USB
 /// transfer is also written there as a usbmon capture.
 pub fn serve(
-    addr: &Addr,
+    role: &Role,
     card: Arc<Mutex<dyn Card>>,
     pcap: Option<&std::path::Path>,
 ) -> Result<()> {
-    let listener = Listener::bind(addr)?;
+    let (addr, listener) = match role {
+        Role::Listen(a) => (a.clone(), Some(Listener::bind(a)?)),
+        Role::Connect(a) => (a.clone(), None),
+    };
     if !addr.is_local() {
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
@@ -94,15 +106,26 @@ pub fn serve(
         }
         None => Box::new(ccid),
     };
-    tracing::info!(addr = %listener.local_addr(), "usbredir: waiting for QEMU");
+    match &listener {
+        Some(l) => tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU"),
+        None => tracing::info!(%addr, "usbredir: connecting to QEMU"),
+    }
     std::thread::Builder::new()
         .name("usbredir".into())
         .spawn(move || loop {
-            let stream = match listener.accept() {
+            let got = match &listener {
+                Some(l) => l.accept(),
+                None => crate::stream::Stream::connect(&addr),
+            };
+            let stream = match got {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("usbredir accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Listening: a failed accept; connecting: QEMU not (yet, or again) there.
+                    if listener.is_some() {
+                        tracing::warn!("usbredir accept failed: {e}");
+                    }
+                    let pause = if listener.is_some() { 100 } else { 500 };
+                    std::thread::sleep(Duration::from_millis(pause));
                     continue;
                 }
             };
@@ -112,8 +135,12 @@ pub fn serve(
                 continue;
             };
             let done = Arc::new(AtomicBool::new(false));
-            let why =
-                usbredir::server::serve_connection(reader, stream, &mut *device, "vccid", |waker| {
+            let why = usbredir::server::serve_connection(
+                reader,
+                stream,
+                &mut *device,
+                "vccid",
+                |waker| {
                     let (done, presence) = (done.clone(), presence.clone());
                     let _ = std::thread::Builder::new()
                         .name("usbredir-presence".into())
@@ -130,7 +157,8 @@ pub fn serve(
                                 }
                             }
                         });
-                });
+                },
+            );
             done.store(true, Ordering::SeqCst);
             closer.shutdown();
             device.reset();

@@ -99,3 +99,52 @@ fn qemu_attaches_the_reader_and_a_restart_reattaches() {
     );
     assert!(text.contains(&format!("service='{port}'")), "{text}");
 }
+
+#[test]
+fn vccid_connects_to_a_qemu_server_chardev_and_again_after_a_restart() {
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("vccid.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut vccid = Command::new(VCCID)
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--usbredir-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let vlog = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    for round in 0..2 {
+        let args: Vec<String> = vec![
+            "-device".into(),
+            "qemu-xhci,id=x".into(),
+            "-chardev".into(),
+            format!("socket,id=cc,host=127.0.0.1,port={port},server=on,wait=off,nodelay=on"),
+            "-device".into(),
+            "usb-redir,chardev=cc,bus=x.0,debug=4".into(),
+        ];
+        let q = Qemu::start(&args).expect("QEMU 7.2 starts");
+        wait_for("the device attached", Duration::from_secs(30), || {
+            q.stderr().contains("attaching full speed device 08e6:4433")
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {e}\nQEMU:\n{}\nvccid:\n{}",
+                q.stderr(),
+                vlog()
+            )
+        });
+        drop(q);
+        wait_for("QEMU gone", Duration::from_secs(10), || {
+            vlog().matches("QEMU gone").count() > round
+        })
+        .unwrap();
+    }
+    let _ = vccid.kill();
+    let _ = vccid.wait();
+}
