@@ -2,8 +2,9 @@
 # In-guest benchmark (issue 4): the same OpenSC work in a Linux guest under TCG, through
 # vccid's reader over usbredir versus QEMU's in-process usb-ccid + ccid-card-emulated
 # (libcacard) on the same NSS database, alternating, three rounds each. Both on UHCI (QEMU's
-# own usb-ccid desynchronises xHCI guests). Figures: the guest's uptime from reader found to
-# done (reader, ATR, pkcs15-tool -D, sign, 300-APDU loop) and the loop alone.
+# own usb-ccid desynchronises xHCI guests), plus vccid on xHCI, where QEMU's reader cannot run.
+# Figures: the guest's uptime from reader found to done (reader, ATR, pkcs15-tool -D, sign,
+# 300-APDU loop) and the loop alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,12 +18,20 @@ for n in 1 2 3; do
   certutil -d "sql:$W/nss" -x -t CT,CT,CT -S -s "CN=cert$n" -n "cert$n" -k rsa -g 2048 -v 12 -Z SHA256 -m "10$n" -z "$W/noise" </dev/null >/dev/null 2>&1
 done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-boot() {  # LOG DEVICE-ARGS...
-  local log=$1; shift
+boot() {  # LOG CONTROLLER DEVICE-ARGS...
+  local log=$1 hc=$2; shift 2
   timeout 240 qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -vga none \
     -monitor none -nic none -no-reboot -serial "file:$log" -kernel "$W/img/kernel" -initrd "$W/img/initramfs.cpio" \
     -append "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 e2e.apdus=300" \
-    -device ich9-usb-uhci1,id=hc "$@" >/dev/null 2>&1 || true
+    -device "$hc,id=hc" "$@" >/dev/null 2>&1 || true
+}
+ours() {  # LOG CONTROLLER
+  local p; p=$(free_port)
+  "$ROOT/target/release/vccid" --usbredir "127.0.0.1:$p" \
+    --card "emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3" >/dev/null 2>&1 &
+  local v=$!
+  boot "$1" "$2" -chardev "socket,id=cc,host=127.0.0.1,port=$p,reconnect=1,nodelay=on" -device usb-redir,chardev=cc,bus=hc.0
+  kill $v; wait $v 2>/dev/null || true
 }
 figures() {  # LOG -> "total loop" (seconds, guest uptime)
   tr -d '\r' < "$1" | awk '
@@ -32,20 +41,20 @@ figures() {  # LOG -> "total loop" (seconds, guest uptime)
     /E2E-RESULT sign=/ { sign=$2 }
     END { printf "%.2f %.2f %s %s\n", done-start, t1-t0, ok, sign }'
 }
-OURS=(); QEMUS=()
+OURS=(); QEMUS=(); XHCI=()
 for round in 1 2 3; do
-  p=$(free_port)
-  "$ROOT/target/release/vccid" --usbredir "127.0.0.1:$p" \
-    --card "emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3" >/dev/null 2>&1 &
-  V=$!
-  boot "$W/ours$round.log" -chardev "socket,id=cc,host=127.0.0.1,port=$p,reconnect=1,nodelay=on" -device usb-redir,chardev=cc,bus=hc.0
-  kill $V; wait $V 2>/dev/null || true
+  ours "$W/ours$round.log" ich9-usb-uhci1
   OURS+=("$(figures "$W/ours$round.log")")
-  boot "$W/qemu$round.log" -device usb-ccid,bus=hc.0 \
+  boot "$W/qemu$round.log" ich9-usb-uhci1 -device usb-ccid,bus=hc.0 \
     -device "ccid-card-emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3"
   QEMUS+=("$(figures "$W/qemu$round.log")")
-  echo "round $round: vccid usbredir [total loop ok sign] ${OURS[-1]} | QEMU usb-ccid+emulated ${QEMUS[-1]}"
+  ours "$W/xhci$round.log" qemu-xhci
+  XHCI+=("$(figures "$W/xhci$round.log")")
+  echo "round $round [total loop ok sign]: vccid UHCI ${OURS[-1]} | QEMU usb-ccid UHCI ${QEMUS[-1]} | vccid xHCI ${XHCI[-1]}"
 done
 med() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
-echo "median total (reader found to done): vccid $(med $(printf '%s\n' "${OURS[@]}" | cut -d' ' -f1)) s, QEMU $(med $(printf '%s\n' "${QEMUS[@]}" | cut -d' ' -f1)) s"
-echo "median 300-APDU loop: vccid $(med $(printf '%s\n' "${OURS[@]}" | cut -d' ' -f2)) s, QEMU $(med $(printf '%s\n' "${QEMUS[@]}" | cut -d' ' -f2)) s"
+col() { printf '%s\n' "$@" | cut -d' ' -f"$N"; }
+for N in 1 2; do
+  what=$([ $N = 1 ] && echo "total (reader found to done)" || echo "300-APDU loop")
+  echo "median $what: vccid UHCI $(med $(col "${OURS[@]}")) s, QEMU usb-ccid UHCI $(med $(col "${QEMUS[@]}")) s, vccid xHCI $(med $(col "${XHCI[@]}")) s"
+done
