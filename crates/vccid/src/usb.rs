@@ -4,7 +4,6 @@ use crate::stream::{Addr, Listener};
 use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
-use ccid::device::Ccid;
 use ccid::pcap::PcapDevice;
 use ccid::usb::UsbDevice;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,7 +96,9 @@ pub fn serve(
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
     let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
-    let ccid = Ccid::new(Identity::default(), Box::new(SharedCardRef(card)));
+    // The card works on a thread of its own: a slow one never blocks the session.
+    let wake_slot: crate::async_ccid::WakeSlot = Arc::new(Mutex::new(None));
+    let ccid = crate::async_ccid::AsyncCcid::new(Identity::default(), card, wake_slot.clone())?;
     let mut device: Box<dyn UsbDevice> = match pcap {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -135,12 +136,17 @@ pub fn serve(
                 continue;
             };
             let done = Arc::new(AtomicBool::new(false));
+            let slot = wake_slot.clone();
             let why = usbredir::server::serve_connection(
                 reader,
                 stream,
                 &mut *device,
                 "vccid",
                 |waker| {
+                    let card_waker = waker.clone();
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
+                        card_waker.wake();
+                    }));
                     let (done, presence) = (done.clone(), presence.clone());
                     let _ = std::thread::Builder::new()
                         .name("usbredir-presence".into())
@@ -160,6 +166,7 @@ pub fn serve(
                 },
             );
             done.store(true, Ordering::SeqCst);
+            *wake_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
             closer.shutdown();
             device.reset();
             tracing::info!(%peer, "usbredir: QEMU gone: {why}");
