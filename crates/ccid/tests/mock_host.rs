@@ -1,13 +1,12 @@
-//! A mock CCID host that drives [`UsbDevice`] as libccid does through a host controller:
-//! control requests, bulk-OUT messages split in 64-byte packets, bulk-IN reads either one
-//! 64-byte packet at a time (UHCI) or as one large transfer (xHCI), the interrupt endpoint,
-//! and the Abort handshake. Transcripts are spaced hex (CCID §6).
+//! The reader driven by testkit's mock CCID host (libccid's way through UHCI or xHCI):
+//! transcripts in spaced hex (CCID §6).
 
 use apdu::hex::{h, spaced};
 use card::{Card, Presence};
 use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
 use ccid::device::Ccid;
 use ccid::usb::{Setup, Transfer, UsbDevice};
+use testkit::ccid_host::MockHost;
 
 /// A card answering `data + 90 00` to anything, 4 KiB + 9000 to INS B0.
 struct TestCard {
@@ -37,14 +36,9 @@ impl Card for TestCard {
     }
 }
 
-struct Host {
-    dev: Ccid,
-    presence: Presence,
-    /// Bulk-IN transfer size: 64 = packet at a time (UHCI), large = xHCI.
-    max_in: usize,
-}
+type Host = MockHost<Ccid>;
 
-fn host(max_in: usize) -> Host {
+fn host(max_in: usize) -> (Host, Presence) {
     let presence = Presence::new(true);
     let dev = Ccid::new(
         Identity::default(),
@@ -52,61 +46,12 @@ fn host(max_in: usize) -> Host {
             presence: presence.clone(),
         }),
     );
-    Host {
-        dev,
-        presence,
-        max_in,
-    }
-}
-
-impl Host {
-    /// Sends one message in 64-byte packets; `Err` on STALL.
-    fn send(&mut self, msg: &[u8]) -> Result<(), ()> {
-        let mut chunks: Vec<&[u8]> = msg.chunks(64).collect();
-        if msg.len().is_multiple_of(64) {
-            chunks.push(&[]);
-        }
-        for c in chunks {
-            if self.dev.out(EP_BULK_OUT, c) == Transfer::Stall {
-                return Err(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads one reply as libccid does: the header, then until dwLength is complete.
-    fn recv(&mut self) -> Option<Vec<u8>> {
-        let mut msg = Vec::new();
-        loop {
-            match self.dev.input(EP_BULK_IN, self.max_in) {
-                Transfer::Done(d) => {
-                    let short = d.len() < self.max_in;
-                    msg.extend_from_slice(&d);
-                    if msg.len() >= 10 {
-                        let len = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
-                        if msg.len() >= 10 + len && (short || self.max_in > 64) {
-                            return Some(msg);
-                        }
-                    }
-                    if short && msg.len() >= 10 {
-                        return Some(msg);
-                    }
-                }
-                Transfer::Pending => return if msg.is_empty() { None } else { Some(msg) },
-                Transfer::Stall => panic!("bulk IN stalled"),
-            }
-        }
-    }
-
-    fn xfer(&mut self, cmd: &str) -> String {
-        self.send(&h(cmd)).expect("no STALL");
-        spaced(&self.recv().expect("a reply"))
-    }
+    (MockHost::new(dev, max_in), presence)
 }
 
 #[test]
 fn libccid_start_up_transcript() {
-    let mut hst = host(64);
+    let (mut hst, _presence) = host(64);
     // The interrupt endpoint announces the card that is already in.
     assert_eq!(
         hst.dev.input(EP_INTERRUPT_IN, 8),
@@ -176,7 +121,7 @@ fn libccid_start_up_transcript() {
 #[test]
 fn multi_packet_command_and_4k_response_on_uhci_and_xhci() {
     for max_in in [64, 65554] {
-        let mut hst = host(max_in);
+        let (mut hst, _presence) = host(max_in);
         hst.xfer("62 00000000 00 01 000000");
         // A 245-byte XfrBlock crosses in 64/64/64/63-byte packets.
         let mut cmd = h("6F F5000000 00 02 000000 80 42 00 00 F0");
@@ -204,7 +149,7 @@ fn zlp_only_when_the_host_asked_for_exactly_one_packet() {
     apdu.extend(vec![0x11; 47]);
     let mut cmd = h("6F 34000000 00 05 000000");
     cmd.extend_from_slice(&apdu);
-    let mut uhci = host(64);
+    let (mut uhci, _p1) = host(64);
     uhci.xfer("62 00000000 00 01 000000");
     uhci.send(&cmd).unwrap();
     assert!(matches!(uhci.dev.input(EP_BULK_IN, 64), Transfer::Done(d) if d.len() == 64));
@@ -214,7 +159,7 @@ fn zlp_only_when_the_host_asked_for_exactly_one_packet() {
         "UHCI: ZLP ends the transfer"
     );
     assert_eq!(uhci.dev.input(EP_BULK_IN, 64), Transfer::Pending);
-    let mut xhci = host(65554);
+    let (mut xhci, _p2) = host(65554);
     xhci.xfer("62 00000000 00 01 000000");
     xhci.send(&cmd).unwrap();
     assert!(matches!(xhci.dev.input(EP_BULK_IN, 65554), Transfer::Done(d) if d.len() == 64));
@@ -227,13 +172,13 @@ fn zlp_only_when_the_host_asked_for_exactly_one_packet() {
 
 #[test]
 fn removal_and_insertion_reach_the_interrupt_endpoint() {
-    let mut hst = host(64);
+    let (mut hst, presence) = host(64);
     assert_eq!(
         hst.dev.input(EP_INTERRUPT_IN, 8),
         Transfer::Done(h("50 03"))
     );
     hst.xfer("62 00000000 00 01 000000");
-    hst.presence.set(false);
+    presence.set(false);
     assert!(hst.dev.ready(EP_INTERRUPT_IN));
     assert_eq!(
         hst.dev.input(EP_INTERRUPT_IN, 8),
@@ -247,7 +192,7 @@ fn removal_and_insertion_reach_the_interrupt_endpoint() {
         hst.xfer("62 00000000 00 03 000000"),
         spaced(&h("80 00000000 00 03 42 FE 00"))
     );
-    hst.presence.set(true);
+    presence.set(true);
     assert_eq!(
         hst.dev.input(EP_INTERRUPT_IN, 8),
         Transfer::Done(h("50 03"))
@@ -266,7 +211,7 @@ fn removal_and_insertion_reach_the_interrupt_endpoint() {
 
 #[test]
 fn bad_input_gets_stall_or_a_slot_error() {
-    let mut hst = host(64);
+    let (mut hst, _presence) = host(64);
     // A message shorter than its header, dwLength mismatches, and beyond the limit: STALL.
     assert_eq!(hst.dev.out(EP_BULK_OUT, &h("65 00 00")), Transfer::Stall);
     assert_eq!(
@@ -309,7 +254,7 @@ fn bad_input_gets_stall_or_a_slot_error() {
 
 #[test]
 fn control_requests() {
-    let mut hst = host(64);
+    let (mut hst, _presence) = host(64);
     let get = |t: u8, i: u8, len: u16| Setup {
         request_type: 0x80,
         request: 6,
@@ -362,4 +307,17 @@ fn control_requests() {
         length: 0,
     };
     assert_eq!(hst.dev.control(&clear_halt, &[]), Transfer::Done(vec![]));
+}
+
+#[test]
+fn abort_handshake_through_the_mock_host() {
+    let (mut hst, _p) = host(64);
+    hst.xfer("62 00000000 00 01 000000");
+    hst.abort(7).unwrap();
+    assert_eq!(
+        spaced(&hst.recv().unwrap()),
+        spaced(&h("81 00000000 00 07 00 00 00"))
+    );
+    assert_eq!(hst.interrupt(), Some(h("50 03")));
+    assert_eq!(hst.interrupt(), None);
 }

@@ -9,6 +9,8 @@
 //!
 //! A peer that cannot start is an error, never a skip.
 
+pub mod ccid_host;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
