@@ -4,6 +4,7 @@
 //! (UHCI) or as one large transfer (xHCI), the interrupt endpoint, and the Abort handshake.
 
 use ccid::descriptors::{EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
+use ccid::reader::Stall;
 use ccid::usb::{Setup, Transfer, UsbDevice};
 
 /// The host side.
@@ -21,14 +22,14 @@ impl<D: UsbDevice> MockHost<D> {
     }
 
     /// Sends one message in 64-byte packets; `Err` on STALL.
-    pub fn send(&mut self, msg: &[u8]) -> Result<(), ()> {
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), Stall> {
         let mut chunks: Vec<&[u8]> = msg.chunks(64).collect();
         if msg.len().is_multiple_of(64) {
             chunks.push(&[]);
         }
         for c in chunks {
             if self.dev.out(EP_BULK_OUT, c) == Transfer::Stall {
-                return Err(());
+                return Err(Stall);
             }
         }
         Ok(())
@@ -75,7 +76,7 @@ impl<D: UsbDevice> MockHost<D> {
 
     /// The Abort handshake of CCID §5.3.1: the class ABORT request, then PC_to_RDR_Abort with
     /// the same bSeq.
-    pub fn abort(&mut self, seq: u8) -> Result<(), ()> {
+    pub fn abort(&mut self, seq: u8) -> Result<(), Stall> {
         let setup = Setup {
             request_type: 0x21,
             request: 0x01,
@@ -84,7 +85,7 @@ impl<D: UsbDevice> MockHost<D> {
             length: 0,
         };
         if self.dev.control(&setup, &[]) == Transfer::Stall {
-            return Err(());
+            return Err(Stall);
         }
         self.send(&[0x72, 0, 0, 0, 0, 0, seq, 0, 0, 0])
     }
