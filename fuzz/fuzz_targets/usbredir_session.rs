@@ -1,32 +1,15 @@
 //! The usbredir decoder and device session on arbitrary guest bytes (after a valid hello, so
 //! the 64-bit framing is reached): total, and memory bounded by the packet limit.
 #![no_main]
-use card::{Card, Presence};
+use card::FixedCard;
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
 use libfuzzer_sys::fuzz_target;
 use usbredir::codec::{encode, ty, Caps};
 use usbredir::session::Session;
 
-struct Instant(Presence);
-impl Card for Instant {
-    fn atr(&self) -> Vec<u8> {
-        vec![0x3B, 0x00]
-    }
-    fn power_on(&mut self) -> Vec<u8> {
-        self.atr()
-    }
-    fn power_off(&mut self) {}
-    fn transmit(&mut self, _: &[u8]) -> Vec<u8> {
-        vec![0x90, 0x00]
-    }
-    fn presence(&self) -> Presence {
-        self.0.clone()
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let mut dev = Ccid::new(Identity::default(), Box::new(Instant(Presence::new(true))));
+    let mut dev = Ccid::new(Identity::default(), Box::new(FixedCard::new(&[0x3B, 0x00], &[0x90, 0x00])));
     let mut s = Session::new("fuzz", &dev);
     let hello = encode(&Caps::default(), ty::HELLO, 0, &[0; 64], &0xFFu32.to_le_bytes());
     let _ = s.on_bytes(&hello, &mut dev);

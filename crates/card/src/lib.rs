@@ -10,10 +10,12 @@
 #![warn(missing_docs)]
 
 pub mod cac;
+mod fixed;
 pub mod keystore;
 mod pin;
 mod presence;
 
+pub use fixed::FixedCard;
 pub use pin::{Pin, PinStatus, PinVerify};
 pub use presence::Presence;
 

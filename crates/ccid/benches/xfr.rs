@@ -2,35 +2,17 @@
 //! instantly (issue target: at least 50,000/s), read as one transfer (xHCI) and as 64-byte
 //! packets (UHCI).
 
-use card::{Card, Presence};
+use card::FixedCard;
 use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT};
 use ccid::device::Ccid;
 use ccid::usb::{Transfer, UsbDevice};
 use std::time::Instant;
 
-struct Instant9000(Presence);
-
-impl Card for Instant9000 {
-    fn atr(&self) -> Vec<u8> {
-        vec![0x3B, 0x00]
-    }
-    fn power_on(&mut self) -> Vec<u8> {
-        self.atr()
-    }
-    fn power_off(&mut self) {}
-    fn transmit(&mut self, _: &[u8]) -> Vec<u8> {
-        vec![0x90, 0x00]
-    }
-    fn presence(&self) -> Presence {
-        self.0.clone()
-    }
-}
-
 fn main() {
     for (name, max_in) in [("xHCI-like", 65554usize), ("UHCI-like", 64)] {
         let mut dev = Ccid::new(
             Identity::default(),
-            Box::new(Instant9000(Presence::new(true))),
+            Box::new(FixedCard::new(&[0x3B, 0x00], &[0x90, 0x00])),
         );
         dev.out(EP_BULK_OUT, &[0x62, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         while let Transfer::Done(_) = dev.input(EP_BULK_IN, max_in) {}

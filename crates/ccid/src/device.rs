@@ -2,7 +2,7 @@
 //! (the emulated one) need nothing more; a transport that serves a slow card (passthru, PC/SC)
 //! drives [`Reader`] itself and runs the [`CardRequest`]s elsewhere.
 
-use crate::descriptors::{self, Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
+use crate::descriptors::{self, Identity, EP_BULK_OUT, EP_INTERRUPT_IN};
 use crate::reader::{CardAnswer, CardRequest, Reader};
 use crate::usb::{Setup, Transfer, UsbDevice};
 use card::Card;
@@ -28,15 +28,8 @@ impl Ccid {
 
     /// Mirrors insertions and removals of the card into the reader.
     fn sync_presence(&mut self) {
-        let (present, gen) = self.card.presence().snapshot();
-        if gen != self.seen {
-            self.seen = gen;
-            if present {
-                self.reader.card_inserted();
-            } else {
-                self.reader.card_removed();
-            }
-        }
+        let presence = self.card.presence();
+        self.reader.sync_presence(&presence, &mut self.seen);
     }
 
     fn run(&mut self, req: CardRequest) {
@@ -78,19 +71,11 @@ impl UsbDevice for Ccid {
     }
     fn input(&mut self, ep: u8, max_len: usize) -> Transfer {
         self.sync_presence();
-        match ep {
-            EP_BULK_IN => self.reader.bulk_in(max_len),
-            EP_INTERRUPT_IN => self.reader.interrupt_in(max_len),
-            _ => Transfer::Stall,
-        }
+        self.reader.endpoint_in(ep, max_len)
     }
     fn ready(&self, ep: u8) -> bool {
         let (_, gen) = self.card.presence().snapshot();
-        match ep {
-            EP_BULK_IN => self.reader.bulk_in_ready(),
-            EP_INTERRUPT_IN => self.reader.interrupt_ready() || gen != self.seen,
-            _ => false,
-        }
+        self.reader.endpoint_ready(ep) || (ep == EP_INTERRUPT_IN && gen != self.seen)
     }
     fn reset(&mut self) {
         self.reader.reset();

@@ -557,6 +557,38 @@ impl Reader {
         self.notify
     }
 
+    /// An IN transfer on the reader's IN endpoints (bulk 0x82, interrupt 0x81); others STALL.
+    pub fn endpoint_in(&mut self, ep: u8, max: usize) -> Transfer {
+        match ep {
+            descriptors::EP_BULK_IN => self.bulk_in(max),
+            descriptors::EP_INTERRUPT_IN => self.interrupt_in(max),
+            _ => Transfer::Stall,
+        }
+    }
+
+    /// Whether an IN on `ep` would complete now.
+    pub fn endpoint_ready(&self, ep: u8) -> bool {
+        match ep {
+            descriptors::EP_BULK_IN => self.bulk_in_ready(),
+            descriptors::EP_INTERRUPT_IN => self.interrupt_ready(),
+            _ => false,
+        }
+    }
+
+    /// Mirrors the card's insertions and removals: `seen` is the presence generation the
+    /// reader last acted on.
+    pub fn sync_presence(&mut self, presence: &card::Presence, seen: &mut u64) {
+        let (present, gen) = presence.snapshot();
+        if gen != *seen {
+            *seen = gen;
+            if present {
+                self.card_inserted();
+            } else {
+                self.card_removed();
+            }
+        }
+    }
+
     /// A control transfer: the standard requests a device answers itself and the CCID class
     /// requests (CCID §5.3).
     pub fn control(&mut self, s: &Setup, _data: &[u8]) -> Transfer {

@@ -4,28 +4,11 @@
 //! device does not support.
 
 use apdu::hex::h;
-use card::{Card, Presence};
+use card::{Card, FixedCard, Presence};
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
 use usbredir::codec::{encode, ty, Caps, Decoded, Decoder, Packet};
 use usbredir::session::Session;
-
-struct Instant9000(Presence);
-impl Card for Instant9000 {
-    fn atr(&self) -> Vec<u8> {
-        h("3B 02 14 50")
-    }
-    fn power_on(&mut self) -> Vec<u8> {
-        self.atr()
-    }
-    fn power_off(&mut self) {}
-    fn transmit(&mut self, _: &[u8]) -> Vec<u8> {
-        h("90 00")
-    }
-    fn presence(&self) -> Presence {
-        self.0.clone()
-    }
-}
 
 struct Guest {
     s: Session,
@@ -36,8 +19,9 @@ struct Guest {
 
 impl Guest {
     fn new() -> Guest {
-        let presence = Presence::new(true);
-        let dev = Ccid::new(Identity::default(), Box::new(Instant9000(presence.clone())));
+        let card = FixedCard::new(&h("3B 02 14 50"), &h("90 00"));
+        let presence = card.presence();
+        let dev = Ccid::new(Identity::default(), Box::new(card));
         let s = Session::new("vccid", &dev);
         Guest {
             s,

@@ -4,7 +4,7 @@
 //! a second while the card works (CCID §6.2.7), and the card's answer wakes the transport.
 
 use card::{Card, Presence};
-use ccid::descriptors::{self, Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
+use ccid::descriptors::{self, Identity, EP_BULK_OUT};
 use ccid::reader::{CardAnswer, CardRequest, Reader};
 use ccid::usb::{Setup, Transfer, UsbDevice};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -107,15 +107,7 @@ impl AsyncCcid {
             self.last_extension = None;
             self.reader.card_answer(a);
         }
-        let (present, gen) = self.presence.snapshot();
-        if gen != self.seen {
-            self.seen = gen;
-            if present {
-                self.reader.card_inserted();
-            } else {
-                self.reader.card_removed();
-            }
-        }
+        self.reader.sync_presence(&self.presence, &mut self.seen);
         if let Some(since) = self.busy_since {
             let last = self.last_extension.unwrap_or(since);
             if self.reader.is_busy() && last.elapsed() >= TIME_EXTENSION_EVERY {
@@ -160,18 +152,10 @@ impl UsbDevice for AsyncCcid {
     }
     fn input(&mut self, ep: u8, max_len: usize) -> Transfer {
         self.drain();
-        match ep {
-            EP_BULK_IN => self.reader.bulk_in(max_len),
-            EP_INTERRUPT_IN => self.reader.interrupt_in(max_len),
-            _ => Transfer::Stall,
-        }
+        self.reader.endpoint_in(ep, max_len)
     }
     fn ready(&self, ep: u8) -> bool {
-        match ep {
-            EP_BULK_IN => self.reader.bulk_in_ready(),
-            EP_INTERRUPT_IN => self.reader.interrupt_ready(),
-            _ => false,
-        }
+        self.reader.endpoint_ready(ep)
     }
     fn reset(&mut self) {
         self.reader.reset();
@@ -181,6 +165,7 @@ impl UsbDevice for AsyncCcid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ccid::descriptors::EP_BULK_IN;
 
     struct Slow(Presence);
     impl Card for Slow {
