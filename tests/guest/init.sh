@@ -78,6 +78,8 @@ if [ -n "$ATR" ]; then
     echo "E2E-WAIT insert"
     wait_state Yes && result "insertion_seen=1" || result "insertion_seen=0"
     result "after_insert=\"$(timeout 60 opensc-tool -n 2>/dev/null | grep -v '^Using reader' | head -1)\""
+    # An idle window with pcscd running: the host measures the reader's CPU meanwhile.
+    echo "E2E-WAIT idle-begin"; sleep 5; echo "E2E-WAIT idle-end"
   fi
 fi
 finish

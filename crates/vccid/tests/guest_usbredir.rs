@@ -113,21 +113,26 @@ fn boot_with(devices: &[String], append: &str, mut on_wait: impl FnMut(&str)) ->
         .expect("QEMU starts");
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut waits_seen = 0;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = q.try_wait() {
-            break;
-        }
+    let mut dispatch = |waits_seen: &mut usize| {
         let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
         let waits: Vec<&str> = log
             .lines()
             .filter_map(|l| l.trim_end().strip_prefix("E2E-WAIT "))
             .collect();
-        for w in &waits[waits_seen.min(waits.len())..] {
+        for w in &waits[(*waits_seen).min(waits.len())..] {
             on_wait(w);
         }
-        waits_seen = waits.len();
+        *waits_seen = waits.len();
+    };
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = q.try_wait() {
+            break;
+        }
+        dispatch(&mut waits_seen);
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Markers printed just before the guest powered off.
+    dispatch(&mut waits_seen);
     let _ = q.kill();
     let _ = q.wait();
     let log =
@@ -320,6 +325,21 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
         .spawn()
         .unwrap();
     let mut stdin = v.stdin.take().unwrap();
+    let pid = v.id();
+    let ticks = move || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
+        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    };
+    let mut idle_start = 0;
+    let mut idle_ticks = None;
     let devices = [
         "-device".to_string(),
         "qemu-xhci,id=hc".into(),
@@ -328,8 +348,12 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
         "-device".into(),
         "usb-redir,chardev=cc,bus=hc.0".into(),
     ];
-    let g = boot_with(&devices, "e2e.events=1 e2e.big=1", |what| {
-        let _ = writeln!(stdin, "{what}");
+    let g = boot_with(&devices, "e2e.events=1 e2e.big=1", |what| match what {
+        "idle-begin" => idle_start = ticks(),
+        "idle-end" => idle_ticks = Some(ticks() - idle_start),
+        _ => {
+            let _ = writeln!(stdin, "{what}");
+        }
     });
     let _ = v.kill();
     let _ = v.wait();
@@ -341,6 +365,11 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
         g.serial
     );
     assert_eq!(r("removal_seen"), "1", "{}", g.serial);
+    // 5 s with the guest's pcscd running and IN transfers pending: a polling or spinning
+    // reader would use hundreds of ticks; pending transfers just wait.
+    let idle = idle_ticks.expect("the guest's idle window");
+    assert!(idle < 25, "vccid used {idle} CPU ticks in 5 idle seconds");
+    println!("vccid CPU during the guest's 5 s idle window: {idle} ticks");
     assert_eq!(r("insertion_seen"), "1", "{}", g.serial);
     assert_eq!(
         r("after_insert"),
