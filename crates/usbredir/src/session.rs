@@ -296,9 +296,4 @@ impl Session {
         }
         out
     }
-
-    /// Whether the guest's hello has arrived.
-    pub fn connected(&self) -> bool {
-        self.caps.peer_hello
-    }
 }

@@ -9,16 +9,17 @@ use testkit::{free_port, wait_for, Qemu};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 
-fn qemu_redir(port: u16) -> Qemu {
-    let args: Vec<String> = [
-        "-device".to_string(),
+/// QEMU with an xHCI bus and `usb-redir` on a TCP chardev at `port`; `role` is the chardev's
+/// connect options (`reconnect=1`: QEMU connects; `server=on,wait=off`: QEMU listens).
+fn qemu_redir(port: u16, role: &str) -> Qemu {
+    let args: Vec<String> = vec![
+        "-device".into(),
         "qemu-xhci,id=x".into(),
         "-chardev".into(),
-        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
+        format!("socket,id=cc,host=127.0.0.1,port={port},{role},nodelay=on"),
         "-device".into(),
         "usb-redir,chardev=cc,bus=x.0,debug=4".into(),
-    ]
-    .to_vec();
+    ];
     Qemu::start(&args).expect("QEMU 7.2 starts")
 }
 
@@ -58,7 +59,7 @@ fn qemu_attaches_the_reader_and_a_restart_reattaches() {
     })
     .unwrap();
     for round in 0..2 {
-        let q = qemu_redir(port);
+        let q = qemu_redir(port, "reconnect=1");
         wait_for("the device attached", Duration::from_secs(30), || {
             q.stderr().contains("attaching full speed device 08e6:4433")
         })
@@ -120,15 +121,7 @@ fn vccid_connects_to_a_qemu_server_chardev_and_again_after_a_restart() {
         .unwrap();
     let vlog = || std::fs::read_to_string(&log_path).unwrap_or_default();
     for round in 0..2 {
-        let args: Vec<String> = vec![
-            "-device".into(),
-            "qemu-xhci,id=x".into(),
-            "-chardev".into(),
-            format!("socket,id=cc,host=127.0.0.1,port={port},server=on,wait=off,nodelay=on"),
-            "-device".into(),
-            "usb-redir,chardev=cc,bus=x.0,debug=4".into(),
-        ];
-        let q = Qemu::start(&args).expect("QEMU 7.2 starts");
+        let q = qemu_redir(port, "server=on,wait=off");
         wait_for("the device attached", Duration::from_secs(30), || {
             q.stderr().contains("attaching full speed device 08e6:4433")
         })
