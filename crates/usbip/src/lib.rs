@@ -1,9 +1,13 @@
-//! USB/IP, server side, without I/O (transports.md §2). All header integers are big-endian;
-//! setup packets and data are passed raw.
+//! USB/IP, server side (transports.md §2): the codec here, without I/O (all header integers
+//! big-endian; setup packets and data passed raw); the URB session in [`session`], also
+//! without I/O; the threaded server in [`server`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use thiserror::Error;
+
+pub mod server;
+pub mod session;
 
 /// The protocol version `usbip` requires.
 pub const VERSION: u16 = 0x0111;
@@ -59,6 +63,9 @@ pub enum UsbipError {
     /// A declared transfer length or ISO packet count beyond the limit.
     #[error("USB/IP CMD_SUBMIT declares {0} bytes (at most {MAX_TRANSFER})")]
     TooLong(u32),
+    /// More IN URBs pending than one importer may hold.
+    #[error("more than {0} IN URBs pending")]
+    TooManyPending(usize),
 }
 
 /// What a client asks before importing.

@@ -11,6 +11,7 @@ use vccid::stream::Addr;
 
 const DEFAULT_VPCD: &str = "127.0.0.1:35963";
 const DEFAULT_USBREDIR: &str = "127.0.0.1:4000";
+const DEFAULT_USBIP: &str = "127.0.0.1:3240";
 
 /// A virtual smart-card reader and card. With no transport option the reader is exported over
 /// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
@@ -30,6 +31,12 @@ struct Args {
     /// `-chardev socket,server=on,wait=off` at ADDR (reconnecting when QEMU restarts).
     #[arg(long, value_name = "ADDR", conflicts_with = "usbredir")]
     usbredir_connect: Option<String>,
+
+    /// Export the USB CCID reader over USB/IP, listening at ADDR (HOST:PORT, default
+    /// 127.0.0.1:3240) for the Linux `usbip` tool: `usbip attach -r HOST -b 1-1`. Alongside
+    /// usbredir when --usbredir is given too.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBIP)]
+    usbip: Option<String>,
 
     /// Write every USB transfer between the host and the reader to FILE as a usbmon pcap
     /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages).
@@ -63,12 +70,19 @@ fn run(args: Args) -> Result<()> {
     let spec = spec::parse(&args.card).with_context(|| format!("--card {:?}", args.card))?;
     let usbredir = match (&args.vpcd, &args.usbredir, &args.usbredir_connect) {
         (_, _, Some(c)) => Some(vccid::usb::Role::Connect(Addr::parse(c)?)),
-        (None, None, None) => Some(vccid::usb::Role::Listen(Addr::parse(DEFAULT_USBREDIR)?)),
+        (None, None, None) if args.usbip.is_none() => {
+            Some(vccid::usb::Role::Listen(Addr::parse(DEFAULT_USBREDIR)?))
+        }
         (_, u, None) => u
             .as_deref()
             .map(Addr::parse)
             .transpose()?
             .map(vccid::usb::Role::Listen),
+    };
+    let usbip_addr = match args.usbip.as_deref().map(Addr::parse).transpose()? {
+        Some(Addr::Tcp(a)) => Some(a),
+        Some(Addr::Unix(_)) => anyhow::bail!("USB/IP runs over TCP only: give --usbip HOST:PORT"),
+        None => None,
     };
     let vpcd_addr = match args.vpcd.as_deref().map(Addr::parse).transpose()? {
         Some(Addr::Tcp(a)) => Some(a),
@@ -88,8 +102,17 @@ fn run(args: Args) -> Result<()> {
             vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?)?,
         )),
     };
+    // One capture file: the usbredir reader's when there is one, else the USB/IP reader's.
+    let (redir_pcap, usbip_pcap) = match usbredir {
+        Some(_) => (args.pcap.as_deref(), None),
+        None => (None, args.pcap.as_deref()),
+    };
+    if let Some(a) = usbip_addr {
+        vccid::usb::serve_usbip(a, card.clone(), usbip_pcap)?;
+        println!("{}", vccid::usb::usbip_lines(&a));
+    }
     if let Some(role) = &usbredir {
-        vccid::usb::serve(role, card.clone(), args.pcap.as_deref())?;
+        vccid::usb::serve(role, card.clone(), redir_pcap)?;
         if let vccid::usb::Role::Listen(addr) = role {
             println!("{}", vccid::usb::attach_lines(addr));
         }

@@ -1,5 +1,7 @@
-//! `--usbredir`: the card in a CCID reader, exported to QEMU's `-device usb-redir`.
+//! The card in a CCID reader: `--usbredir` exports it to QEMU's `-device usb-redir`,
+//! `--usbip` to any Linux kernel's vhci-hcd (`usbip attach`).
 
+use crate::async_ccid::{AsyncCcid, WakeSlot};
 use crate::stream::{Addr, Listener};
 use anyhow::Result;
 use card::{Card, Presence};
@@ -80,6 +82,111 @@ pub enum Role {
     Connect(Addr),
 }
 
+/// While alive, the card's answers and presence changes wake the transport session that holds
+/// the reader, through `wake` (which returns `false` once that session has ended).
+struct SessionWaker {
+    done: Arc<AtomicBool>,
+    slot: WakeSlot,
+}
+
+impl SessionWaker {
+    fn start(
+        slot: &WakeSlot,
+        presence: Presence,
+        wake: impl Fn() -> bool + Clone + Send + 'static,
+    ) -> SessionWaker {
+        let done = Arc::new(AtomicBool::new(false));
+        let card_wake = wake.clone();
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
+            card_wake();
+        }));
+        let stop = done.clone();
+        let _ = std::thread::Builder::new()
+            .name("usb-presence".into())
+            .spawn(move || {
+                let (_, mut seen) = presence.snapshot();
+                while !stop.load(Ordering::SeqCst) {
+                    let (_, gen) = presence.wait_change(seen, Duration::from_millis(500));
+                    if gen != seen {
+                        seen = gen;
+                        if !wake() {
+                            break;
+                        }
+                    }
+                }
+            });
+        SessionWaker {
+            done,
+            slot: slot.clone(),
+        }
+    }
+}
+
+impl Drop for SessionWaker {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The CCID reader holding `card`, its card on a worker thread; with `pcap`, every USB
+/// transfer is also written there as a usbmon capture.
+fn reader_device(
+    card: Arc<Mutex<dyn Card>>,
+    pcap: Option<&std::path::Path>,
+) -> Result<(Box<dyn UsbDevice>, WakeSlot, Presence)> {
+    let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
+    // The card works on a thread of its own: a slow one never blocks the session.
+    let wake_slot: WakeSlot = Arc::new(Mutex::new(None));
+    let ccid = AsyncCcid::new(Identity::default(), card, wake_slot.clone())?;
+    let device: Box<dyn UsbDevice> = match pcap {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?)
+        }
+        None => Box::new(ccid),
+    };
+    Ok((device, wake_slot, presence))
+}
+
+/// The bus id under which `--usbip` exports the reader.
+pub const USBIP_BUSID: &str = "1-1";
+
+/// Exports the reader over USB/IP at `addr`, on threads of its own: `usbip list -r HOST`
+/// shows it and `usbip attach -r HOST -b 1-1` imports it; the reader outlives importers.
+pub fn serve_usbip(
+    addr: std::net::SocketAddr,
+    card: Arc<Mutex<dyn Card>>,
+    pcap: Option<&std::path::Path>,
+) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for USB/IP: {e}"))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "usbip is not on loopback: the USB link is unauthenticated and unencrypted");
+    }
+    let (device, slot, presence) = reader_device(card, pcap)?;
+    let exporter = Arc::new(usbip::server::Exporter::new(USBIP_BUSID, device));
+    tracing::info!(addr = %listener.local_addr()?, busid = USBIP_BUSID, "usbip: exporting the reader");
+    std::thread::Builder::new()
+        .name("usbip".into())
+        .spawn(move || {
+            exporter.run(listener, move |waker| {
+                SessionWaker::start(&slot, presence.clone(), move || waker.wake())
+            })
+        })?;
+    Ok(())
+}
+
+/// The commands that attach a reader exported over USB/IP at `addr`.
+pub fn usbip_lines(addr: &std::net::SocketAddr) -> String {
+    format!(
+        "usbip:   modprobe vhci-hcd; usbip list -r {ip} (port {port}); usbip attach -r {ip} -b {USBIP_BUSID}",
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
 /// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
 /// reader (and its card) outlive connections, so QEMU may restart. With `pcap`, every USB
 /// transfer is also written there as a usbmon capture.
@@ -95,18 +202,7 @@ pub fn serve(
     if !addr.is_local() {
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
-    let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
-    // The card works on a thread of its own: a slow one never blocks the session.
-    let wake_slot: crate::async_ccid::WakeSlot = Arc::new(Mutex::new(None));
-    let ccid = crate::async_ccid::AsyncCcid::new(Identity::default(), card, wake_slot.clone())?;
-    let mut device: Box<dyn UsbDevice> = match pcap {
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?)
-        }
-        None => Box::new(ccid),
-    };
+    let (mut device, wake_slot, presence) = reader_device(card, pcap)?;
     match &listener {
         Some(l) => tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU"),
         None => tracing::info!(%addr, "usbredir: connecting to QEMU"),
@@ -135,38 +231,21 @@ pub fn serve(
             let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
                 continue;
             };
-            let done = Arc::new(AtomicBool::new(false));
-            let slot = wake_slot.clone();
+            let mut guard = None;
             let why = usbredir::server::serve_connection(
                 reader,
                 stream,
                 &mut *device,
                 "vccid",
                 |waker| {
-                    let card_waker = waker.clone();
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
-                        card_waker.wake();
-                    }));
-                    let (done, presence) = (done.clone(), presence.clone());
-                    let _ = std::thread::Builder::new()
-                        .name("usbredir-presence".into())
-                        .spawn(move || {
-                            let (_, mut seen) = presence.snapshot();
-                            while !done.load(Ordering::SeqCst) {
-                                let (_, gen) =
-                                    presence.wait_change(seen, Duration::from_millis(500));
-                                if gen != seen {
-                                    seen = gen;
-                                    if !waker.wake() {
-                                        break;
-                                    }
-                                }
-                            }
-                        });
+                    guard = Some(SessionWaker::start(
+                        &wake_slot,
+                        presence.clone(),
+                        move || waker.wake(),
+                    ));
                 },
             );
-            done.store(true, Ordering::SeqCst);
-            *wake_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            drop(guard);
             closer.shutdown();
             device.reset();
             tracing::info!(%peer, "usbredir: QEMU gone: {why}");
