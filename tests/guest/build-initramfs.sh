@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-initramfs.sh OUTDIR - a busybox initramfs that turns Debian's kernel into a smart-card
 # guest: pcscd + libccid + OpenSC + pcsc-tools with their libraries, the USB host-controller
-# modules, systemd-udevd (pcscd's hotplug needs udev's netlink events) and init.sh as /init.
+# modules, usbip + vhci-hcd and socat + virtio-serial (USB/IP with no guest network), systemd-udevd (pcscd's hotplug needs udev's netlink events) and init.sh as /init.
 # Everything comes from the host's installed packages. Writes OUTDIR/initramfs.cpio and
 # OUTDIR/kernel (a link to the newest /boot/vmlinuz-*).
 set -euo pipefail
@@ -23,7 +23,8 @@ put_elf() {   # a binary and, transitively, its shared libraries
     [ -e "$ROOT$(canon "$l")" ] || put "$l"
   done
 }
-for b in /usr/sbin/pcscd /usr/bin/pcsc_scan /usr/bin/opensc-tool /usr/bin/pkcs15-tool /usr/bin/pkcs11-tool /usr/bin/udevadm; do
+for b in /usr/sbin/pcscd /usr/bin/pcsc_scan /usr/bin/opensc-tool /usr/bin/pkcs15-tool /usr/bin/pkcs11-tool /usr/bin/udevadm \
+         /usr/sbin/usbip /usr/bin/socat; do
   put_elf "$b"
 done
 # Our raw-APDU tool (hostcard's example), when the caller built it: APDU_TOOL=path.
@@ -43,7 +44,8 @@ cp /bin/busybox "$ROOT/usr/bin/busybox"
 /bin/busybox --list-full | while read -r app; do
   d=$(canon "/$app"); [ -e "$ROOT$d" ] || [ -L "$ROOT$d" ] || ln -s /usr/bin/busybox "$ROOT$d"
 done
-# USB host-controller modules (xHCI and UHCI) with their dependencies, in load order.
+# USB host-controller modules (xHCI, UHCI, and USB/IP's vhci-hcd) and virtio-serial, with their
+# dependencies, in load order.
 : > "$ROOT/etc/modules"
 addmod() {
   local m=${1//-/_} d fn
@@ -59,7 +61,7 @@ addmod() {
   esac
   echo "/usr/lib/modules/$m.ko" >> "$ROOT/etc/modules"
 }
-for m in xhci_pci uhci_hcd; do addmod "$m"; done
+for m in xhci_pci uhci_hcd vhci_hcd virtio_pci virtio_console; do addmod "$m"; done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$ROOT/etc/passwd"; echo 'root:x:0:' > "$ROOT/etc/group"
 printf '%s\n' $MULTI /lib/x86_64-linux-gnu > "$ROOT/etc/ld.so.conf"
 ldconfig -r "$ROOT" 2>/dev/null || true

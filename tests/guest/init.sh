@@ -4,17 +4,20 @@
 # e2e.pin=PIN (default 12345678), e2e.keyid=ID (default 0001), e2e.apdus=N (default 0),
 # e2e.events=1: print "E2E-WAIT remove" / "E2E-WAIT insert" and report whether the reader saw
 # the host remove and reinsert the card, e2e.big=1: a 4096-byte response (GET CHALLENGE with an
-# extended Le) through the reader.
+# extended Le) through the reader, e2e.usbip=1: the reader comes over USB/IP instead of a USB
+# controller: socat bridges guest-local 127.0.0.1:3240 to the virtio-serial port named "usbip"
+# (the host's end reaches vccid --usbip), then usbip list / attach; at the end usbip detach,
+# "E2E-WAIT usbip-detached", and a second attach that must read the card again.
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
-mkdir -p /run/pcscd /run/udev /root
-PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0
+mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
+PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0; USBIP=0
 for a in $(cat /proc/cmdline); do
   case $a in
     e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};;
-    e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};;
+    e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};; e2e.usbip=*) USBIP=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -26,6 +29,27 @@ dmesg -n 1
 for m in $(cat /etc/modules); do insmod "$m" 2>/dev/null; done
 /usr/lib/systemd/systemd-udevd --daemon --resolve-names=never
 udevadm trigger --type=devices --action=add; udevadm settle -t 10
+atr() { timeout 30 opensc-tool -a 2>/dev/null | grep -iE '^([0-9a-f]{2}:)+[0-9a-f]{2}$' | head -1; }
+usbip_attach() {   # RESULT-NAME
+  usbip attach -r 127.0.0.1 -b 1-1 > /tmp/attach 2>&1 && result "$1=1" || { result "$1=0"; cat /tmp/attach; }
+}
+if [ "$USBIP" = 1 ]; then
+  ip link set lo up
+  VPORT=""
+  for n in /sys/class/virtio-ports/*/name; do
+    [ "$(cat "$n" 2>/dev/null)" = usbip ] && VPORT=/dev/$(basename "${n%/name}")
+  done
+  [ -n "$VPORT" ] || { result usbip_port=0; finish; }
+  # One guest TCP connection at a time through the port: socat's child for a connection
+  # holds the port open until 0.5 s after its TCP side closes.
+  socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork "OPEN:$VPORT" 2>/tmp/socat.log &
+  sleep 1
+  usbip list -r 127.0.0.1 > /tmp/list 2>&1
+  result "usbip_list=\"$(grep -o '08e6:4433' /tmp/list | head -1) $(grep -o '(0b/00/00)' /tmp/list | head -1)\""
+  grep -q 08e6:4433 /tmp/list || cat /tmp/list
+  sleep 1
+  usbip_attach usbip_attach
+fi
 IFACE=""; i=0
 while [ $i -lt 600 ]; do
   for f in /sys/bus/usb/devices/*/bInterfaceClass; do
@@ -45,7 +69,7 @@ done
 result "reader_listed=$([ -n "$READER" ] && echo 1 || echo 0) reader=\"$READER\""
 ATR=""; i=0
 while [ -n "$READER" ] && [ $i -lt 20 ]; do
-  ATR=$(timeout 30 opensc-tool -a 2>/dev/null | grep -iE '^([0-9a-f]{2}:)+[0-9a-f]{2}$' | head -1)
+  ATR=$(atr)
   [ -n "$ATR" ] && break; sleep 1; i=$((i + 1))
 done
 result "atr=${ATR:-none}"
@@ -81,5 +105,15 @@ if [ -n "$ATR" ]; then
     # An idle window with pcscd running: the host measures the reader's CPU meanwhile.
     echo "E2E-WAIT idle-begin"; sleep 5; echo "E2E-WAIT idle-end"
   fi
+fi
+if [ "$USBIP" = 1 ]; then
+  P=$(usbip port 2>/dev/null | sed -n 's/^Port \([0-9]*\):.*/\1/p' | head -1)
+  usbip detach -p "${P:-0}" > /tmp/detach 2>&1 && result usbip_detach=1 || { result usbip_detach=0; cat /tmp/detach; }
+  echo "E2E-WAIT usbip-detached"
+  sleep 2
+  usbip_attach usbip_reattach
+  ATR=""; i=0
+  while [ $i -lt 30 ]; do ATR=$(atr); [ -n "$ATR" ] && break; sleep 1; i=$((i + 1)); done
+  result "reattach_atr=${ATR:-none}"
 fi
 finish

@@ -150,7 +150,8 @@ impl Exporter {
         let _ = stream.set_read_timeout(Some(OP_TIMEOUT));
         let req = match read_op(&mut stream) {
             Ok(r) => r,
-            Err(e) => {
+            Err(None) => return "closed without a request".into(),
+            Err(Some(e)) => {
                 tracing::warn!(%peer, "usbip: bad operation request: {e}");
                 return e;
             }
@@ -196,21 +197,23 @@ impl Exporter {
     }
 }
 
-/// Reads OP_REQ_DEVLIST or OP_REQ_IMPORT (40 bytes at most).
-fn read_op(stream: &mut TcpStream) -> Result<OpRequest, String> {
+/// Reads OP_REQ_DEVLIST or OP_REQ_IMPORT (40 bytes at most); `Err(None)` when the peer closed
+/// without sending anything (a port probe).
+fn read_op(stream: &mut TcpStream) -> Result<OpRequest, Option<String>> {
     let mut buf = [0u8; 40];
     let mut have = 0;
     loop {
         match parse_op(&buf[..have]) {
             Ok(Some((req, _))) => return Ok(req),
             Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Some(e.to_string())),
         }
         let want = if have < 8 { 8 } else { 40 };
         match stream.read(&mut buf[have..want]) {
-            Ok(0) => return Err("closed before a complete request".into()),
+            Ok(0) if have == 0 => return Err(None),
+            Ok(0) => return Err(Some("closed before a complete request".into())),
             Ok(n) => have += n,
-            Err(e) => return Err(format!("reading the request: {e}")),
+            Err(e) => return Err(Some(format!("reading the request: {e}"))),
         }
     }
 }

@@ -1,12 +1,17 @@
 //! A real Linux guest (Debian's kernel, a busybox initramfs with pcscd, libccid and OpenSC;
-//! `tests/guest/`) under QEMU 7.2 with TCG uses our reader through `-device usb-redir`: the
-//! kernel enumerates it, pcscd lists it, OpenSC reads the ATR, finds the CAC and three
-//! certificates, and signs; the host verifies the signature with OpenSSL.
+//! `tests/guest/`) under QEMU 7.2 with TCG uses our reader through `-device usb-redir`, or
+//! through the kernel's own USB/IP client (`usbip attach`, vhci-hcd): the kernel enumerates
+//! it, pcscd lists it, OpenSC reads the ATR, finds the CAC and three certificates, and signs;
+//! the host verifies the signature with OpenSSL.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{free_port, run, text};
 
@@ -206,7 +211,17 @@ fn assert_guest_signed(g: &Guest, cert: &Path) {
     );
     assert_eq!(r("pkcs15_certs"), "3", "{}", g.serial);
     assert_eq!(r("sign"), "1", "{}", g.serial);
-    assert!(r("apdu_loop").starts_with("100/100 "), "{}", g.serial);
+    let (done, asked) = r("apdu_loop")
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.split_once('/'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap_or_default();
+    assert!(
+        done == asked && asked.parse::<u32>().unwrap_or(0) >= 100,
+        "{}",
+        g.serial
+    );
     let dir = tempfile::tempdir().unwrap();
     let (data, sig, pk) = (
         dir.path().join("data"),
@@ -235,10 +250,15 @@ fn default_card_in_guest(controller: &str) {
     let _ = v.kill();
     let _ = v.wait();
     assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
-    // tshark decodes the capture as CCID: the XfrBlock / DataBlock pairs of the guest's work.
+    assert_capture_has_the_guest_work(&data.path().join("usb.pcap"), 100);
+}
+
+/// tshark decodes the usbmon capture as CCID: the XfrBlock / DataBlock pairs of the guest's
+/// work, at least `apdus` of them.
+fn assert_capture_has_the_guest_work(pcap: &Path, apdus: usize) {
     let o = Command::new("tshark")
         .arg("-r")
-        .arg(data.path().join("usb.pcap"))
+        .arg(pcap)
         .args([
             "-Y",
             "usbccid",
@@ -253,7 +273,7 @@ fn default_card_in_guest(controller: &str) {
     let xfr = types.lines().filter(|l| l.trim() == "0x6f").count();
     let data_blocks = types.lines().filter(|l| l.trim() == "0x80").count();
     assert!(
-        xfr >= 100 && data_blocks >= xfr,
+        xfr >= apdus && data_blocks >= xfr,
         "XfrBlock {xfr}, DataBlock {data_blocks}: {}",
         text(&o)
     );
@@ -311,9 +331,22 @@ fn vscclient_card_through_vccid_passthru_to_the_guest() {
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
 }
 
+/// CPU ticks (user + system) process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<u64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
 #[test]
 fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
-    use std::io::Write;
     let data = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let mut v = Command::new(VCCID)
@@ -326,18 +359,7 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
         .unwrap();
     let mut stdin = v.stdin.take().unwrap();
     let pid = v.id();
-    let ticks = move || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<u64> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
-        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
-    };
+    let ticks = move || cpu_ticks(pid);
     let mut idle_start = 0;
     let mut idle_ticks = None;
     let devices = [
@@ -412,4 +434,162 @@ fn vscclient_card_in_qemus_own_usb_ccid_passthru() {
     let _ = c.kill();
     let _ = c.wait();
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
+}
+
+/// The host's end of the guest's virtio-serial bridge for USB/IP. QEMU's chardev connects here
+/// and stays connected; each guest TCP connection that the guest's socat carries through the
+/// port becomes a connection of its own to vccid, opened at its first byte and ended when
+/// vccid closes it (after a device list) or when the guest reports `usbip detach`
+/// ([`Relay::end_session`]): a virtio-serial port does not pass the guest's close on to the
+/// host, and vccid must see the importer leave as it would over TCP. Counts the bytes it
+/// carries, so an idle window can be checked for traffic.
+struct Relay {
+    port: u16,
+    upstream: Arc<Mutex<Option<(u64, TcpStream)>>>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream: Arc<Mutex<Option<(u64, TcpStream)>>> = Arc::new(Mutex::new(None));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (up, count) = (upstream.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let mut generation = 0u64;
+            for q in listener.incoming() {
+                let Ok(mut q) = q else { continue };
+                let _ = q.set_nodelay(true);
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match q.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    count.fetch_add(n as u64, Ordering::SeqCst);
+                    let mut slot = up.lock().unwrap();
+                    if slot.is_none() {
+                        let Ok(v) = TcpStream::connect(target) else {
+                            continue;
+                        };
+                        let _ = v.set_nodelay(true);
+                        generation += 1;
+                        let (mut from, mut to) = (v.try_clone().unwrap(), q.try_clone().unwrap());
+                        let (up2, count2, mine) = (up.clone(), count.clone(), generation);
+                        std::thread::spawn(move || {
+                            let mut b = vec![0u8; 65536];
+                            while let Ok(n @ 1..) = from.read(&mut b) {
+                                count2.fetch_add(n as u64, Ordering::SeqCst);
+                                if to.write_all(&b[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let mut slot = up2.lock().unwrap();
+                            if slot.as_ref().is_some_and(|(g, _)| *g == mine) {
+                                *slot = None;
+                            }
+                        });
+                        *slot = Some((generation, v));
+                    }
+                    if let Some((_, v)) = slot.as_mut() {
+                        let _ = v.write_all(&buf[..n]);
+                    }
+                }
+            }
+        });
+        Relay {
+            port,
+            upstream,
+            bytes,
+        }
+    }
+
+    /// The guest's importer has gone: close its connection to vccid.
+    fn end_session(&self) {
+        if let Some((_, v)) = self.upstream.lock().unwrap().take() {
+            let _ = v.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn guest_attaches_the_reader_over_usbip() {
+    let data = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
+    let log = data.path().join("vccid.log");
+    let mut v = Command::new(VCCID)
+        .args(["--usbip", &addr.to_string(), "--data-dir"])
+        .arg(data.path())
+        .arg("--pcap")
+        .arg(data.path().join("usb.pcap"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    testkit::wait_for("vccid --usbip", Duration::from_secs(20), || {
+        TcpStream::connect(addr).is_ok()
+    })
+    .unwrap();
+    let relay = Relay::start(addr);
+    let mut stdin = v.stdin.take().unwrap();
+    let pid = v.id();
+    let devices = [
+        "-device".to_string(),
+        "virtio-serial-pci,id=vs".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=ui,host=127.0.0.1,port={},reconnect=1,nodelay=on",
+            relay.port
+        ),
+        "-device".into(),
+        "virtserialport,bus=vs.0,chardev=ui,name=usbip".into(),
+    ];
+    let (mut idle_start, mut idle) = ((0, 0), None);
+    let g = boot_with(
+        &devices,
+        "e2e.usbip=1 e2e.events=1 e2e.apdus=300",
+        |what| match what {
+            "usbip-detached" => relay.end_session(),
+            "idle-begin" => idle_start = (cpu_ticks(pid), relay.bytes.load(Ordering::SeqCst)),
+            "idle-end" => {
+                idle = Some((
+                    cpu_ticks(pid) - idle_start.0,
+                    relay.bytes.load(Ordering::SeqCst) - idle_start.1,
+                ))
+            }
+            _ => {
+                let _ = writeln!(stdin, "{what}");
+            }
+        },
+    );
+    let _ = v.kill();
+    let _ = v.wait();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    let vlog = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(r("usbip_list"), "\"08e6:4433 (0b/00/00)\"", "{}", g.serial);
+    assert_eq!(r("usbip_attach"), "1", "{}\n{vlog}", g.serial);
+    assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
+    assert_eq!(r("removal_seen"), "1", "{}", g.serial);
+    assert_eq!(r("insertion_seen"), "1", "{}", g.serial);
+    let (ticks, bytes) = idle.expect("the guest's idle window");
+    println!("idle 5 s over USB/IP: vccid {ticks} CPU ticks, {bytes} bytes on the link");
+    assert!(ticks < 25, "vccid used {ticks} CPU ticks in 5 idle seconds");
+    // A completed-empty interrupt or bulk IN resubmitted at once would move tens of kilobytes a
+    // second; pending URBs move nothing (one late GetSlotStatus pair from the previous step
+    // is ~260 bytes).
+    assert!(bytes < 2000, "{bytes} bytes on the idle link");
+    assert_eq!(r("usbip_detach"), "1", "{}", g.serial);
+    assert_eq!(r("usbip_reattach"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(
+        r("reattach_atr"),
+        "3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34",
+        "{}",
+        g.serial
+    );
+    assert!(!vlog.contains("panicked"), "{vlog}");
+    assert_capture_has_the_guest_work(&data.path().join("usb.pcap"), 300);
 }
