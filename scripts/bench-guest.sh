@@ -2,7 +2,8 @@
 # In-guest benchmark (issue 4): the same OpenSC work in a Linux guest under TCG, through
 # vccid's reader over usbredir versus QEMU's in-process usb-ccid + ccid-card-emulated
 # (libcacard) on the same NSS database, alternating, three rounds each. Both on UHCI (QEMU's
-# own usb-ccid desynchronises xHCI guests), plus vccid on xHCI, where QEMU's reader cannot run.
+# own usb-ccid desynchronises xHCI guests), plus vccid on xHCI, where QEMU's reader cannot run,
+# and vccid over USB/IP (the guest's vhci-hcd through a virtio-serial bridge, issue 7).
 # Figures: the guest's uptime from reader found to done (reader, ATR, pkcs15-tool -D, sign,
 # 300-APDU loop) and the loop alone.
 set -euo pipefail
@@ -22,8 +23,17 @@ boot() {  # LOG CONTROLLER DEVICE-ARGS...
   local log=$1 hc=$2; shift 2
   timeout 240 qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -vga none \
     -monitor none -nic none -no-reboot -serial "file:$log" -kernel "$W/img/kernel" -initrd "$W/img/initramfs.cpio" \
-    -append "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 e2e.apdus=300" \
+    -append "console=ttyS0 loglevel=4 panic=-1 8250.nr_uarts=1 e2e.apdus=300 ${APPEND:-}" \
     -device "$hc,id=hc" "$@" >/dev/null 2>&1 || true
+}
+usbip_ours() {  # LOG: the guest's socat bridge straight to vccid --usbip (QEMU reconnects after the list)
+  local p; p=$(free_port)
+  "$ROOT/target/release/vccid" --usbip "127.0.0.1:$p" \
+    --card "emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3" >/dev/null 2>&1 &
+  local v=$!
+  APPEND=e2e.usbip=2 boot "$1" qemu-xhci -device virtio-serial-pci,id=vs \
+    -chardev "socket,id=ui,host=127.0.0.1,port=$p,reconnect=1,nodelay=on" -device virtserialport,bus=vs.0,chardev=ui,name=usbip
+  kill $v; wait $v 2>/dev/null || true
 }
 ours() {  # LOG CONTROLLER
   local p; p=$(free_port)
@@ -41,7 +51,7 @@ figures() {  # LOG -> "total loop" (seconds, guest uptime)
     /E2E-RESULT sign=/ { sign=$2 }
     END { printf "%.2f %.2f %s %s\n", done-start, t1-t0, ok, sign }'
 }
-OURS=(); QEMUS=(); XHCI=()
+OURS=(); QEMUS=(); XHCI=(); USBIP=()
 for round in 1 2 3; do
   ours "$W/ours$round.log" ich9-usb-uhci1
   OURS+=("$(figures "$W/ours$round.log")")
@@ -50,11 +60,13 @@ for round in 1 2 3; do
   QEMUS+=("$(figures "$W/qemu$round.log")")
   ours "$W/xhci$round.log" qemu-xhci
   XHCI+=("$(figures "$W/xhci$round.log")")
-  echo "round $round [total loop ok sign]: vccid UHCI ${OURS[-1]} | QEMU usb-ccid UHCI ${QEMUS[-1]} | vccid xHCI ${XHCI[-1]}"
+  usbip_ours "$W/usbip$round.log"
+  USBIP+=("$(figures "$W/usbip$round.log")")
+  echo "round $round [total loop ok sign]: vccid UHCI ${OURS[-1]} | QEMU usb-ccid UHCI ${QEMUS[-1]} | vccid xHCI ${XHCI[-1]} | vccid USB/IP ${USBIP[-1]}"
 done
 med() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 col() { printf '%s\n' "$@" | cut -d' ' -f"$N"; }
 for N in 1 2; do
   what=$([ $N = 1 ] && echo "total (reader found to done)" || echo "300-APDU loop")
-  echo "median $what: vccid UHCI $(med $(col "${OURS[@]}")) s, QEMU usb-ccid UHCI $(med $(col "${QEMUS[@]}")) s, vccid xHCI $(med $(col "${XHCI[@]}")) s"
+  echo "median $what: vccid UHCI $(med $(col "${OURS[@]}")) s, QEMU usb-ccid UHCI $(med $(col "${QEMUS[@]}")) s, vccid xHCI $(med $(col "${XHCI[@]}")) s, vccid USB/IP $(med $(col "${USBIP[@]}")) s"
 done

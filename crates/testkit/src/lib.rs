@@ -10,6 +10,7 @@
 //! A peer that cannot start is an error, never a skip.
 
 pub mod ccid_host;
+pub mod tls;
 pub mod vhci;
 
 use std::path::{Path, PathBuf};

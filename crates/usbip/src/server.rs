@@ -82,6 +82,7 @@ pub struct Exporter {
     device: Mutex<Box<dyn UsbDevice>>,
     importer: Mutex<Option<SocketAddr>>,
     connections: AtomicUsize,
+    warn_plaintext: bool,
 }
 
 impl Exporter {
@@ -92,7 +93,15 @@ impl Exporter {
             device: Mutex::new(device),
             importer: Mutex::new(None),
             connections: AtomicUsize::new(0),
+            warn_plaintext: false,
         }
+    }
+
+    /// Logs a warning at every connection: for a listener reachable from other machines
+    /// (USB/IP has no authentication or encryption).
+    pub fn warn_plaintext(mut self, on: bool) -> Exporter {
+        self.warn_plaintext = on;
+        self
     }
 
     /// The device record.
@@ -121,6 +130,9 @@ impl Exporter {
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            if self.warn_plaintext {
+                tracing::warn!(%peer, "usbip: connection on a non-loopback address: unauthenticated and unencrypted");
+            }
             if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                 self.connections.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(%peer, "usbip: {MAX_CONNECTIONS} connections already; closing this one");

@@ -21,7 +21,8 @@ fn main() {
         .map(|a| a.port())
         .expect("free port");
     let addr = Addr::parse(&format!("127.0.0.1:{port}")).expect("address");
-    let mut host = vccid::passthru::PassthruCard::listen(&addr).expect("listen");
+    let mut host =
+        vccid::passthru::PassthruCard::listen(&addr, &Default::default()).expect("listen");
     let data = std::env::temp_dir().join("vccid-bench-ids");
     let mut client = std::process::Command::new(&vscclient)
         .args(["--card", "emulated", "--data-dir"])

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod passthru;
 pub mod spec;
 pub mod stream;
+pub mod tls;
 pub mod usb;
 
 /// Installs the tracing subscriber: `level` 0 info, 1 debug, 2+ trace; RUST_LOG overrides.

@@ -16,8 +16,11 @@ const DEFAULT_USBIP: &str = "127.0.0.1:3240";
 /// A virtual smart-card reader and card. With no transport option the reader is exported over
 /// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
 #[derive(Parser, Debug)]
-#[command(name = "vccid", version, about, long_about = None)]
+#[command(name = "vccid", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
     /// Serve the card to pcscd's vsmartcard vpcd driver at ADDR (HOST:PORT).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_VPCD)]
     vpcd: Option<String>,
@@ -61,23 +64,126 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    /// TLS on the network links (the passthru listener, usbredir either way), with the
+    /// certificates of QEMU's `tls-creds-x509` directory DIR (ca-cert.pem, server-cert.pem,
+    /// server-key.pem, client-cert.pem, client-key.pem; `vccid tls init DIR` makes one).
+    /// Clients must present a certificate from the CA unless --tls-no-verify-peer.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
+
+    /// With --tls: accept clients without a certificate (QEMU's verify-peer=off).
+    #[arg(long, requires = "tls")]
+    tls_no_verify_peer: bool,
+
+    /// With --tls and --usbredir-connect: the name to check in QEMU's certificate (default:
+    /// the host connected to).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_hostname: Option<String>,
+
+    /// Allow plaintext listeners on non-loopback addresses (each connection then logs a
+    /// warning). Without it vccid refuses them: use --tls, loopback, or unix:PATH.
+    #[arg(long)]
+    insecure_plaintext: bool,
+
     /// More log output (-v debug, -vv trace with every APDU); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// TLS certificates.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TlsCmd {
+    /// Make a QEMU tls-creds-x509 directory: a CA, a server certificate for the given names
+    /// and addresses, a client certificate (ECDSA P-256; keys mode 0600), and print the QEMU
+    /// and libvirt lines that use it.
+    Init {
+        /// The directory.
+        dir: PathBuf,
+        /// DNS names in the server certificate (repeatable; default localhost).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// IP addresses in the server certificate (repeatable; default 127.0.0.1 and ::1).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace an existing set.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn tls_init(cmd: TlsCmd) -> Result<()> {
+    let TlsCmd::Init {
+        dir,
+        mut names,
+        mut ips,
+        days,
+        force,
+    } = cmd;
+    if names.is_empty() {
+        names.push("localhost".into());
+    }
+    if ips.is_empty() {
+        ips = vec!["127.0.0.1".parse()?, "::1".parse()?];
+    }
+    vccid::tls::init(&dir, &names, &ips, days, force)?;
+    let dir = std::fs::canonicalize(&dir)?;
+    println!(
+        "wrote {}/{{ca-cert,ca-key,server-cert,server-key,client-cert,client-key}}.pem",
+        dir.display()
+    );
+    let host = ips
+        .first()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| names[0].clone());
+    println!("{}", vccid::tls::usage_lines(&dir, &host));
+    Ok(())
+}
+
 fn run(args: Args) -> Result<()> {
+    if let Some(Cmd::Tls(cmd)) = args.command {
+        return tls_init(cmd);
+    }
     let spec = spec::parse(&args.card).with_context(|| format!("--card {:?}", args.card))?;
+    let tls = args.tls.as_ref().map(|dir| vccid::tls::TlsOptions {
+        dir: dir.clone(),
+        verify_peer: !args.tls_no_verify_peer,
+        server_name: args.tls_hostname.clone(),
+    });
+    let security = vccid::stream::ListenSecurity {
+        tls: tls.as_ref().map(|t| t.server_config()).transpose()?,
+        plaintext: if args.insecure_plaintext {
+            vccid::stream::Security::InsecurePlaintext
+        } else {
+            vccid::stream::Security::Plaintext
+        },
+    };
     let usbredir = match (&args.vpcd, &args.usbredir, &args.usbredir_connect) {
-        (_, _, Some(c)) => Some(vccid::usb::Role::Connect(Addr::parse(c)?)),
-        (None, None, None) if args.usbip.is_none() => {
-            Some(vccid::usb::Role::Listen(Addr::parse(DEFAULT_USBREDIR)?))
+        (_, _, Some(c)) => {
+            let addr = Addr::parse(c)?;
+            let client = tls
+                .as_ref()
+                .map(|t| vccid::stream::TlsClient::new(t, &addr))
+                .transpose()?;
+            Some(vccid::usb::Role::Connect(addr, client))
         }
+        (None, None, None) if args.usbip.is_none() => Some(vccid::usb::Role::Listen(
+            Addr::parse(DEFAULT_USBREDIR)?,
+            security.clone(),
+        )),
         (_, u, None) => u
             .as_deref()
             .map(Addr::parse)
             .transpose()?
-            .map(vccid::usb::Role::Listen),
+            .map(|a| vccid::usb::Role::Listen(a, security.clone())),
     };
     let usbip_addr = match args.usbip.as_deref().map(Addr::parse).transpose()? {
         Some(Addr::Tcp(a)) => Some(a),
@@ -99,7 +205,7 @@ fn run(args: Args) -> Result<()> {
             Arc::new(Mutex::new(hostcard::HostCard::open(reader.as_deref())?))
         }
         CardSpec::Passthru { listen } => Arc::new(Mutex::new(
-            vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?)?,
+            vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?, &security)?,
         )),
     };
     // One capture file: the usbredir reader's when there is one, else the USB/IP reader's.
@@ -108,12 +214,12 @@ fn run(args: Args) -> Result<()> {
         None => (None, args.pcap.as_deref()),
     };
     if let Some(a) = usbip_addr {
-        vccid::usb::serve_usbip(a, card.clone(), usbip_pcap)?;
+        vccid::usb::serve_usbip(a, card.clone(), usbip_pcap, security.plaintext)?;
         println!("{}", vccid::usb::usbip_lines(&a));
     }
     if let Some(role) = &usbredir {
         vccid::usb::serve(role, card.clone(), redir_pcap)?;
-        if let vccid::usb::Role::Listen(addr) = role {
+        if let vccid::usb::Role::Listen(addr, _) = role {
             println!("{}", vccid::usb::attach_lines(addr));
         }
     }

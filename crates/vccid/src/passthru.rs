@@ -2,7 +2,7 @@
 //! this is QEMU's `ccid-card-passthru` as a card of ours (qemu-ccid.md §1.7, §5.1). One client
 //! at a time, as QEMU's chardev; a closed connection removes the card and the reader.
 
-use crate::stream::{write_frames, Addr, Listener, Stream};
+use crate::stream::{write_frames, Addr, Stream};
 use anyhow::Result;
 use card::{Card, Presence};
 use std::io::Read;
@@ -48,17 +48,19 @@ pub struct PassthruCard {
 }
 
 impl PassthruCard {
-    /// Listens at `addr` and serves clients one after another on a thread of its own.
-    pub fn listen(addr: &Addr) -> Result<PassthruCard> {
-        let listener = Listener::bind(addr)?;
-        if !addr.is_local() {
+    /// Listens at `addr` and serves clients one after another on a thread of its own; with
+    /// `tls`, every client completes a TLS handshake first (with a client certificate when
+    /// the configuration asks for one).
+    pub fn listen(addr: &Addr, link: &crate::stream::ListenSecurity) -> Result<PassthruCard> {
+        let listener = link.bind(addr)?;
+        if link.tls.is_none() && !addr.is_local() {
             tracing::warn!(
                 %addr,
                 "the VSCard channel is not on loopback: it is unauthenticated and unencrypted, and \
                  anyone who reaches it can insert a card or read the APDUs"
             );
         }
-        tracing::info!(addr = %listener.local_addr(), "passthru card waiting for a VSCard client");
+        tracing::info!(addr = %listener.local_addr(), tls = link.tls.is_some(), "passthru card waiting for a VSCard client");
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 atr: DEFAULT_ATR.to_vec(),

@@ -2,7 +2,7 @@
 //! `--usbip` to any Linux kernel's vhci-hcd (`usbip attach`).
 
 use crate::async_ccid::{AsyncCcid, WakeSlot};
-use crate::stream::{Addr, Listener};
+use crate::stream::Addr;
 use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
@@ -74,12 +74,14 @@ pub fn attach_lines(addr: &Addr) -> String {
 }
 
 /// How the reader reaches QEMU.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Role {
-    /// Listen; QEMU connects (`-chardev socket,host=...,port=...,reconnect=N`).
-    Listen(Addr),
-    /// Connect to QEMU's `-chardev socket,server=on,wait=off`, and again after it restarts.
-    Connect(Addr),
+    /// Listen; QEMU connects (`-chardev socket,host=...,port=...,reconnect=N`), over TLS
+    /// when the security says so (QEMU's `tls-creds` with `endpoint=client`).
+    Listen(Addr, crate::stream::ListenSecurity),
+    /// Connect to QEMU's `-chardev socket,server=on,wait=off`, and again after it restarts;
+    /// with TLS settings, as a TLS client (QEMU's `endpoint=server`).
+    Connect(Addr, Option<crate::stream::TlsClient>),
 }
 
 /// While alive, the card's answers and presence changes wake the transport session that holds
@@ -155,18 +157,28 @@ pub const USBIP_BUSID: &str = "1-1";
 
 /// Exports the reader over USB/IP at `addr`, on threads of its own: `usbip list -r HOST`
 /// shows it and `usbip attach -r HOST -b 1-1` imports it; the reader outlives importers.
+/// USB/IP has no TLS (the kernel's vhci-hcd speaks plaintext TCP), so a non-loopback address
+/// needs `security` = [`crate::stream::Security::InsecurePlaintext`], and then every
+/// connection logs a warning.
 pub fn serve_usbip(
     addr: std::net::SocketAddr,
     card: Arc<Mutex<dyn Card>>,
     pcap: Option<&std::path::Path>,
+    security: crate::stream::Security,
 ) -> Result<()> {
+    let exposed = !addr.ip().is_loopback();
+    if exposed && security != crate::stream::Security::InsecurePlaintext {
+        anyhow::bail!(
+            "refusing to export the reader over USB/IP on {addr}, which is not loopback: USB/IP \
+             has no authentication. Use a loopback address (and an SSH or VPN tunnel), or \
+             --insecure-plaintext"
+        );
+    }
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for USB/IP: {e}"))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "usbip is not on loopback: the USB link is unauthenticated and unencrypted");
-    }
     let (device, slot, presence) = reader_device(card, pcap)?;
-    let exporter = Arc::new(usbip::server::Exporter::new(USBIP_BUSID, device));
+    let exporter =
+        Arc::new(usbip::server::Exporter::new(USBIP_BUSID, device).warn_plaintext(exposed));
     tracing::info!(addr = %listener.local_addr()?, busid = USBIP_BUSID, "usbip: exporting the reader");
     std::thread::Builder::new()
         .name("usbip".into())
@@ -195,11 +207,11 @@ pub fn serve(
     card: Arc<Mutex<dyn Card>>,
     pcap: Option<&std::path::Path>,
 ) -> Result<()> {
-    let (addr, listener) = match role {
-        Role::Listen(a) => (a.clone(), Some(Listener::bind(a)?)),
-        Role::Connect(a) => (a.clone(), None),
+    let (addr, listener, client_tls, secure) = match role {
+        Role::Listen(a, sec) => (a.clone(), Some(sec.bind(a)?), None, sec.tls.is_some()),
+        Role::Connect(a, tls) => (a.clone(), None, tls.clone(), tls.is_some()),
     };
-    if !addr.is_local() {
+    if !secure && !addr.is_local() {
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
     let (mut device, wake_slot, presence) = reader_device(card, pcap)?;
@@ -211,15 +223,16 @@ pub fn serve(
         .name("usbredir".into())
         .spawn(move || loop {
             let got = match &listener {
-                Some(l) => l.accept(),
-                None => crate::stream::Stream::connect(&addr),
+                Some(l) => l.accept().map_err(|e| e.to_string()),
+                None => crate::stream::Stream::connect_with(&addr, client_tls.as_ref()),
             };
             let stream = match got {
                 Ok(s) => s,
                 Err(e) => {
-                    // Listening: a failed accept; connecting: QEMU not (yet, or again) there.
-                    if listener.is_some() {
-                        tracing::warn!("usbredir accept failed: {e}");
+                    // Listening: a failed accept; connecting: QEMU not (yet, or again) there,
+                    // or a refused handshake.
+                    if listener.is_some() || e.contains("TLS") {
+                        tracing::warn!("usbredir: {e}");
                     }
                     let pause = if listener.is_some() { 100 } else { 500 };
                     std::thread::sleep(Duration::from_millis(pause));

@@ -571,7 +571,7 @@ fn guest_attaches_the_reader_over_usbip() {
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
     let vlog = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(r("usbip_list"), "\"08e6:4433 (0b/00/00)\"", "{}", g.serial);
-    assert_eq!(r("usbip_attach"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("usbip_attach"), "1 tries=1", "{}\n{vlog}", g.serial);
     assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
     assert_eq!(r("removal_seen"), "1", "{}", g.serial);
     assert_eq!(r("insertion_seen"), "1", "{}", g.serial);
@@ -583,7 +583,7 @@ fn guest_attaches_the_reader_over_usbip() {
     // is ~260 bytes).
     assert!(bytes < 2000, "{bytes} bytes on the idle link");
     assert_eq!(r("usbip_detach"), "1", "{}", g.serial);
-    assert_eq!(r("usbip_reattach"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("usbip_reattach"), "1 tries=1", "{}\n{vlog}", g.serial);
     assert_eq!(
         r("reattach_atr"),
         "3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34",

@@ -99,7 +99,7 @@ fn generate(cn: &str) -> Result<(String, zeroize::Zeroizing<String>), KeyError> 
 
 /// Writes via a temporary file in the same directory and a rename, so a reader never sees a
 /// half-written file.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -6,7 +6,7 @@ mod files;
 mod pkcs11;
 mod rawrsa;
 
-pub use default::{default_data_dir, DefaultIdentities};
+pub use default::{default_data_dir, write_atomic, DefaultIdentities};
 pub use files::{FileIdentity, FileStore};
 pub use pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
 

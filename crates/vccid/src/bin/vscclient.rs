@@ -6,7 +6,7 @@
 //! Flush, sends CardRemove and ReaderRemove before it exits (also on SIGINT/SIGTERM),
 //! reconnects with backoff when the host goes away, and idles when stdin closes.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use card::Card;
 use clap::Parser;
 use std::io::Read;
@@ -60,6 +60,17 @@ struct Args {
     /// Where vccid's default identities are kept (for --card emulated).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// TLS to the host (QEMU's `-chardev socket,...,tls-creds=ID` with `tls-creds-x509`, or
+    /// `vccid --card passthru --tls`), with the certificates of QEMU's tls-creds-x509
+    /// directory DIR: the host is verified against ca-cert.pem, and client-cert.pem /
+    /// client-key.pem are presented.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
+
+    /// With --tls: the name to check in the host's certificate (default: HOST).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_hostname: Option<String>,
 
     /// Give up after this many seconds without a host (default: retry for ever).
     #[arg(long, value_name = "SECONDS")]
@@ -242,10 +253,20 @@ fn goodbye(shared: &Shared) {
     }
 }
 
+/// Why a connection ended, and whether trying again can help.
+enum Ended {
+    /// Lost: reconnect; `true` when the host had answered (the backoff starts over).
+    Lost(String, bool),
+    /// Refused for good (TLS): stop with this one-line reason.
+    Refused(String),
+}
+
 /// One connection: Init, then frames until the host goes away.
-fn connection(shared: &Shared, mut stream: Stream) -> String {
+fn connection(shared: &Shared, mut stream: Stream) -> Ended {
+    let tls = matches!(stream, Stream::Tls(_));
+    let mut answered = false;
     let Ok(writer) = stream.try_clone() else {
-        return "cannot clone the socket".into();
+        return Ended::Lost("cannot clone the socket".into(), false);
     };
     {
         let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,16 +277,41 @@ fn connection(shared: &Shared, mut stream: Stream) -> String {
     let mut buf = vec![0u8; 65536];
     loop {
         let n = match stream.read(&mut buf) {
-            Ok(0) => return "closed by the host".into(),
+            Ok(0) | Err(_) if !answered && tls => {
+                // TLS 1.3 finishes the client's handshake before the server has judged our
+                // certificate; QEMU checks it afterwards and just closes.
+                return Ended::Refused(
+                    "the host closed the TLS connection before answering: it refused our \
+                     client certificate (not from its CA, expired, or not yet valid)"
+                        .into(),
+                );
+            }
+            Ok(0) if !answered => {
+                return Ended::Lost(
+                    "closed by the host before it answered (does it expect TLS? see --tls)".into(),
+                    false,
+                )
+            }
+            Ok(0) => return Ended::Lost("closed by the host".into(), true),
             Ok(n) => n,
-            Err(e) => return e.to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData && tls => {
+                return Ended::Refused(format!("TLS: {e}"))
+            }
+            Err(e) if !answered => {
+                return Ended::Lost(
+                    format!("{e} before the host answered (does it expect TLS? see --tls)"),
+                    false,
+                )
+            }
+            Err(e) => return Ended::Lost(e.to_string(), true),
         };
+        answered = true;
         dec.feed(&buf[..n]);
         loop {
             let frame = match dec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) if e.is_fatal() => return format!("{e}; closing"),
+                Err(e) if e.is_fatal() => return Ended::Lost(format!("{e}; closing"), true),
                 Err(e) => {
                     tracing::warn!("{e}");
                     continue;
@@ -344,23 +390,54 @@ fn run(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     let mut announced = false;
+    let tls = match &args.tls {
+        Some(dir) => Some(vccid::stream::TlsClient::new(
+            &vccid::tls::TlsOptions {
+                dir: dir.clone(),
+                verify_peer: true,
+                server_name: args.tls_hostname.clone(),
+            },
+            &addr,
+        )?),
+        None => {
+            if !addr.is_local() {
+                tracing::warn!(%addr, "connecting in plaintext to a host that is not on loopback: the card's traffic is unauthenticated and unencrypted (see --tls)");
+            }
+            None
+        }
+    };
     while !shared.quit.load(Ordering::SeqCst) {
-        match Stream::connect(&addr) {
+        match Stream::connect_with(&addr, tls.as_ref()) {
             Ok(stream) => {
-                tracing::info!(%addr, "connected to the VSCard host");
-                backoff = Duration::from_millis(100);
-                announced = false;
-                let why = connection(&shared, stream);
+                tracing::info!(%addr, tls = tls.is_some(), "connected to the VSCard host");
+                let ended = connection(&shared, stream);
                 shared.session.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
                 if shared.quit.load(Ordering::SeqCst) {
                     break;
                 }
-                tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting");
+                match ended {
+                    Ended::Refused(why) => bail!("{addr}: {why}"),
+                    Ended::Lost(why, answered) => {
+                        if answered {
+                            backoff = Duration::from_millis(100);
+                            announced = false;
+                        }
+                        tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting")
+                    }
+                }
+            }
+            Err(e)
+                if e.starts_with("TLS handshake")
+                    && !e.contains("closed")
+                    && !e.contains("no handshake") =>
+            {
+                // A certificate the other side or we refuse: trying again cannot help.
+                bail!("{e}");
             }
             Err(e) => {
                 if let Some(t) = args.connect_timeout {
                     if started.elapsed() > Duration::from_secs(t) {
-                        return Err(e).with_context(|| format!("cannot connect to {addr}"));
+                        bail!("cannot connect to {addr}: {e}");
                     }
                 }
                 if !announced {

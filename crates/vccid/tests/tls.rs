@@ -1,0 +1,264 @@
+//! TLS on the VSCard link against QEMU 7.2's TLS chardevs (`tls-creds-x509`, GnuTLS) and
+//! between our own programs: `vccid tls init` makes the directory both use; the handshake,
+//! the refusals (another CA, an expired certificate, plaintext), and captures on loopback that
+//! hold no VSCard plaintext.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::tls::{contains, Capture};
+use testkit::{free_port, text, wait_for, PrivatePcscd, Qemu};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
+/// The CAC ATR, as it travels in VSC_ATR.
+const CAC_ATR: [u8; 15] = [
+    0x3B, 0x7A, 0x18, 0x00, 0x00, 0x73, 0x66, 0x74, 0x65, 0x20, 0x63, 0x64, 0x31, 0x34, 0x34,
+];
+/// The CAC applet's AID, as OpenSC SELECTs it.
+const CAC_AID: [u8; 7] = [0xA0, 0x00, 0x00, 0x01, 0x16, 0xDB, 0x00];
+
+fn tls_init(dir: &Path) -> String {
+    let o = Command::new(VCCID)
+        .args(["tls", "init"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+fn qemu_tls_passthru(port: u16, dir: &Path) -> Qemu {
+    let args: Vec<String> = [
+        "-object".to_string(),
+        format!(
+            "tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir={}",
+            dir.display()
+        ),
+        "-device".into(),
+        "qemu-xhci".into(),
+        "-device".into(),
+        "usb-ccid,debug=4".into(),
+        "-chardev".into(),
+        format!("socket,server=on,wait=off,host=127.0.0.1,port={port},id=ccid,tls-creds=tls0"),
+        "-device".into(),
+        "ccid-card-passthru,chardev=ccid,debug=4".into(),
+    ]
+    .to_vec();
+    Qemu::start(&args).expect("QEMU 7.2 starts with TLS credentials")
+}
+
+/// vscclient with the emulated card; returns (child, log path).
+fn vscclient(
+    data: &Path,
+    tls: Option<&Path>,
+    port: u16,
+    name: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = data.join(format!("{name}.log"));
+    let mut c = Command::new(VSCCLIENT);
+    c.args(["-d", "5", "--card", "emulated", "--data-dir"])
+        .arg(data);
+    if let Some(t) = tls {
+        c.arg("--tls").arg(t);
+    }
+    let child = c
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    let printed = tls_init(&creds);
+    assert!(
+        printed.contains("tls-creds-x509,id=tls0,endpoint=server,verify-peer=on"),
+        "{printed}"
+    );
+    let port = free_port().unwrap();
+    let qemu = qemu_tls_passthru(port, &creds);
+    let capture = Capture::start(
+        Command::new("tshark"),
+        &format!("tcp port {port}"),
+        dir.path(),
+    )
+    .unwrap();
+    let (mut good, log) = vscclient(dir.path(), Some(&creds), port, "good");
+    wait_for("the ATR accepted over TLS", Duration::from_secs(30), || {
+        qemu.stdout().contains("atr passes check")
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nQEMU:\n{}\n{}\nvscclient:\n{}",
+            qemu.stdout(),
+            qemu.stderr(),
+            read(&log)
+        )
+    });
+    let out = qemu.stdout();
+    assert!(
+        out.contains("CCID Attach") && out.contains("VSC_ATR 15"),
+        "{out}"
+    );
+    assert!(
+        read(&log).contains("Init { magic: [86, 83, 67, 68], version: 2"),
+        "{}",
+        read(&log)
+    );
+    let _ = Command::new("kill").arg(good.id().to_string()).status();
+    assert!(good.wait().unwrap().success());
+    wait_for("CardRemove", Duration::from_secs(10), || {
+        qemu.stdout().contains("VSC_CardRemove")
+    })
+    .unwrap();
+    let file = capture.stop().unwrap();
+    let raw = std::fs::read(&file).unwrap();
+    assert!(
+        testkit::tls::tls_records(&file, port).unwrap() >= 6,
+        "TLS records in the capture"
+    );
+    assert!(!contains(&raw, b"VSCD"), "VSCard magic in the clear");
+    assert!(!contains(&raw, &CAC_ATR), "the ATR in the clear");
+    assert!(
+        !contains(&raw, b"Virtual Reader"),
+        "the reader name in the clear"
+    );
+
+    let attaches = || qemu.stdout().matches("CCID Attach").count();
+    let before = attaches();
+    // A client certificate from another CA: QEMU closes after the handshake; vscclient stops
+    // with one line saying why.
+    let other = dir.path().join("other");
+    tls_init(&other);
+    let mixed = dir.path().join("mixed");
+    testkit::tls::mixed(&creds, &other, &mixed).unwrap();
+    let (mut c, log) = vscclient(dir.path(), Some(&mixed), port, "other-ca");
+    let st = c.wait().unwrap();
+    let l = read(&log);
+    assert_eq!(st.code(), Some(2), "{l}");
+    assert!(l.contains("refused our client certificate"), "{l}");
+    assert_eq!(
+        l.lines().filter(|x| x.contains("vscclient: error")).count(),
+        1,
+        "{l}"
+    );
+    // An expired certificate from the right CA: the same.
+    let expired = dir.path().join("expired");
+    testkit::tls::expired_client(&creds, &expired).unwrap();
+    let (mut c, log) = vscclient(dir.path(), Some(&expired), port, "expired");
+    assert_eq!(c.wait().unwrap().code(), Some(2), "{}", read(&log));
+    assert!(
+        read(&log).contains("refused our client certificate"),
+        "{}",
+        read(&log)
+    );
+    // Our side refuses a server whose CA we do not know.
+    let (mut c, log) = vscclient(dir.path(), Some(&other), port, "unknown-server");
+    assert_eq!(c.wait().unwrap().code(), Some(2), "{}", read(&log));
+    assert!(
+        read(&log).contains("invalid peer certificate"),
+        "{}",
+        read(&log)
+    );
+    // Plaintext: QEMU drops the connection; vscclient says why (and keeps retrying).
+    let (mut c, log) = vscclient(dir.path(), None, port, "plain");
+    wait_for("vscclient's reason", Duration::from_secs(15), || {
+        read(&log).contains("does it expect TLS?")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", read(&log)));
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(
+        attaches(),
+        before,
+        "no refused client attached a reader:\n{}",
+        qemu.stdout()
+    );
+}
+
+#[test]
+fn vscclient_and_vccid_passthru_over_mutual_tls_then_opensc() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    tls_init(&creds);
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let port = free_port().unwrap();
+    let capture = Capture::start(
+        pcscd.command("tshark"),
+        &format!("tcp port {port}"),
+        dir.path(),
+    )
+    .unwrap();
+    let mut host = pcscd.command(VCCID);
+    host.args(["--vpcd", "127.0.0.1:35963", "--card"])
+        .arg(format!("passthru,listen=127.0.0.1:{port}"))
+        .arg("--tls")
+        .arg(&creds);
+    pcscd.spawn("vccid", host).unwrap();
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        pcscd.child_log("vccid").contains("passthru card waiting")
+    })
+    .unwrap();
+    // A client from another CA is refused by vccid (logged with its address); the client
+    // stops with one line.
+    let other = dir.path().join("other");
+    tls_init(&other);
+    let mixed = dir.path().join("mixed");
+    testkit::tls::mixed(&creds, &other, &mixed).unwrap();
+    let mut bad = pcscd.command(VSCCLIENT);
+    bad.args(["--card", "emulated", "--data-dir"])
+        .arg(dir.path())
+        .arg("--tls")
+        .arg(&mixed)
+        .arg(format!("127.0.0.1:{port}"));
+    let o = bad.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("TLS"), "{}", text(&o));
+    let mut client = pcscd.command(VSCCLIENT);
+    client
+        .args(["--card", "emulated", "--data-dir"])
+        .arg(dir.path())
+        .arg("--tls")
+        .arg(&creds)
+        .arg(format!("127.0.0.1:{port}"));
+    pcscd.spawn("vscclient", client).unwrap();
+    pcscd
+        .wait_card(0, Duration::from_secs(20))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n{}\n{}",
+                pcscd.child_log("vccid"),
+                pcscd.child_log("vscclient")
+            )
+        });
+    let o = pcscd.command("pkcs15-tool").arg("-D").output().unwrap();
+    let listing = text(&o);
+    assert_eq!(listing.matches("X.509 Certificate").count(), 3, "{listing}");
+    assert!(listing.contains("[cert1]"), "{listing}");
+    let log = pcscd.child_log("vccid");
+    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert!(
+        log.contains("VSCard client connected") && log.contains("(TLS)"),
+        "{log}"
+    );
+    pcscd.stop_child("vscclient", "TERM");
+    let file = capture.stop().unwrap();
+    let raw = std::fs::read(&file).unwrap();
+    assert!(
+        testkit::tls::tls_records(&file, port).unwrap() >= 20,
+        "TLS records in the capture"
+    );
+    assert!(!contains(&raw, b"VSCD"), "VSCard magic in the clear");
+    assert!(!contains(&raw, &CAC_ATR), "the ATR in the clear");
+    assert!(!contains(&raw, &CAC_AID), "an APDU in the clear");
+}
