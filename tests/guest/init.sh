@@ -8,17 +8,19 @@
 # controller: socat bridges guest-local 127.0.0.1:3240 to the virtio-serial port named "usbip"
 # (the host's end reaches vccid --usbip), then usbip list / attach; at the end usbip detach,
 # "E2E-WAIT usbip-detached", and a second attach that must read the card again; e2e.usbip=2:
-# the same without the detach and second attach (benchmarks).
+# the same without the detach and second attach (benchmarks). e2e.usbwait=S: how long to
+# wait for a smart-card reader to appear (default 60 s).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
-PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0; USBIP=0
+PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
 for a in $(cat /proc/cmdline); do
   case $a in
     e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};;
     e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};; e2e.usbip=*) USBIP=${a#*=};;
+    e2e.usbwait=*) USBWAIT=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -57,7 +59,7 @@ if [ "$USBIP" != 0 ]; then
   usbip_attach usbip_attach
 fi
 IFACE=""; i=0
-while [ $i -lt 600 ]; do
+while [ $i -lt $((USBWAIT * 10)) ]; do
   for f in /sys/bus/usb/devices/*/bInterfaceClass; do
     [ "$(cat "$f" 2>/dev/null)" = 0b ] && { IFACE=${f%/bInterfaceClass}; break 2; }
   done

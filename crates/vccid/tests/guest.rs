@@ -593,3 +593,79 @@ fn guest_attaches_the_reader_over_usbip() {
     assert!(!vlog.contains("panicked"), "{vlog}");
     assert_capture_has_the_guest_work(&data.path().join("usb.pcap"), 300);
 }
+
+#[test]
+fn qemu_usb_redir_over_tls_and_a_wrong_ca_never_attaching() {
+    let data = tempfile::tempdir().unwrap();
+    let (creds, other) = (data.path().join("creds"), data.path().join("other"));
+    for d in [&creds, &other] {
+        let o = Command::new(VCCID)
+            .args(["tls", "init"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let port = free_port().unwrap();
+    let log = data.path().join("vccid.log");
+    let mut v = Command::new(VCCID)
+        .args(["--usbredir", &format!("127.0.0.1:{port}"), "--tls"])
+        .arg(&creds)
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let devices = |dir: &Path| {
+        vec![
+            "-object".to_string(),
+            format!(
+                "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+                dir.display()
+            ),
+            "-device".into(),
+            "qemu-xhci,id=hc".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on,tls-creds=tls0"
+            ),
+            "-device".into(),
+            "usb-redir,chardev=cc,bus=hc.0".into(),
+        ]
+    };
+    let capture = testkit::tls::Capture::start(
+        Command::new("tshark"),
+        &format!("tcp port {port}"),
+        data.path(),
+    )
+    .unwrap();
+    let g = boot_with(&devices(&creds), "e2e.apdus=100", |_| {});
+    assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
+    let file = capture.stop().unwrap();
+    let raw = std::fs::read(&file).unwrap();
+    assert!(testkit::tls::tls_records(&file, port).unwrap() > 100);
+    assert!(
+        !testkit::tls::contains(&raw, b"usb-redir"),
+        "usbredir hello in the clear"
+    );
+    assert!(
+        !testkit::tls::contains(&raw, &[0xA0, 0x00, 0x00, 0x01, 0x16, 0xDB, 0x00]),
+        "an APDU in the clear"
+    );
+    // QEMU with another CA: it refuses our certificate, we refuse its; the reader never
+    // attaches and vccid says so.
+    let g = boot_with(&devices(&other), "e2e.usbwait=15", |_| {});
+    let _ = v.kill();
+    let _ = v.wait();
+    let vlog = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        g.results.get("usb_reader").map(String::as_str),
+        Some("0"),
+        "{}",
+        g.serial
+    );
+    assert!(vlog.contains("TLS handshake refused"), "{vlog}");
+    assert!(!vlog.contains("panicked"), "{vlog}");
+}

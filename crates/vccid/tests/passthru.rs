@@ -193,13 +193,30 @@ fn vscclient_does_not_spin_when_stdin_and_the_host_are_gone() {
 }
 
 #[test]
-fn a_non_loopback_listener_warns_that_the_channel_is_unauthenticated() {
+fn a_non_loopback_plaintext_listener_needs_the_explicit_flag_and_warns() {
     // Inside the private network namespace, 0.0.0.0 reaches nothing but its loopback.
     let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let o = pcscd
+        .command(VCCID)
+        .args([
+            "--vpcd",
+            "127.0.0.1:35963",
+            "--card",
+            "passthru,listen=0.0.0.0:2003",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", testkit::text(&o));
+    assert!(
+        testkit::text(&o).contains("--insecure-plaintext"),
+        "{}",
+        testkit::text(&o)
+    );
     let mut host = pcscd.command(VCCID);
     host.args([
         "--vpcd",
         "127.0.0.1:35963",
+        "--insecure-plaintext",
         "--card",
         "passthru,listen=0.0.0.0:2003",
     ]);
@@ -210,4 +227,19 @@ fn a_non_loopback_listener_warns_that_the_channel_is_unauthenticated() {
     .unwrap();
     let log = pcscd.child_log("vccid");
     assert!(log.contains("unauthenticated and unencrypted"), "{log}");
+    // Every connection is warned about.
+    let _ = pcscd
+        .command("bash")
+        .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/2003; sleep 0.3"])
+        .status();
+    testkit::wait_for(
+        "the per-connection warning",
+        Duration::from_secs(10),
+        || {
+            pcscd
+                .child_log("vccid")
+                .contains("plaintext connection on a non-loopback address")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", pcscd.child_log("vccid")));
 }
