@@ -262,3 +262,93 @@ fn vscclient_and_vccid_passthru_over_mutual_tls_then_opensc() {
     assert!(!contains(&raw, &CAC_ATR), "the ATR in the clear");
     assert!(!contains(&raw, &CAC_AID), "an APDU in the clear");
 }
+
+#[test]
+fn tls_bad_input_closes_only_that_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    tls_init(&creds);
+    let port = free_port().unwrap();
+    let log = dir.path().join("vccid.log");
+    let mut v = Command::new(VCCID)
+        .args(["--usbredir", &format!("127.0.0.1:{port}"), "--tls"])
+        .arg(&creds)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = vccid::stream::Addr::parse(&format!("127.0.0.1:{port}")).unwrap();
+    let opts = vccid::tls::TlsOptions {
+        dir: creds.clone(),
+        verify_peer: true,
+        server_name: None,
+    };
+    let client = vccid::stream::TlsClient::new(&opts, &addr).unwrap();
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
+    // Garbage instead of a ClientHello.
+    let mut g = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let garbage_peer = g.local_addr().unwrap();
+    g.write_all(b"\x00\x00\x00\x00 this is no TLS record")
+        .unwrap();
+    let _ = g.read_to_end(&mut Vec::new());
+    // Half a record, then gone.
+    let mut h = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let half_peer = h.local_addr().unwrap();
+    h.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    drop(h);
+    // A TLS 1.2 client asking to renegotiate after the handshake (openssl s_client's "R").
+    let mut s = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-cert")
+        .arg(creds.join("client-cert.pem"))
+        .arg("-key")
+        .arg(creds.join("client-key.pem"))
+        .arg("-CAfile")
+        .arg(creds.join("ca-cert.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = s.stdin.as_mut().unwrap().write_all(b"R\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = s.kill();
+    let o = s.wait_with_output().unwrap();
+    let s_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The handshake completed and the usbredir hello came through TLS ...
+    assert!(s_out.contains("Verify return code: 0 (ok)"), "{s_out}");
+    assert!(contains(&o.stdout, b"vccid"), "{s_out}");
+    // ... but the renegotiation did not: rustls answers no_renegotiation.
+    assert!(s_out.contains("RENEGOTIATING"), "{s_out}");
+    assert!(s_out.contains("no renegotiation"), "{s_out}");
+    // After all that, a good client gets the usbredir hello (type 0) over TLS.
+    let mut ok = vccid::stream::Stream::connect_with(&addr, Some(&client)).unwrap();
+    let mut hello = [0u8; 16];
+    ok.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..4], &[0, 0, 0, 0], "a usbredir hello");
+    let _ = v.kill();
+    let _ = v.wait();
+    let l = read(&log);
+    assert!(l.contains(&format!("peer={garbage_peer}")), "{l}");
+    assert!(l.contains(&format!("peer={half_peer}")), "{l}");
+    assert!(l.matches("TLS handshake refused").count() >= 2, "{l}");
+    assert!(!l.contains("panicked"), "{l}");
+}
