@@ -81,7 +81,9 @@ impl TlsOptions {
     /// The server side: `server-cert.pem` + `server-key.pem`, clients verified against
     /// `ca-cert.pem` when `verify_peer`.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
-        let builder = rustls::ServerConfig::builder();
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("TLS: {e}"))?;
         let builder = if self.verify_peer {
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(&self.dir)?))
@@ -103,7 +105,10 @@ impl TlsOptions {
     /// The client side: the server verified against `ca-cert.pem`; `client-cert.pem` +
     /// `client-key.pem` presented when present (QEMU's `verify-peer=on` servers need them).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots(&self.dir)?);
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("TLS: {e}"))?
+            .with_root_certificates(roots(&self.dir)?);
         let cert = self.dir.join(CLIENT_CERT);
         let cfg = if cert.exists() {
             builder
@@ -126,6 +131,28 @@ impl TlsOptions {
     }
 }
 
+/// rustls with AWS-LC, key exchange by X25519 then P-256 (GnuTLS, so QEMU, has both).
+/// rustls's default puts the X25519+ML-KEM-768 hybrid first, whose key generation cost
+/// 50-60 ms on the first handshake here (measured by `vscard_bench`), three times the
+/// 20 ms budget for a handshake and the first APDU; the link's keys live for one session.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider, kx_group};
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        // AES-128-GCM first: the messages are small, and its key schedule is the cheaper.
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ],
+        ..default_provider()
+    })
+}
+
 struct State {
     conn: rustls::Connection,
     /// Received TLS bytes rustls has not taken yet (it holds at most 16 KiB of plaintext).
@@ -134,11 +161,23 @@ struct State {
 }
 
 /// A TLS connection over a TCP or Unix stream; clones share it.
-#[derive(Clone)]
 pub struct TlsStream {
     raw: Arc<Stream>,
     state: Arc<Mutex<State>>,
     write_lock: Arc<Mutex<()>>,
+    /// This handle's buffer for socket reads (made on its first read).
+    chunk: Vec<u8>,
+}
+
+impl Clone for TlsStream {
+    fn clone(&self) -> Self {
+        TlsStream {
+            raw: self.raw.clone(),
+            state: self.state.clone(),
+            write_lock: self.write_lock.clone(),
+            chunk: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -194,6 +233,7 @@ impl TlsStream {
                 eof: false,
             })),
             write_lock: Arc::new(Mutex::new(())),
+            chunk: Vec::new(),
         })
     }
 
@@ -246,7 +286,10 @@ impl TlsStream {
 
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut chunk = vec![0u8; 18 * 1024];
+        if self.chunk.is_empty() {
+            // One TLS record (16 KiB of plaintext plus overhead) per socket read at most.
+            self.chunk = vec![0u8; 18 * 1024];
+        }
         loop {
             let mut s = self.lock();
             match s.conn.reader().read(buf) {
@@ -287,12 +330,12 @@ impl Read for TlsStream {
             }
             drop(s);
             // Block on the socket without holding the state: writers go on meanwhile.
-            let n = (&*self.raw).read(&mut chunk)?;
+            let n = (&*self.raw).read(&mut self.chunk)?;
             let mut s = self.lock();
             if n == 0 {
                 s.eof = true;
             } else {
-                s.rx.extend_from_slice(&chunk[..n]);
+                s.rx.extend_from_slice(&self.chunk[..n]);
             }
         }
     }
