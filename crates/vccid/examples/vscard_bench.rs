@@ -97,13 +97,23 @@ fn main() {
     };
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20000);
     let data = std::env::temp_dir().join("vccid-bench-ids");
-    let creds: PathBuf = std::env::temp_dir().join(format!("vccid-bench-tls-{}", std::process::id()));
-    vccid::tls::init(&creds, &["localhost".into()], &["127.0.0.1".parse().unwrap()], 1, true)
-        .expect("tls init");
+    let creds: PathBuf =
+        std::env::temp_dir().join(format!("vccid-bench-tls-{}", std::process::id()));
+    vccid::tls::init(
+        &creds,
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+        1,
+        true,
+    )
+    .expect("tls init");
     // Start to first APDU, five of each, alternating.
     let (mut first_plain, mut first_tls) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        for (tls, out) in [(None, &mut first_plain), (Some(creds.as_path()), &mut first_tls)] {
+        for (tls, out) in [
+            (None, &mut first_plain),
+            (Some(creds.as_path()), &mut first_tls),
+        ] {
             let mut l = link(&vscclient, &data, tls);
             l.host.transmit(&APDU);
             out.push(l.started.elapsed().as_secs_f64() * 1e3);

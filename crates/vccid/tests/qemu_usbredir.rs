@@ -12,14 +12,20 @@ const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 /// QEMU with an xHCI bus and `usb-redir` on a TCP chardev at `port`; `role` is the chardev's
 /// connect options (`reconnect=1`: QEMU connects; `server=on,wait=off`: QEMU listens).
 fn qemu_redir(port: u16, role: &str) -> Qemu {
-    let args: Vec<String> = vec![
+    qemu_redir_with(port, role, &[])
+}
+
+/// The same with `extra` arguments first (a `tls-creds-x509` object).
+fn qemu_redir_with(port: u16, role: &str, extra: &[String]) -> Qemu {
+    let mut args: Vec<String> = extra.to_vec();
+    args.extend::<Vec<String>>(vec![
         "-device".into(),
         "qemu-xhci,id=x".into(),
         "-chardev".into(),
         format!("socket,id=cc,host=127.0.0.1,port={port},{role},nodelay=on"),
         "-device".into(),
         "usb-redir,chardev=cc,bus=x.0,debug=4".into(),
-    ];
+    ]);
     Qemu::start(&args).expect("QEMU 7.2 starts")
 }
 
@@ -140,4 +146,80 @@ fn vccid_connects_to_a_qemu_server_chardev_and_again_after_a_restart() {
     }
     let _ = vccid.kill();
     let _ = vccid.wait();
+}
+
+#[test]
+fn vccid_connects_over_tls_to_qemus_tls_server_chardev() {
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (creds, other) = (dir.path().join("creds"), dir.path().join("other"));
+    for d in [&creds, &other] {
+        let o = Command::new(VCCID)
+            .args(["tls", "init"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    // QEMU the TLS server, requiring our client certificate.
+    let tls = [
+        "-object".to_string(),
+        format!(
+            "tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir={}",
+            creds.display()
+        ),
+    ];
+    let q = qemu_redir_with(port, "server=on,wait=off,tls-creds=tls0", &tls);
+    let start = |d: &std::path::Path, name: &str| {
+        let log_path = dir.path().join(format!("{name}.log"));
+        let child = Command::new(VCCID)
+            .args([
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--usbredir-connect",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tls")
+            .arg(d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log_path)
+    };
+    // Another CA: vccid refuses QEMU's certificate and says so; nothing attaches.
+    let (mut bad, bad_log) = start(&other, "other");
+    wait_for("the refused handshake", Duration::from_secs(20), || {
+        std::fs::read_to_string(&bad_log)
+            .unwrap_or_default()
+            .contains("invalid peer certificate")
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}",
+            std::fs::read_to_string(&bad_log).unwrap_or_default()
+        )
+    });
+    let _ = bad.kill();
+    let _ = bad.wait();
+    assert!(!q.stderr().contains("attaching"), "{}", q.stderr());
+    // The right directory: the reader attaches over TLS.
+    let (mut good, log) = start(&creds, "good");
+    wait_for(
+        "the device attached over TLS",
+        Duration::from_secs(30),
+        || q.stderr().contains("attaching full speed device 08e6:4433"),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nQEMU:\n{}\nvccid:\n{}",
+            q.stderr(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let usb = info_usb(&q);
+    assert!(usb.contains("Product USB Redirection Device"), "{usb}");
+    let _ = good.kill();
+    let _ = good.wait();
 }
