@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Runs `VCCID tls init DIR` (the program under test makes the directory QEMU reads);
+/// returns what it printed.
+pub fn vccid_init(vccid: &str, dir: &Path) -> Result<String> {
+    crate::run(Command::new(vccid).args(["tls", "init"]).arg(dir)).map(|o| crate::text(&o))
+}
+
 fn copy(from: &Path, to: &Path, name: &str) -> Result<()> {
     std::fs::copy(from.join(name), to.join(name))
         .map(|_| ())

@@ -599,12 +599,7 @@ fn qemu_usb_redir_over_tls_and_a_wrong_ca_never_attaching() {
     let data = tempfile::tempdir().unwrap();
     let (creds, other) = (data.path().join("creds"), data.path().join("other"));
     for d in [&creds, &other] {
-        let o = Command::new(VCCID)
-            .args(["tls", "init"])
-            .arg(d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
+        testkit::tls::vccid_init(VCCID, d).unwrap();
     }
     let port = free_port().unwrap();
     let log = data.path().join("vccid.log");

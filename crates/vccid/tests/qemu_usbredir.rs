@@ -154,12 +154,7 @@ fn vccid_connects_over_tls_to_qemus_tls_server_chardev() {
     let dir = tempfile::tempdir().unwrap();
     let (creds, other) = (dir.path().join("creds"), dir.path().join("other"));
     for d in [&creds, &other] {
-        let o = Command::new(VCCID)
-            .args(["tls", "init"])
-            .arg(d)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        testkit::tls::vccid_init(VCCID, d).unwrap();
     }
     // QEMU the TLS server, requiring our client certificate.
     let tls = [

@@ -19,13 +19,7 @@ const CAC_ATR: [u8; 15] = [
 const CAC_AID: [u8; 7] = [0xA0, 0x00, 0x00, 0x01, 0x16, 0xDB, 0x00];
 
 fn tls_init(dir: &Path) -> String {
-    let o = Command::new(VCCID)
-        .args(["tls", "init"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    text(&o)
+    testkit::tls::vccid_init(VCCID, dir).unwrap()
 }
 
 fn qemu_tls_passthru(port: u16, dir: &Path) -> Qemu {
