@@ -23,13 +23,15 @@ const LINK_FAILED: [u8; 2] = [0x6F, 0x00];
 struct State {
     atr: Vec<u8>,
     session: HostSession,
-    writer: Option<Stream>,
     /// The answer to the outstanding APDU: `Some(Ok)` response, `Some(Err)` failure.
     answer: Option<Result<Vec<u8>, ()>>,
 }
 
 struct Inner {
     state: Mutex<State>,
+    /// The connection's write side, apart from the state: a write (a TLS record, a syscall
+    /// that wakes the client) never holds the lock the reader thread needs for the answer.
+    writer: Mutex<Option<Stream>>,
     answered: Condvar,
     presence: Presence,
 }
@@ -37,6 +39,21 @@ struct Inner {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Writes whole frames, in order; `false` when there is no connection or it failed.
+    fn send(&self, frames: &[vscard::Frame]) -> std::io::Result<bool> {
+        if frames.is_empty() {
+            return Ok(true);
+        }
+        match self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(w) => write_frames(w, frames).map(|()| true),
+            None => Ok(false),
+        }
     }
 }
 
@@ -65,9 +82,9 @@ impl PassthruCard {
             state: Mutex::new(State {
                 atr: DEFAULT_ATR.to_vec(),
                 session: HostSession::new(),
-                writer: None,
                 answer: None,
             }),
+            writer: Mutex::new(None),
             answered: Condvar::new(),
             presence: Presence::new(false),
         });
@@ -90,7 +107,10 @@ impl PassthruCard {
     }
 }
 
-fn apply(inner: &Inner, st: &mut State, events: Vec<HostEvent>) {
+/// Applies the session's events to the card state. Takes the guard and releases it before
+/// waking the waiting transmit(), so the woken thread does not find the lock still held.
+fn apply(inner: &Inner, mut st: std::sync::MutexGuard<'_, State>, events: Vec<HostEvent>) {
+    let mut answered = false;
     for e in events {
         match e {
             HostEvent::CardInserted(atr) => {
@@ -103,14 +123,18 @@ fn apply(inner: &Inner, st: &mut State, events: Vec<HostEvent>) {
             HostEvent::ReaderAdded => {}
             HostEvent::Response(r) => {
                 st.answer = Some(Ok(r));
-                inner.answered.notify_all();
+                answered = true;
             }
             HostEvent::ClientError(code) => {
                 tracing::warn!(?code, "the VSCard client failed the APDU");
                 st.answer = Some(Err(()));
-                inner.answered.notify_all();
+                answered = true;
             }
         }
+    }
+    drop(st);
+    if answered {
+        inner.answered.notify_all();
     }
 }
 
@@ -121,11 +145,8 @@ fn serve(inner: &Inner, mut stream: Stream) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    {
-        let mut st = inner.lock();
-        st.session = HostSession::new();
-        st.writer = Some(writer);
-    }
+    inner.lock().session = HostSession::new();
+    *inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let mut dec = vscard::Decoder::new();
     let mut buf = vec![0u8; 65536];
     let why = 'conn: loop {
@@ -148,18 +169,21 @@ fn serve(inner: &Inner, mut stream: Stream) {
                     (replies, vec![])
                 }
             };
-            apply(inner, &mut st, events);
-            if let Some(w) = st.writer.as_mut() {
-                if let Err(e) = write_frames(w, &replies) {
-                    break 'conn e.to_string();
-                }
+            apply(inner, st, events);
+            if let Err(e) = inner.send(&replies) {
+                break 'conn e.to_string();
             }
         }
     };
     let mut st = inner.lock();
     let events = st.session.on_close();
-    apply(inner, &mut st, events);
-    if let Some(w) = st.writer.take() {
+    apply(inner, st, events);
+    if let Some(w) = inner
+        .writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
         w.shutdown();
     }
     tracing::info!(%peer, "VSCard client gone: {why}");
@@ -183,13 +207,12 @@ impl Card for PassthruCard {
         }
         st.answer = None;
         let frame = st.session.send_apdu(apdu);
-        let sent = match st.writer.as_mut() {
-            Some(w) => write_frames(w, &[frame]).is_ok(),
-            None => false,
-        };
-        if !sent {
+        drop(st);
+        // The answer may land before we wait: the condition below sees it.
+        if !matches!(self.inner.send(&[frame]), Ok(true)) {
             return LINK_FAILED.to_vec();
         }
+        let st = self.inner.lock();
         let (mut st, timeout) = self
             .inner
             .answered
