@@ -52,9 +52,11 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
   wait %1; kill $VP
   taskset -c 0 python3 bench/fake_vpcd.py libcacard 41012 & sleep 0.3
   taskset -c 0 "$W/libcacard_card" vpcd "$W/nss" 41012; wait
-  echo "== VSCard link (vscclient <-> passthru card, card in vscclient)"
+  echo "== VSCard link (vscclient <-> passthru card, card in vscclient), plaintext and mutual TLS"
   echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/vscard_bench target/release/vscclient 20000)"
   echo "unpinned:        $(target/release/examples/vscard_bench target/release/vscclient 20000)"
+  echo "== the TLS stream alone (20-byte ping-pong, plaintext beside it)"
+  echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/tls_pingpong 50000)"
   # pcscd, the cards and the tools all on CPU 0 as well, for the same reason.
   exec env BENCH_IN_NS=1 taskset -c 0 unshare --mount --net --propagation private --fork --kill-child "$0"
 fi
