@@ -220,7 +220,7 @@ fn run(args: Args) -> Result<()> {
     if let Some(role) = &usbredir {
         vccid::usb::serve(role, card.clone(), redir_pcap)?;
         if let vccid::usb::Role::Listen(addr, _) = role {
-            println!("{}", vccid::usb::attach_lines(addr));
+            println!("{}", vccid::usb::attach_lines(addr, args.tls.as_deref()));
         }
     }
     let client = match vpcd_addr {

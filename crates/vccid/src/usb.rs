@@ -42,24 +42,36 @@ impl Card for SharedCardRef {
     }
 }
 
-/// The QEMU arguments and libvirt XML that attach a reader served at `addr`.
-pub fn attach_lines(addr: &Addr) -> String {
+/// The QEMU arguments and libvirt XML that attach a reader served at `addr`; with `tls`
+/// (the `tls-creds-x509` directory), QEMU's TLS client side.
+pub fn attach_lines(addr: &Addr, tls: Option<&std::path::Path>) -> String {
+    let (object, creds, xml_tls) = match tls {
+        Some(d) => (
+            format!(
+                "-object tls-creds-x509,id=vccid0tls,endpoint=client,dir={} ",
+                d.display()
+            ),
+            ",tls-creds=vccid0tls",
+            " tls='yes'",
+        ),
+        None => (String::new(), "", ""),
+    };
     let (chardev, xml_source) = match addr {
         Addr::Tcp(a) => (
             format!(
-                "socket,id=vccid0,host={},port={},reconnect=2,nodelay=on",
+                "socket,id=vccid0,host={},port={},reconnect=2,nodelay=on{creds}",
                 a.ip(),
                 a.port()
             ),
             format!(
-                "<source mode='connect' host='{}' service='{}'/>",
+                "<source mode='connect' host='{}' service='{}'{xml_tls}/>",
                 a.ip(),
                 a.port()
             ),
         ),
         Addr::Unix(p) => (
-            format!("socket,id=vccid0,path={},reconnect=2", p.display()),
-            format!("<source mode='connect' path='{}'/>", p.display()),
+            format!("socket,id=vccid0,path={},reconnect=2{creds}", p.display()),
+            format!("<source mode='connect' path='{}'{xml_tls}/>", p.display()),
         ),
     };
     let xml_type = if matches!(addr, Addr::Unix(_)) {
@@ -68,7 +80,7 @@ pub fn attach_lines(addr: &Addr) -> String {
         "tcp"
     };
     format!(
-        "QEMU:    -device qemu-xhci -chardev {chardev} -device usb-redir,chardev=vccid0,id=vccid0\n\
+        "QEMU:    {object}-device qemu-xhci -chardev {chardev} -device usb-redir,chardev=vccid0,id=vccid0\n\
          libvirt: <redirdev bus='usb' type='{xml_type}'>{xml_source}</redirdev>"
     )
 }
@@ -219,6 +231,7 @@ pub fn serve(
         Some(l) => tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU"),
         None => tracing::info!(%addr, "usbredir: connecting to QEMU"),
     }
+    let mut last_error = String::new();
     std::thread::Builder::new()
         .name("usbredir".into())
         .spawn(move || loop {
@@ -230,15 +243,17 @@ pub fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     // Listening: a failed accept; connecting: QEMU not (yet, or again) there,
-                    // or a refused handshake.
-                    if listener.is_some() || e.contains("TLS") {
+                    // or a refused handshake, said once until something changes.
+                    if (listener.is_some() || e.contains("TLS")) && e != last_error {
                         tracing::warn!("usbredir: {e}");
                     }
+                    last_error = e;
                     let pause = if listener.is_some() { 100 } else { 500 };
                     std::thread::sleep(Duration::from_millis(pause));
                     continue;
                 }
             };
+            last_error.clear();
             let peer = stream.peer();
             tracing::info!(%peer, "usbredir: QEMU connected");
             let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {

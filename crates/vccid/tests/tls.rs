@@ -271,7 +271,7 @@ fn tls_bad_input_closes_only_that_connection() {
         .arg("--data-dir")
         .arg(dir.path())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -339,7 +339,16 @@ fn tls_bad_input_closes_only_that_connection() {
     ok.read_exact(&mut hello).unwrap();
     assert_eq!(&hello[..4], &[0, 0, 0, 0], "a usbredir hello");
     let _ = v.kill();
-    let _ = v.wait();
+    let printed = String::from_utf8_lossy(&v.wait_with_output().unwrap().stdout).into_owned();
+    // The printed QEMU and libvirt lines are the TLS ones.
+    assert!(
+        printed.contains("-object tls-creds-x509,id=vccid0tls,endpoint=client,dir=")
+            && printed.contains(&format!(
+                "port={port},reconnect=2,nodelay=on,tls-creds=vccid0tls"
+            ))
+            && printed.contains("tls='yes'"),
+        "{printed}"
+    );
     let l = read(&log);
     assert!(l.contains(&format!("peer={garbage_peer}")), "{l}");
     assert!(l.contains(&format!("peer={half_peer}")), "{l}");
