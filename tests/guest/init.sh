@@ -49,8 +49,9 @@ if [ "$USBIP" != 0 ]; then
   done
   [ -n "$VPORT" ] || { result usbip_port=0; finish; }
   # One guest TCP connection at a time through the port: socat's child for a connection
-  # holds the port open until 0.5 s after its TCP side closes.
-  socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork "OPEN:$VPORT" 2>/tmp/socat.log &
+  # holds the port open until 0.5 s after its TCP side closes. TCP_NODELAY, as usbipd and the
+  # usbip tool set it: without it Nagle holds a RET_SUBMIT until the previous one is ACKed.
+  socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork,nodelay "OPEN:$VPORT" 2>/tmp/socat.log &
   sleep 1
   usbip list -r 127.0.0.1 > /tmp/list 2>&1
   result "usbip_list=\"$(grep -o '08e6:4433' /tmp/list | head -1) $(grep -o '(0b/00/00)' /tmp/list | head -1)\""

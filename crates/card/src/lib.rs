@@ -1,4 +1,4 @@
-//! The `Card` trait and the emulated CAC card.
+//! The `Card` trait, the emulated CAC card and the PIV card.
 //!
 //! A [`Card`] answers power on (the ATR), one command APDU at a time, and power off; its
 //! [`Presence`] tells whether it is inserted. The reader, the vpcd client and vscclient consume
@@ -13,6 +13,7 @@ pub mod cac;
 mod fixed;
 pub mod keystore;
 mod pin;
+pub mod piv;
 mod presence;
 
 pub use fixed::FixedCard;

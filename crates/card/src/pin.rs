@@ -45,6 +45,12 @@ impl Pin {
             n => PinStatus::TriesLeft(n),
         }
     }
+    /// Sets a new value; the counter is back at its maximum (CHANGE REFERENCE DATA, RESET
+    /// RETRY COUNTER).
+    pub fn change(&mut self, value: &[u8]) {
+        self.value = Zeroizing::new(value.to_vec());
+        self.tries_left = self.max_tries;
+    }
     /// Compares in constant time and counts the try.
     pub fn verify(&mut self, candidate: &[u8]) -> PinVerify {
         if self.tries_left == 0 {

@@ -24,11 +24,25 @@ pub enum Backend {
     Pkcs11(Box<Pkcs11Config>, Option<PathBuf>),
 }
 
+/// Which card applications the emulated card carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// libcacard's CAC card (the default).
+    #[default]
+    Cac,
+    /// A PIV card (NIST SP 800-73-4): slots 9A, 9C, 9D, 9E.
+    Piv,
+}
+
 /// A parsed `--card emulated,...` value.
 #[derive(Debug, Clone)]
 pub struct EmulatedSpec {
     /// Where the keys are.
     pub backend: Backend,
+    /// `profile=cac` (default) or `profile=piv`.
+    pub profile: Profile,
+    /// The PIV PUK (`puk=`, default 12345678).
+    pub puk: Option<String>,
     /// The card PIN.
     pub pin: Option<String>,
     /// Tries before the PIN blocks.
@@ -127,6 +141,16 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
 /// Parses the properties of `emulated`.
 pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpec> {
     let pin = props.remove("pin");
+    let profile = match props.remove("profile").as_deref() {
+        None | Some("cac") => Profile::Cac,
+        Some("piv") => Profile::Piv,
+        Some("cac+piv") => bail!("profile=cac+piv is not built yet; use cac or piv"),
+        Some(other) => bail!("unknown profile {other:?}; expected cac or piv"),
+    };
+    let puk = props.remove("puk");
+    if puk.is_some() && profile != Profile::Piv {
+        bail!("puk= applies to profile=piv only");
+    }
     let pin_tries = props
         .remove("pin-tries")
         .map(|t| {
@@ -209,6 +233,8 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
     }
     Ok(EmulatedSpec {
         backend,
+        profile,
+        puk,
         pin,
         pin_tries,
     })
@@ -320,6 +346,24 @@ mod tests {
         ] {
             let e = parse(spec).unwrap_err().to_string();
             assert!(e.contains(words), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn profiles() {
+        assert_eq!(emulated("emulated").unwrap().profile, Profile::Cac);
+        let p = emulated("emulated,profile=piv,pin=654321,puk=87654321").unwrap();
+        assert_eq!(
+            (p.profile, p.puk.as_deref()),
+            (Profile::Piv, Some("87654321"))
+        );
+        for (bad, why) in [
+            ("emulated,profile=gids", "unknown profile"),
+            ("emulated,profile=cac+piv", "not built yet"),
+            ("emulated,puk=12345678", "profile=piv only"),
+        ] {
+            let e = emulated(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 }

@@ -150,6 +150,8 @@ fn card_spec(args: &Args) -> Result<ClientCard> {
             nicknames,
             password: None,
         },
+        profile: vccid::spec::Profile::Cac,
+        puk: None,
         pin: args.pin.clone(),
         pin_tries: None,
     }))

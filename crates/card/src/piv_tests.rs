@@ -1,0 +1,344 @@
+//! PIV transcript tests: spaced hex in, spaced hex out (SP 800-73-4 Part 2), and every error
+//! path leaving the card's state as it was.
+
+use super::*;
+use crate::keystore::{DefaultIdentities, FileStore};
+use apdu::hex::{h, spaced};
+use std::sync::OnceLock;
+
+fn identities() -> &'static Vec<crate::keystore::FileIdentity> {
+    static IDS: OnceLock<Vec<crate::keystore::FileIdentity>> = OnceLock::new();
+    IDS.get_or_init(|| {
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        DefaultIdentities::new(dir.path()).ensure().unwrap()
+    })
+}
+
+fn card() -> PivCard {
+    let store = FileStore::open(identities()).unwrap();
+    let mut c = PivCard::new(Box::new(store), &PivConfig::default()).unwrap();
+    c.power_on();
+    c
+}
+
+fn tx(c: &mut PivCard, cmd: &str) -> Vec<u8> {
+    c.transmit(&h(cmd))
+}
+
+fn sw(r: &[u8]) -> String {
+    spaced(&r[r.len() - 2..])
+}
+
+const SELECT: &str = "00 A4 04 00 09 A0 00 00 03 08 00 00 10 00";
+const VERIFY_OK: &str = "00 20 00 80 08 31 32 33 34 35 36 FF FF";
+const VERIFY_BAD: &str = "00 20 00 80 08 31 31 31 31 31 31 FF FF";
+
+#[test]
+fn select_answers_the_application_property_template() {
+    let mut c = card();
+    assert_eq!(
+        spaced(&c.power_on()),
+        "3B 89 80 01 76 63 63 69 64 20 50 49 56 1C"
+    );
+    assert_eq!(
+        spaced(&tx(&mut c, SELECT)),
+        spaced(&h("61 27 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 50 09 76 63 63 69 64 20 50 49 56 AC 09 80 01 03 80 01 07 06 01 00 90 00"))
+    );
+    // Another AID: not found, and the PIV commands are refused until PIV is selected again.
+    assert_eq!(
+        sw(&tx(&mut c, "00 A4 04 00 07 A0 00 00 01 16 DB 00")),
+        "6A 82"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 02 00")), "69 85");
+    assert_eq!(sw(&tx(&mut c, "00 A4 04 00 05 A0 00 00 03 08")), "90 00");
+}
+
+#[test]
+fn yubico_vendor_commands_version_and_serial() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    assert_eq!(spaced(&tx(&mut c, "00 FD 00 00")), "05 04 03 90 00");
+    let s = tx(&mut c, "00 F8 00 00");
+    assert_eq!(s.len(), 6);
+    assert_eq!(u32::from_be_bytes(s[..4].try_into().unwrap()), c.serial());
+    assert_eq!(sw(&tx(&mut c, "00 F7 00 9A")), "6D 00");
+}
+
+#[test]
+fn get_data_objects_and_certificates_with_get_response() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    // Discovery object: returned as itself (7E), not wrapped in 53.
+    assert_eq!(
+        spaced(&tx(&mut c, "00 CB 3F FF 03 5C 01 7E 00")),
+        spaced(&h(
+            "7E 12 4F 0B A0 00 00 03 08 00 00 10 00 01 00 5F 2F 02 40 00 90 00"
+        ))
+    );
+    // Key history: no retired keys.
+    assert_eq!(
+        spaced(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 0C 00")),
+        spaced(&h("53 08 C1 01 00 C2 01 00 FE 00 90 00"))
+    );
+    let chuid = tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 02 00");
+    assert_eq!(&chuid[..4], &h("53 3B 30 19"));
+    assert_eq!(sw(&chuid), "90 00");
+    // The 9A certificate: 256 bytes, then 61xx, GET RESPONSE until 9000.
+    let mut got = tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 05 00");
+    let mut obj = Vec::new();
+    loop {
+        let (data, s) = got.split_at(got.len() - 2);
+        obj.extend_from_slice(data);
+        match s {
+            [0x90, 0x00] => break,
+            [0x61, n] => got = tx(&mut c, &format!("00 C0 00 00 {n:02X}")),
+            other => panic!("{other:02X?}"),
+        }
+    }
+    let (o, _) = ber::parse_one(&obj).unwrap();
+    assert_eq!(o.tag, 0x53);
+    let cert = FileStore::open(identities()).unwrap().identities()[0]
+        .cert_der
+        .clone();
+    assert_eq!(ber::find(o.value, 0x70).unwrap(), &cert[..]);
+    // Unknown object, bad tag list, wrong P1P2.
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 0D 00")), "6A 82");
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 03 5C 05 5F 00")), "6A 80");
+    assert_eq!(sw(&tx(&mut c, "00 CB 00 00 05 5C 03 5F C1 02 00")), "6A 86");
+    // GET RESPONSE with nothing pending.
+    assert_eq!(sw(&tx(&mut c, "00 C0 00 00 00")), "69 85");
+}
+
+#[test]
+fn pin_counter_change_block_and_unblock_with_the_puk() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "63 C3");
+    assert_eq!(sw(&tx(&mut c, VERIFY_BAD)), "63 C2");
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "90 00", "verified");
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 FF 80")),
+        "90 00",
+        "reset the security status"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "63 C3");
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80 04 31 32 33 34")), "67 00");
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 81 08 31 32 33 34 35 36 FF FF")),
+        "6A 88"
+    );
+    // CHANGE REFERENCE DATA: old, new.
+    assert_eq!(
+        sw(&tx(
+            &mut c,
+            "00 24 00 80 10 31 32 33 34 35 36 FF FF 36 35 34 33 32 31 FF FF"
+        )),
+        "90 00"
+    );
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "63 C2");
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 36 35 34 33 32 31 FF FF")),
+        "90 00"
+    );
+    // Block it.
+    for left in ["63 C2", "63 C1", "63 C0"] {
+        assert_eq!(sw(&tx(&mut c, VERIFY_BAD)), left);
+    }
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 36 35 34 33 32 31 FF FF")),
+        "69 83"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "69 83");
+    // A wrong PUK counts; the right one sets a new PIN and unblocks it.
+    assert_eq!(
+        sw(&tx(
+            &mut c,
+            "00 2C 00 80 10 39 39 39 39 39 39 39 39 31 32 33 34 35 36 FF FF"
+        )),
+        "63 C2"
+    );
+    assert_eq!(
+        sw(&tx(
+            &mut c,
+            "00 2C 00 80 10 31 32 33 34 35 36 37 38 31 32 33 34 35 36 FF FF"
+        )),
+        "90 00"
+    );
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    // A power cycle logs out but keeps the counters.
+    assert_eq!(sw(&tx(&mut c, VERIFY_BAD)), "63 C2");
+    c.power_on();
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "63 C2");
+}
+
+/// GENERAL AUTHENTICATE with a 256-byte block, chained as yubico-piv-tool sends it.
+fn sign(c: &mut PivCard, key: u8, block: &[u8]) -> Vec<u8> {
+    let mut inner = tlv(0x82, &[]);
+    inner.extend(tlv(0x81, block));
+    let data = tlv(0x7C, &inner);
+    let (first, last) = data.split_at(255);
+    let mut a = vec![0x10, 0x87, 0x07, key, 0xFF];
+    a.extend_from_slice(first);
+    assert_eq!(sw(&c.transmit(&a)), "90 00");
+    let mut b = vec![0x00, 0x87, 0x07, key, last.len() as u8];
+    b.extend_from_slice(last);
+    b.push(0x00);
+    let mut got = c.transmit(&b);
+    let mut out = Vec::new();
+    loop {
+        let (d, s) = got.split_at(got.len() - 2);
+        out.extend_from_slice(d);
+        match s {
+            [0x61, n] => got = c.transmit(&[0x00, 0xC0, 0x00, 0x00, *n]),
+            _ => {
+                out.extend_from_slice(s);
+                return out;
+            }
+        }
+    }
+}
+
+#[test]
+fn general_authenticate_signs_with_the_pin_rules_of_each_slot() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    let mut block = vec![0xFF; 256];
+    block[0] = 0x00;
+    block[1] = 0x01;
+    block[255] = 0x42;
+    // Before VERIFY: 9A refused, 9E (card authentication) needs no PIN... but this card's 9E
+    // has no key (three identities), so it is not found.
+    assert_eq!(sw(&sign(&mut c, 0x9A, &block)), "69 82");
+    assert_eq!(sw(&sign(&mut c, 0x9E, &block)), "6A 82");
+    tx(&mut c, VERIFY_OK);
+    let r = sign(&mut c, 0x9A, &block);
+    assert_eq!(sw(&r), "90 00");
+    assert_eq!(&r[..4], &h("7C 82 01 04"));
+    assert_eq!(&r[4..8], &h("82 82 01 00"));
+    // 9A again without VERIFY: the PIN stays verified.
+    assert_eq!(sw(&sign(&mut c, 0x9A, &block)), "90 00");
+    // 9C is PIN-always: once per VERIFY.
+    assert_eq!(sw(&sign(&mut c, 0x9C, &block)), "90 00");
+    assert_eq!(sw(&sign(&mut c, 0x9C, &block)), "69 82");
+    tx(&mut c, VERIFY_OK);
+    assert_eq!(sw(&sign(&mut c, 0x9C, &block)), "90 00");
+    // Wrong algorithm, wrong size, malformed template: status words, state unchanged.
+    assert_eq!(sw(&tx(&mut c, "00 87 11 9A 04 7C 02 82 00")), "6A 86");
+    assert_eq!(
+        sw(&tx(&mut c, "00 87 07 9A 08 7C 06 82 00 81 02 00 01")),
+        "6A 80"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 87 07 9A 04 7C 09 82 00")), "6A 80");
+    assert_eq!(sw(&tx(&mut c, "00 87 07 9A 02 7D 00")), "6A 80");
+    assert_eq!(sw(&sign(&mut c, 0x9D, &block)), "90 00");
+}
+
+fn tdes(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
+    use des::cipher::{BlockCipherDecrypt, KeyInit};
+    let c = des::TdesEde3::new_from_slice(key).unwrap();
+    let mut b = des::cipher::Block::<des::TdesEde3>::default();
+    b.copy_from_slice(block);
+    c.decrypt_block(&mut b);
+    b.to_vec()
+}
+
+fn tdes_enc(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
+    use des::cipher::{BlockCipherEncrypt, KeyInit};
+    let c = des::TdesEde3::new_from_slice(key).unwrap();
+    let mut b = des::cipher::Block::<des::TdesEde3>::default();
+    b.copy_from_slice(block);
+    c.encrypt_block(&mut b);
+    b.to_vec()
+}
+
+#[test]
+fn management_key_challenge_response_guards_put_data() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    let put = "00 DB 3F FF 0B 5C 03 5F C1 09 53 04 DE AD BE EF";
+    assert_eq!(sw(&tx(&mut c, put)), "69 82");
+    // Out of order: a response before a witness was asked for.
+    assert_eq!(
+        sw(&tx(
+            &mut c,
+            "00 87 03 9B 16 7C 14 80 08 00 00 00 00 00 00 00 00 81 08 01 02 03 04 05 06 07 08"
+        )),
+        "69 85"
+    );
+    // Witness request; a wrong decryption is refused and the witness is spent.
+    let r = tx(&mut c, "00 87 03 9B 04 7C 02 80 00");
+    assert_eq!((&r[..4], sw(&r).as_str()), (&h("7C 0A 80 08")[..], "90 00"));
+    let witness = tdes(&DEFAULT_MANAGEMENT_KEY, &r[4..12]);
+    let mut wrong = witness.clone();
+    wrong[0] ^= 1;
+    let mut bad = h("00 87 03 9B 16 7C 14 80 08");
+    bad.extend(&wrong);
+    bad.extend(h("81 08 01 02 03 04 05 06 07 08"));
+    assert_eq!(sw(&c.transmit(&bad)), "69 82");
+    assert_eq!(sw(&tx(&mut c, put)), "69 82");
+    // The whole exchange: the card proves itself by encrypting our challenge.
+    let r = tx(&mut c, "00 87 03 9B 04 7C 02 80 00");
+    let witness = tdes(&DEFAULT_MANAGEMENT_KEY, &r[4..12]);
+    let mut good = h("00 87 03 9B 16 7C 14 80 08");
+    good.extend(&witness);
+    good.extend(h("81 08 01 02 03 04 05 06 07 08"));
+    let r = c.transmit(&good);
+    assert_eq!(&r[..4], &h("7C 0A 82 08"));
+    assert_eq!(
+        r[4..12].to_vec(),
+        tdes_enc(&DEFAULT_MANAGEMENT_KEY, &h("01 02 03 04 05 06 07 08"))
+    );
+    assert_eq!(sw(&r), "90 00");
+    // Now PUT DATA writes an object and GET DATA reads it back; an empty 53 deletes it.
+    assert_eq!(sw(&tx(&mut c, put)), "90 00");
+    assert_eq!(
+        spaced(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 09 00")),
+        "53 04 DE AD BE EF 90 00"
+    );
+    assert_eq!(
+        sw(&tx(&mut c, "00 DB 3F FF 07 5C 03 5F C1 09 53 00")),
+        "90 00"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 09 00")), "6A 82");
+    // Not a PIV object, or trailing bytes: refused.
+    assert_eq!(
+        sw(&tx(&mut c, "00 DB 3F FF 07 5C 03 5F C2 01 53 00")),
+        "6A 82"
+    );
+    assert_eq!(
+        sw(&tx(&mut c, "00 DB 3F FF 08 5C 03 5F C1 09 53 00 00")),
+        "6A 80"
+    );
+}
+
+#[test]
+fn chaining_rules_and_bad_input() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    // A chain continued with another instruction: 6883, and the chain is dropped.
+    assert_eq!(sw(&tx(&mut c, "10 87 07 9A 02 7C 00")), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 03 5C 01 7E 00")), "68 83");
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 03 5C 01 7E 00")), "90 00");
+    // A chain beyond the limit.
+    let piece = format!("10 DB 3F FF FF {}", "00 ".repeat(255));
+    let accepted = (0..MAX_CHAIN / 255 + 2)
+        .take_while(|_| sw(&tx(&mut c, &piece)) == "90 00")
+        .count();
+    assert_eq!(accepted, MAX_CHAIN / 255, "pieces taken before 6700");
+    // Secure messaging or proprietary classes, truncated APDUs.
+    assert_eq!(sw(&tx(&mut c, "0C CB 3F FF 03 5C 01 7E 00")), "6E 00");
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F")), "67 00");
+    assert_eq!(sw(&tx(&mut c, "00 00 00 00")), "6D 00");
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_apdu_gets_a_status_word(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let mut c = card();
+        c.transmit(&h(SELECT));
+        let r = c.transmit(&bytes);
+        proptest::prop_assert!(r.len() >= 2);
+    }
+}
