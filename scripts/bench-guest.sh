@@ -3,7 +3,8 @@
 # vccid's reader over usbredir versus QEMU's in-process usb-ccid + ccid-card-emulated
 # (libcacard) on the same NSS database, alternating, three rounds each. Both on UHCI (QEMU's
 # own usb-ccid desynchronises xHCI guests), plus vccid on xHCI, where QEMU's reader cannot run,
-# and vccid over USB/IP (the guest's vhci-hcd through a virtio-serial bridge, issue 7).
+# and vccid over USB/IP (the guest's vhci-hcd), through the tests' virtio-serial bridge (socat
+# in the guest) and over QEMU's user-mode network (as a networked VM would reach it; issue 7).
 # Figures: the guest's uptime from reader found to done (reader, ATR, pkcs15-tool -D, sign,
 # 300-APDU loop) and the loop alone.
 set -euo pipefail
@@ -51,7 +52,16 @@ figures() {  # LOG -> "total loop" (seconds, guest uptime)
     /E2E-RESULT sign=/ { sign=$2 }
     END { printf "%.2f %.2f %s %s\n", done-start, t1-t0, ok, sign }'
 }
-OURS=(); QEMUS=(); XHCI=(); USBIP=()
+usbip_net_ours() {  # LOG: the guest's vhci-hcd over QEMU's user-mode network (10.0.2.2 is the host's loopback)
+  local p; p=$(free_port)
+  "$ROOT/target/release/vccid" --usbip "127.0.0.1:$p" \
+    --card "emulated,backend=certificates,db=sql:$W/nss,cert1=cert1,cert2=cert2,cert3=cert3" >/dev/null 2>&1 &
+  local v=$!
+  APPEND="e2e.usbip=3 e2e.usbipserver=10.0.2.2 e2e.usbipport=$p" boot "$1" qemu-xhci \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0
+  kill $v; wait $v 2>/dev/null || true
+}
+OURS=(); QEMUS=(); XHCI=(); USBIP=(); USBIPNET=()
 for round in 1 2 3; do
   ours "$W/ours$round.log" ich9-usb-uhci1
   OURS+=("$(figures "$W/ours$round.log")")
@@ -62,11 +72,13 @@ for round in 1 2 3; do
   XHCI+=("$(figures "$W/xhci$round.log")")
   usbip_ours "$W/usbip$round.log"
   USBIP+=("$(figures "$W/usbip$round.log")")
-  echo "round $round [total loop ok sign]: vccid UHCI ${OURS[-1]} | QEMU usb-ccid UHCI ${QEMUS[-1]} | vccid xHCI ${XHCI[-1]} | vccid USB/IP ${USBIP[-1]}"
+  usbip_net_ours "$W/usbipnet$round.log"
+  USBIPNET+=("$(figures "$W/usbipnet$round.log")")
+  echo "round $round [total loop ok sign]: vccid UHCI ${OURS[-1]} | QEMU usb-ccid UHCI ${QEMUS[-1]} | vccid xHCI ${XHCI[-1]} | vccid USB/IP bridge ${USBIP[-1]} | vccid USB/IP network ${USBIPNET[-1]}"
 done
 med() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 col() { printf '%s\n' "$@" | cut -d' ' -f"$N"; }
 for N in 1 2; do
   what=$([ $N = 1 ] && echo "total (reader found to done)" || echo "300-APDU loop")
-  echo "median $what: vccid UHCI $(med $(col "${OURS[@]}")) s, QEMU usb-ccid UHCI $(med $(col "${QEMUS[@]}")) s, vccid xHCI $(med $(col "${XHCI[@]}")) s, vccid USB/IP $(med $(col "${USBIP[@]}")) s"
+  echo "median $what: vccid UHCI $(med $(col "${OURS[@]}")) s, QEMU usb-ccid UHCI $(med $(col "${QEMUS[@]}")) s, vccid xHCI $(med $(col "${XHCI[@]}")) s, vccid USB/IP bridge $(med $(col "${USBIP[@]}")) s, vccid USB/IP network $(med $(col "${USBIPNET[@]}")) s"
 done

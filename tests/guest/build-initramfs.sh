@@ -44,8 +44,8 @@ cp /bin/busybox "$ROOT/usr/bin/busybox"
 /bin/busybox --list-full | while read -r app; do
   d=$(canon "/$app"); [ -e "$ROOT$d" ] || [ -L "$ROOT$d" ] || ln -s /usr/bin/busybox "$ROOT$d"
 done
-# USB host-controller modules (xHCI, UHCI, and USB/IP's vhci-hcd) and virtio-serial, with their
-# dependencies, in load order.
+# USB host-controller modules (xHCI, UHCI, and USB/IP's vhci-hcd), virtio-serial and
+# virtio-net (the networked USB/IP benchmark), with their dependencies, in load order.
 : > "$ROOT/etc/modules"
 addmod() {
   local m=${1//-/_} d fn
@@ -61,7 +61,7 @@ addmod() {
   esac
   echo "/usr/lib/modules/$m.ko" >> "$ROOT/etc/modules"
 }
-for m in xhci_pci uhci_hcd vhci_hcd virtio_pci virtio_console; do addmod "$m"; done
+for m in xhci_pci uhci_hcd vhci_hcd virtio_pci virtio_console virtio_net; do addmod "$m"; done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$ROOT/etc/passwd"; echo 'root:x:0:' > "$ROOT/etc/group"
 printf '%s\n' $MULTI /lib/x86_64-linux-gnu > "$ROOT/etc/ld.so.conf"
 ldconfig -r "$ROOT" 2>/dev/null || true

@@ -8,19 +8,23 @@
 # controller: socat bridges guest-local 127.0.0.1:3240 to the virtio-serial port named "usbip"
 # (the host's end reaches vccid --usbip), then usbip list / attach; at the end usbip detach,
 # "E2E-WAIT usbip-detached", and a second attach that must read the card again; e2e.usbip=2:
-# the same without the detach and second attach (benchmarks). e2e.usbwait=S: how long to
-# wait for a smart-card reader to appear (default 60 s).
+# the same without the detach and second attach (benchmarks); e2e.usbip=3: like 2 but over
+# QEMU's user-mode network instead of the bridge (eth0 10.0.2.15; the server is
+# e2e.usbipserver=ADDR, default 10.0.2.2, port e2e.usbipport=PORT, default 3240; benchmarks).
+# e2e.usbwait=S: how long to wait for a smart-card reader to appear (default 60 s).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
 PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
+USBIP_SERVER=127.0.0.1; USBIP_PORT=3240
 for a in $(cat /proc/cmdline); do
   case $a in
     e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};;
     e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};; e2e.usbip=*) USBIP=${a#*=};;
     e2e.usbwait=*) USBWAIT=${a#*=};;
+    e2e.usbipserver=*) USBIP_SERVER=${a#*=};; e2e.usbipport=*) USBIP_PORT=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -36,12 +40,15 @@ atr() { timeout 30 opensc-tool -a 2>/dev/null | grep -iE '^([0-9a-f]{2}:)+[0-9a-
 usbip_attach() {   # RESULT-NAME; a few tries: a bridge straight to vccid (no relay) is back
   # only after QEMU's chardev reconnects, a second after vccid closed the list's connection.
   n=0
-  until usbip attach -r 127.0.0.1 -b 1-1 > /tmp/attach 2>&1; do
+  until usbip --tcp-port "$USBIP_PORT" attach -r "$USBIP_SERVER" -b 1-1 > /tmp/attach 2>&1; do
     n=$((n + 1)); [ $n -lt 5 ] || { result "$1=0"; cat /tmp/attach; return; }; sleep 1
   done
   result "$1=1 tries=$((n + 1))"
 }
-if [ "$USBIP" != 0 ]; then
+if [ "$USBIP" = 3 ]; then
+  ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
+  usbip_attach usbip_attach
+elif [ "$USBIP" != 0 ]; then
   ip link set lo up
   VPORT=""
   for n in /sys/class/virtio-ports/*/name; do
