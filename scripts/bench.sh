@@ -55,6 +55,9 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
   echo "== VSCard link (vscclient <-> passthru card, card in vscclient), plaintext and mutual TLS"
   echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/vscard_bench target/release/vscclient 20000)"
   echo "unpinned:        $(target/release/examples/vscard_bench target/release/vscclient 20000)"
+  echo "== USB/IP: APDU exchanges (bulk OUT + bulk IN) against vccid --usbip, no guest"
+  echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/usbip_bench target/release/vccid 20000)"
+  echo "unpinned:        $(target/release/examples/usbip_bench target/release/vccid 20000)"
   echo "== the TLS stream alone (20-byte ping-pong, plaintext beside it)"
   echo "pinned to CPU 0: $(taskset -c 0 target/release/examples/tls_pingpong 50000)"
   # pcscd, the cards and the tools all on CPU 0 as well, for the same reason.

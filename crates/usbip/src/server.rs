@@ -238,8 +238,18 @@ fn urb_phase<G>(
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    // Pending URBs may wait for ever (an idle reader): no read timeout from here on.
+    // Pending URBs may wait for ever (an idle reader): no read timeout from here on. But an
+    // importer whose machine vanishes without a FIN would hold the device for ever, so TCP
+    // keepalive probes it (the usbip tool sets SO_KEEPALIVE on its side too): gone after
+    // about a minute of silence from its kernel.
     let _ = stream.set_read_timeout(None);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%peer, "usbip: no TCP keepalive: {e}");
+    }
     let (Ok(mut reader), mut writer) = (stream.try_clone(), stream) else {
         return "cannot clone the socket".into();
     };

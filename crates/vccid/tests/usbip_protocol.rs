@@ -294,3 +294,45 @@ fn the_reader_outlives_importers_and_bad_input_closes_only_its_connection() {
     // Still serving.
     assert_eq!(vhci::devlist(s.addr).unwrap().len(), 12 + 312 + 4);
 }
+
+#[test]
+fn usbip_alongside_usbredir_one_card_two_readers() {
+    let data = tempfile::tempdir().unwrap();
+    let (redir, ip) = (testkit::free_port().unwrap(), testkit::free_port().unwrap());
+    let mut child = Command::new(VCCID)
+        .args([
+            "--usbredir",
+            &format!("127.0.0.1:{redir}"),
+            "--usbip",
+            &format!("127.0.0.1:{ip}"),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{ip}").parse().unwrap();
+    testkit::wait_for("both listeners", Duration::from_secs(20), || {
+        TcpStream::connect(addr).is_ok() && TcpStream::connect(("127.0.0.1", redir)).is_ok()
+    })
+    .unwrap();
+    // The USB/IP reader lists and imports ...
+    assert_eq!(vhci::devlist(addr).unwrap().len(), 12 + 312 + 4);
+    let (_, mut imp) = vhci::import(addr, "1-1").unwrap().unwrap();
+    enumerate(&mut imp);
+    // ... while the usbredir reader greets its host with a hello (type 0).
+    let mut r = TcpStream::connect(("127.0.0.1", redir)).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = [0u8; 16];
+    std::io::Read::read_exact(&mut r, &mut hello).unwrap();
+    assert_eq!(&hello[..4], &[0, 0, 0, 0]);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("usbip attach -r 127.0.0.1 -b 1-1") && printed.contains("usb-redir"),
+        "{printed}"
+    );
+}
