@@ -86,11 +86,14 @@ impl Capture {
             .spawn()
             .map_err(|e| format!("cannot start tshark: {e}"))?;
         let c = Capture { child, file, log };
+        // tshark prints "Capturing on" before dumpcap has its filter on the interface, and
+        // "Capture started." once it is capturing.
         wait_for("tshark capturing", Duration::from_secs(30), || {
             std::fs::read_to_string(&c.log)
                 .unwrap_or_default()
-                .contains("Capturing on")
+                .contains("Capture started")
         })
+        .map(|()| std::thread::sleep(Duration::from_millis(500)))
         .map_err(|e| {
             format!(
                 "{e}: {}",
@@ -100,8 +103,10 @@ impl Capture {
         Ok(c)
     }
 
-    /// Stops the capture (SIGINT, so the file is complete) and returns its path.
+    /// Stops the capture (SIGINT, so the file is complete) and returns its path. dumpcap
+    /// writes packets in batches: give it a moment to take the last ones first.
     pub fn stop(mut self) -> Result<PathBuf> {
+        std::thread::sleep(Duration::from_secs(1));
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();

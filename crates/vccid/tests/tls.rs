@@ -117,9 +117,11 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
     .unwrap();
     let file = capture.stop().unwrap();
     let raw = std::fs::read(&file).unwrap();
+    let records = testkit::tls::tls_records(&file, port).unwrap();
     assert!(
-        testkit::tls::tls_records(&file, port).unwrap() >= 6,
-        "TLS records in the capture"
+        records >= 6,
+        "{records} TLS records in the capture ({} bytes)",
+        raw.len()
     );
     assert!(!contains(&raw, b"VSCD"), "VSCard magic in the clear");
     assert!(!contains(&raw, &CAC_ATR), "the ATR in the clear");
