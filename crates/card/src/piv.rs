@@ -1,16 +1,18 @@
-//! A PIV card application (NIST SP 800-73-4 Part 2), RSA slots first: SELECT with the
+//! A PIV card application (NIST SP 800-73-4 Part 2): SELECT with the
 //! application property template; GET DATA of the CHUID, CCC, discovery object, key history
 //! and the certificate objects of slots 9A, 9C, 9D, 9E; VERIFY, CHANGE REFERENCE DATA and
 //! RESET RETRY COUNTER for the PIN and PUK with retry counters (63Cx, 6983) and PIN-always
-//! for 9C; GENERAL AUTHENTICATE for RSA-2048 private-key operations and the 3DES management
+//! for 9C; GENERAL AUTHENTICATE for RSA-2048 and ECC private-key operations and the 3DES management
 //! key's challenge-response; PUT DATA under the management key; command chaining and
 //! GET RESPONSE; and the YubiKey PIV vendor commands `yubico-piv-tool` sends right after
 //! SELECT (GET VERSION, GET SERIAL).
 //!
-//! Not yet (issue 5): ECC keys, GENERATE ASYMMETRIC KEY PAIR, IMPORT, the AES management
-//! keys, persistent state, the cac+piv profile.
+//! ECC P-256/P-384 keys (from files) sign a digest the host computed and do ECDH (tag 85).
+//!
+//! Not yet (issue 5): GENERATE ASYMMETRIC KEY PAIR, IMPORT, the AES management keys,
+//! persistent state, the cac+piv profile, ECC from PKCS#11 tokens.
 
-use crate::keystore::KeyStore;
+use crate::keystore::{EcCurve, KeyStore};
 use crate::pin::{Pin, PinStatus, PinVerify};
 use crate::{Card, Presence};
 use apdu::{ber, Command, Sw};
@@ -50,6 +52,8 @@ const DISCOVERY: u32 = 0x7E;
 /// Algorithm identifiers (SP 800-78-4 Table 6-2).
 const ALG_3DES: u8 = 0x03;
 const ALG_RSA_2048: u8 = 0x07;
+const ALG_ECC_P256: u8 = 0x11;
+const ALG_ECC_P384: u8 = 0x14;
 const MANAGEMENT_KEY: u8 = 0x9B;
 const PIN_REF: u8 = 0x80;
 const PUK_REF: u8 = 0x81;
@@ -101,7 +105,7 @@ pub enum PivError {
     #[error("{0} certificates; the PIV card has 4 slots (9A, 9C, 9D, 9E)")]
     TooMany(usize),
     /// A key the PIV card cannot use yet.
-    #[error("{label}: a {bits}-bit RSA key; the PIV card takes RSA-2048")]
+    #[error("{label}: a {bits}-bit RSA key; the PIV card takes RSA-2048, P-256 and P-384")]
     KeySize {
         /// The identity.
         label: String,
@@ -116,8 +120,8 @@ pub enum PivError {
 /// The emulated PIV card.
 pub struct PivCard {
     keys: Box<dyn KeyStore>,
-    /// Key reference → identity index in `keys`.
-    slots: Vec<(u8, usize)>,
+    /// Key reference → (identity index in `keys`, its algorithm identifier).
+    slots: Vec<(u8, usize, u8)>,
     /// Data objects by tag, the value inside the 53 wrapper (7E: the whole object).
     objects: BTreeMap<u32, Vec<u8>>,
     pin: Pin,
@@ -165,13 +169,18 @@ impl PivCard {
         let mut objects = BTreeMap::new();
         let mut slots = Vec::new();
         for (i, (id, (key_ref, object))) in ids.iter().zip(SLOTS).enumerate() {
-            if id.modulus_bits != 2048 {
-                return Err(PivError::KeySize {
-                    label: id.label.clone(),
-                    bits: id.modulus_bits,
-                });
-            }
-            slots.push((key_ref, i));
+            let alg = match id.ec_curve {
+                Some(EcCurve::P256) => ALG_ECC_P256,
+                Some(EcCurve::P384) => ALG_ECC_P384,
+                None if id.modulus_bits == 2048 => ALG_RSA_2048,
+                None => {
+                    return Err(PivError::KeySize {
+                        label: id.label.clone(),
+                        bits: id.modulus_bits,
+                    })
+                }
+            };
+            slots.push((key_ref, i, alg));
             // Certificate object: 70 certificate, 71 CertInfo (uncompressed), FE LRC.
             let mut v = tlv(0x70, &id.cert_der);
             v.extend(tlv(0x71, &[0]));
@@ -345,7 +354,7 @@ impl PivCard {
         apt.extend(tlv(0x79, &tlv(0x4F, &PIV_AID[..5])));
         apt.extend(tlv(0x50, b"vccid PIV"));
         let mut algs = Vec::new();
-        for a in [ALG_3DES, ALG_RSA_2048] {
+        for a in [ALG_3DES, ALG_RSA_2048, ALG_ECC_P256, ALG_ECC_P384] {
             algs.extend(tlv(0x80, &[a]));
         }
         algs.extend(tlv(0x06, &[0x00]));
@@ -495,16 +504,31 @@ impl PivCard {
         if cmd.p2 == MANAGEMENT_KEY {
             return self.management_auth(cmd.p1, &items);
         }
-        let Some(&(_, index)) = self.slots.iter().find(|(r, _)| *r == cmd.p2) else {
+        let Some(&(_, index, alg)) = self.slots.iter().find(|(r, _, _)| *r == cmd.p2) else {
             return Err(Sw::NOT_FOUND);
         };
-        if cmd.p1 != ALG_RSA_2048 {
+        if cmd.p1 != alg {
             return Err(Sw::INCORRECT_P1P2);
         }
-        let (Some(challenge), Some(resp)) = (items.get(&0x81), items.get(&0x82)) else {
-            return Err(Sw::INCORRECT_DATA);
+        // 81 challenge (RSA: the padded block; ECC: the digest) or 85 exponentiation (ECDH:
+        // the peer's point), each with an empty 82 asking for the response.
+        let (input, ecdh) = match (items.get(&0x81), items.get(&0x85)) {
+            (Some(c), None) => (*c, false),
+            (None, Some(p)) if alg != ALG_RSA_2048 => (*p, true),
+            _ => return Err(Sw::INCORRECT_DATA),
         };
-        if !resp.is_empty() || challenge.len() != 256 {
+        if items.get(&0x82).is_none_or(|r| !r.is_empty()) {
+            return Err(Sw::INCORRECT_DATA);
+        }
+        let field = if alg == ALG_ECC_P384 { 48 } else { 32 };
+        let size_ok = match (alg, ecdh) {
+            (ALG_RSA_2048, _) => input.len() == 256,
+            // A digest shorter than the field is signed as it is (FIPS 186-4 §6.4 truncates
+            // only longer ones); yubico-piv-tool sends SHA-256 digests to P-384 keys.
+            (_, false) => (1..=field).contains(&input.len()),
+            (_, true) => input.len() == 1 + 2 * field,
+        };
+        if !size_ok {
             return Err(Sw::INCORRECT_DATA);
         }
         // Access rules (Part 1 §3.2): 9E needs nothing, 9C the PIN right before each use,
@@ -518,7 +542,12 @@ impl PivCard {
         if cmd.p2 == 0x9C {
             self.pin_fresh = false;
         }
-        match self.keys.rsa_raw(index, challenge) {
+        let out = match (alg, ecdh) {
+            (ALG_RSA_2048, _) => self.keys.rsa_raw(index, input),
+            (_, false) => self.keys.ec_sign(index, input).map(Zeroizing::new),
+            (_, true) => self.keys.ecdh(index, input),
+        };
+        match out {
             Ok(out) => Ok(tlv(0x7C, &tlv(0x82, &out))),
             Err(e) => {
                 tracing::warn!("PIV private-key operation failed: {e}");

@@ -42,7 +42,7 @@ fn select_answers_the_application_property_template() {
     );
     assert_eq!(
         spaced(&tx(&mut c, SELECT)),
-        spaced(&h("61 27 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 50 09 76 63 63 69 64 20 50 49 56 AC 09 80 01 03 80 01 07 06 01 00 90 00"))
+        spaced(&h("61 2D 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 50 09 76 63 63 69 64 20 50 49 56 AC 0F 80 01 03 80 01 07 80 01 11 80 01 14 06 01 00 90 00"))
     );
     // Another AID: not found, and the PIV commands are refused until PIV is selected again.
     assert_eq!(
@@ -341,4 +341,113 @@ proptest::proptest! {
         let r = c.transmit(&bytes);
         proptest::prop_assert!(r.len() >= 2);
     }
+}
+
+/// A card with an RSA identity in 9A, P-256 in 9C and P-384 in 9D (files written by rcgen).
+fn ecc_card() -> (PivCard, Vec<u8>, Vec<u8>) {
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let mut files = vec![identities()[0].clone()];
+    let mut points = Vec::new();
+    for (n, alg) in [
+        (2, &rcgen::PKCS_ECDSA_P256_SHA256),
+        (3, &rcgen::PKCS_ECDSA_P384_SHA384),
+    ] {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![format!("ec{n}")])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.path().join(format!("ec{n}.crt")),
+            dir.path().join(format!("ec{n}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        files.push(crate::keystore::FileIdentity::new(c, Some(k)));
+        points.push(key.public_key_raw().to_vec());
+    }
+    let store = FileStore::open(&files).unwrap();
+    let mut c = PivCard::new(Box::new(store), &PivConfig::default()).unwrap();
+    c.power_on();
+    (c, points.remove(0), points.remove(0))
+}
+
+fn ga(c: &mut PivCard, alg: u8, key: u8, tag: u8, input: &[u8]) -> Vec<u8> {
+    let mut inner = tlv(0x82, &[]);
+    inner.extend(tlv(u32::from(tag), input));
+    let data = tlv(0x7C, &inner);
+    let mut a = vec![0x00, 0x87, alg, key, data.len() as u8];
+    a.extend_from_slice(&data);
+    a.push(0x00);
+    c.transmit(&a)
+}
+
+#[test]
+fn ecdsa_p256_and_p384_sign_digests_and_ecdh_agrees() {
+    use aws_lc_rs::{agreement, signature};
+    use sha2::Digest;
+    let (mut c, p256, p384) = ecc_card();
+    tx(&mut c, SELECT);
+    tx(&mut c, VERIFY_OK);
+    let msg = b"signed by the PIV card";
+    // P-256 in 9C (PIN-always: fresh after VERIFY), the digest computed by the host.
+    let r = ga(&mut c, 0x11, 0x9C, 0x81, &sha2::Sha256::digest(msg));
+    assert_eq!(sw(&r), "90 00");
+    let (t, _) = ber::parse_one(&r[..r.len() - 2]).unwrap();
+    let sig = ber::find(t.value, 0x82).unwrap();
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &p256)
+        .verify(msg, sig)
+        .expect("P-256 signature verifies");
+    // P-384 in 9D.
+    let r = ga(&mut c, 0x14, 0x9D, 0x81, &sha2::Sha384::digest(msg));
+    let (t, _) = ber::parse_one(&r[..r.len() - 2]).unwrap();
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_ASN1, &p384)
+        .verify(msg, ber::find(t.value, 0x82).unwrap())
+        .expect("P-384 signature verifies");
+    // ECDH with 9D: the card's shared secret equals ours.
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P384, &rng).unwrap();
+    let ours = eph.compute_public_key().unwrap();
+    let r = ga(&mut c, 0x14, 0x9D, 0x85, ours.as_ref());
+    assert_eq!(sw(&r), "90 00");
+    let (t, _) = ber::parse_one(&r[..r.len() - 2]).unwrap();
+    let card_secret = ber::find(t.value, 0x82).unwrap().to_vec();
+    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P384, &p384);
+    let host_secret =
+        agreement::agree_ephemeral(eph, peer, (), |k| Ok::<_, ()>(k.to_vec())).unwrap();
+    assert_eq!(card_secret, host_secret);
+    // Wrong sizes, a point off the curve, ECDH on an RSA slot, the wrong algorithm: status
+    // words.
+    assert_eq!(sw(&ga(&mut c, 0x14, 0x9D, 0x81, &[0u8; 49])), "6A 80");
+    // A digest shorter than the field (SHA-256 on P-384) is signed as it is.
+    let r = ga(&mut c, 0x14, 0x9D, 0x81, &sha2::Sha256::digest(msg));
+    let (t, _) = ber::parse_one(&r[..r.len() - 2]).unwrap();
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA256_ASN1, &p384)
+        .verify(msg, ber::find(t.value, 0x82).unwrap())
+        .expect("SHA-256 digest signed with P-384 verifies");
+    let mut bad = ours.as_ref().to_vec();
+    bad[10] ^= 0x55;
+    assert_eq!(sw(&ga(&mut c, 0x14, 0x9D, 0x85, &bad)), "6F 00");
+    assert_eq!(sw(&ga(&mut c, 0x11, 0x9D, 0x81, &[0u8; 32])), "6A 86");
+    assert_eq!(sw(&ga(&mut c, 0x07, 0x9A, 0x85, &[4u8; 65])), "6A 80");
+    // 9C again without a fresh VERIFY.
+    assert_eq!(sw(&ga(&mut c, 0x11, 0x9C, 0x81, &[1u8; 32])), "69 82");
+}
+
+#[test]
+fn the_cac_card_refuses_ec_keys() {
+    let (_, _, _) = ecc_card();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ec".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.path().join("ec.crt"), dir.path().join("ec.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let store = FileStore::open(&[crate::keystore::FileIdentity::new(c, Some(k))]).unwrap();
+    let e =
+        crate::cac::CacCard::new(Box::new(store), &crate::cac::CacConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("RSA-only"), "{e}");
 }

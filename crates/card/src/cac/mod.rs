@@ -112,6 +112,9 @@ pub enum CacError {
     /// No identities.
     #[error("the key store holds no certificate; the CAC card needs at least one")]
     NoIdentities,
+    /// An EC key: the CAC card's algorithm byte is RSA only.
+    #[error("{0}: an EC key; the CAC card is RSA-only (use profile=piv)")]
+    NotRsa(String),
     /// More identities than PKI applets.
     #[error("{0} certificates; the CAC card holds at most {max}", max = applets::MAX_PKI)]
     TooMany(usize),
@@ -126,6 +129,9 @@ impl CacCard {
         }
         if ids.len() > applets::MAX_PKI {
             return Err(CacError::TooMany(ids.len()));
+        }
+        if let Some(id) = ids.iter().find(|i| i.ec_curve.is_some()) {
+            return Err(CacError::NotRsa(id.label.clone()));
         }
         let mut list: Vec<Applet> = ids
             .iter()

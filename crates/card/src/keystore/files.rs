@@ -2,8 +2,9 @@
 //! PKCS#8 ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY"); or PKCS#12 (.p12/.pfx) files holding
 //! both.
 
+use super::rawec::RawEc;
 use super::rawrsa::RawRsa;
-use super::{Identity, KeyError, KeyStore};
+use super::{ec_public_key, Identity, KeyError, KeyStore};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -39,10 +40,16 @@ impl FileIdentity {
     }
 }
 
+/// A private key from a file.
+enum Key {
+    Rsa(RawRsa),
+    Ec(RawEc),
+}
+
 /// A key store over files; keys are read once into AWS-LC and zeroised when dropped.
 pub struct FileStore {
     identities: Vec<Identity>,
-    keys: Vec<RawRsa>,
+    keys: Vec<Key>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -101,7 +108,7 @@ fn load_cert(path: &Path) -> Result<Vec<u8>, KeyError> {
     }
 }
 
-fn load_key(path: &Path) -> Result<RawRsa, KeyError> {
+fn load_key(path: &Path) -> Result<Key, KeyError> {
     let bytes = read(path)?;
     let der = match std::str::from_utf8(&bytes) {
         Ok(text) if text.contains("-----BEGIN ") => {
@@ -114,13 +121,27 @@ fn load_key(path: &Path) -> Result<RawRsa, KeyError> {
             }
             blocks
                 .into_iter()
-                .find(|(l, _)| l == "PRIVATE KEY" || l == "RSA PRIVATE KEY")
+                .find(|(l, _)| {
+                    l == "PRIVATE KEY" || l == "RSA PRIVATE KEY" || l == "EC PRIVATE KEY"
+                })
                 .map(|(_, d)| d)
-                .ok_or_else(|| file_err(path, "no PRIVATE KEY or RSA PRIVATE KEY block"))?
+                .ok_or_else(|| {
+                    file_err(
+                        path,
+                        "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
+                    )
+                })?
         }
         _ => bytes,
     };
-    RawRsa::from_der(&der).map_err(|e| file_err(path, e))
+    match RawRsa::from_der(&der) {
+        Ok(k) => Ok(Key::Rsa(k)),
+        Err(rsa_why) => match RawEc::from_der(&der) {
+            Ok(k) => Ok(Key::Ec(k)),
+            Err(ec_why) if ec_why.contains("not an EC key") => Err(file_err(path, rsa_why)),
+            Err(ec_why) => Err(file_err(path, ec_why)),
+        },
+    }
 }
 
 impl FileStore {
@@ -140,7 +161,7 @@ impl FileStore {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 identities.push(Identity::from_cert(label, cert)?);
-                keys.push(key);
+                keys.push(Key::Rsa(key));
                 continue;
             }
             let cert = load_cert(&f.cert)?;
@@ -149,10 +170,15 @@ impl FileStore {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let id = Identity::from_cert(label, cert)?;
+            let id = Identity::from_cert_rsa_or_ec(label, cert)?;
             let key_path = f.key.as_deref().unwrap_or(&f.cert);
             let key = load_key(key_path)?;
-            if !cert_has_modulus(&id.cert_der, &key.modulus()) {
+            let matches = match &key {
+                Key::Rsa(k) => cert_has_modulus(&id.cert_der, &k.modulus()),
+                Key::Ec(k) => ec_public_key(&id.cert_der)
+                    .is_ok_and(|(c, point)| c == k.curve() && point == k.public_point()),
+            };
+            if !matches {
                 return Err(file_err(
                     key_path,
                     format!(
@@ -178,11 +204,25 @@ impl KeyStore for FileStore {
         &self.identities
     }
     fn rsa_raw(&mut self, index: usize, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let key = self
-            .keys
-            .get(index)
-            .ok_or_else(|| KeyError::NotFound(format!("no key {index}")))?;
-        key.private_raw(input)
+        match self.keys.get(index) {
+            Some(Key::Rsa(k)) => k.private_raw(input),
+            Some(Key::Ec(_)) => Err(KeyError::BadInput(format!("key {index} is not RSA"))),
+            None => Err(KeyError::NotFound(format!("no key {index}"))),
+        }
+    }
+    fn ec_sign(&mut self, index: usize, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match self.keys.get(index) {
+            Some(Key::Ec(k)) => k.sign_digest(digest),
+            Some(Key::Rsa(_)) => Err(KeyError::BadInput(format!("key {index} is not EC"))),
+            None => Err(KeyError::NotFound(format!("no key {index}"))),
+        }
+    }
+    fn ecdh(&mut self, index: usize, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        match self.keys.get(index) {
+            Some(Key::Ec(k)) => k.ecdh(peer),
+            Some(Key::Rsa(_)) => Err(KeyError::BadInput(format!("key {index} is not EC"))),
+            None => Err(KeyError::NotFound(format!("no key {index}"))),
+        }
     }
 }
 

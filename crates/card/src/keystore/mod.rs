@@ -1,9 +1,11 @@
 //! Where the card's keys live. Applets reach keys only through [`KeyStore`] (DESIGN.md), and a
-//! private key never leaves its store: the store performs the raw RSA operation itself.
+//! private key never leaves its store: the store performs the raw RSA operation, ECDSA over a
+//! digest and ECDH itself.
 
 mod default;
 mod files;
 mod pkcs11;
+mod rawec;
 mod rawrsa;
 
 pub use default::{default_data_dir, write_atomic, DefaultIdentities};
@@ -20,8 +22,64 @@ pub struct Identity {
     pub label: String,
     /// The X.509 certificate, DER.
     pub cert_der: Vec<u8>,
-    /// Modulus size of the RSA key, in bits.
+    /// Modulus size of the RSA key, in bits (0 for an EC key).
     pub modulus_bits: usize,
+    /// The curve of an EC key; `None` for RSA.
+    pub ec_curve: Option<EcCurve>,
+}
+
+/// The elliptic curves a key may be on (SP 800-78-4 Table 3-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcCurve {
+    /// NIST P-256 (prime256v1).
+    P256,
+    /// NIST P-384 (secp384r1).
+    P384,
+}
+
+impl EcCurve {
+    /// Bytes of a field element (and of an ECDH shared secret).
+    pub fn field_len(self) -> usize {
+        match self {
+            EcCurve::P256 => 32,
+            EcCurve::P384 => 48,
+        }
+    }
+}
+
+/// The curve and the uncompressed public point of a DER certificate's EC key (RFC 5480).
+pub fn ec_public_key(cert_der: &[u8]) -> Result<(EcCurve, Vec<u8>), String> {
+    use der::Decode;
+    const EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    const P256: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+    const P384: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    if spki.algorithm.oid != EC_PUBLIC_KEY {
+        return Err(format!(
+            "key algorithm {} is neither RSA nor EC",
+            spki.algorithm.oid
+        ));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok());
+    let curve = match curve {
+        Some(c) if c == P256 => EcCurve::P256,
+        Some(c) if c == P384 => EcCurve::P384,
+        other => return Err(format!("EC curve {other:?} is neither P-256 nor P-384")),
+    };
+    let point = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bit string has unused bits")?;
+    Ok((curve, point.to_vec()))
 }
 
 impl Identity {
@@ -36,6 +94,32 @@ impl Identity {
             label,
             cert_der,
             modulus_bits,
+            ec_curve: None,
+        })
+    }
+    /// Builds an identity from a DER certificate with an RSA or an EC (P-256, P-384) key.
+    pub fn from_cert_rsa_or_ec(
+        label: impl Into<String>,
+        cert_der: Vec<u8>,
+    ) -> Result<Self, KeyError> {
+        let label = label.into();
+        if let Ok(modulus_bits) = rsa_modulus_bits(&cert_der) {
+            return Ok(Identity {
+                label,
+                cert_der,
+                modulus_bits,
+                ec_curve: None,
+            });
+        }
+        let (curve, _) = ec_public_key(&cert_der).map_err(|why| KeyError::Certificate {
+            label: label.clone(),
+            why,
+        })?;
+        Ok(Identity {
+            label,
+            cert_der,
+            modulus_bits: 0,
+            ec_curve: Some(curve),
         })
     }
     /// Modulus size in bytes: the exact input and output length of the raw operation.
@@ -75,6 +159,9 @@ pub enum KeyError {
     /// A configured name (nickname, label, id) matched nothing.
     #[error("{0}")]
     NotFound(String),
+    /// This store has no such operation (EC keys live in files for now).
+    #[error("this key store does not do {0}")]
+    Unsupported(&'static str),
 }
 
 /// Certificates and the raw RSA private-key operation on their keys.
@@ -84,6 +171,17 @@ pub trait KeyStore: Send {
     /// `input^d mod n` with the key of identity `index`; `input` is exactly the modulus length.
     /// Implementations are constant-time (AWS-LC, or the token).
     fn rsa_raw(&mut self, index: usize, input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+    /// An ECDSA signature (DER) of `digest` with the EC key of identity `index`.
+    fn ec_sign(&mut self, index: usize, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let _ = (index, digest);
+        Err(KeyError::Unsupported("ECDSA"))
+    }
+    /// ECDH with the EC key of identity `index` and the peer's uncompressed point: the shared
+    /// X coordinate.
+    fn ecdh(&mut self, index: usize, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let _ = (index, peer);
+        Err(KeyError::Unsupported("ECDH"))
+    }
 }
 
 /// The RSA modulus size in bits of a DER certificate's subject public key (RFC 5280 §4.1,
