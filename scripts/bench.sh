@@ -43,6 +43,8 @@ if [ -z "${BENCH_IN_NS:-}" ]; then
   echo "== in-process: libcacard's card (same NSS database)"
   "$W/libcacard_card" bench "$W/nss"
   echo "openssl: $(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {printf "RSA-2048 sign %.3f ms/op", $4*1000}')"
+  echo "== PIV ECDSA P-256 through GENERAL AUTHENTICATE, beside openssl speed ecdsap256"
+  cargo bench -q -p card --bench piv 2>/dev/null | tail -1
   # The vpcd link alone (no pcscd): a fake vpcd times round trips to each card, all on CPU 0
   # (on this VM, wake-ups across the two vCPUs add 100-300 µs of noise per round trip).
   echo "== vpcd transport alone (bench/fake_vpcd.py, pinned to CPU 0)"
