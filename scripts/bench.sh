@@ -7,14 +7,14 @@
 #  2. through one private pcscd + vpcd: APDU round trips of vccid against a card that answers
 #     instantly; then vccid and libcacard on the same NSS database side by side: round trips,
 #     whole-process `pkcs15-tool -D` and `pkcs11-tool --sign`; vccid's idle RSS and its time
-#     from start to card present.
+#     from start to card present; PIV: yubico-piv-tool -a status vs pkcs15-tool -D (CAC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 W=${BENCH_WORK:-$(mktemp -d)}
 export BENCH_WORK=$W
 if [ -z "${BENCH_IN_NS:-}" ]; then
-  need=(pcscd vsmartcard-vpcd opensc libnss3-tools softhsm2 libcacard-dev pkgconf gcc iproute2)
+  need=(pcscd vsmartcard-vpcd opensc libnss3-tools softhsm2 libcacard-dev pkgconf gcc iproute2 yubico-piv-tool)
   missing=(); for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   [ "${#missing[@]}" -eq 0 ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
   cargo build -q --release -p vccid -p vpcd --examples --bins
@@ -128,3 +128,15 @@ sleep 2
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 h0=$(ticks $HPID); c0=$(ticks $CPID); sleep 5; h1=$(ticks $HPID); c1=$(ticks $CPID)
 echo "idle 5 s (stdin closed, card in pcscd): vccid --card passthru $((h1 - h0)) CPU ticks, RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$HPID/status); vscclient $((c1 - c0)) ticks, RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$CPID/status) (100 ticks = 1 CPU-second)"
+# PIV: yubico-piv-tool -a status on the PIV profile against pkcs15-tool -D on the CAC profile
+# (issue 5's target: no slower), same default identities, alternating, 25 each.
+kill "$HPID" "$CPID" 2>/dev/null || true
+absent 0
+"$VCCID" --data-dir "$W/data" --vpcd 127.0.0.1:35963 >"$W/vccid-cac.log" 2>&1 & PIDS+=($!)
+"$VCCID" --data-dir "$W/data" --vpcd 127.0.0.1:35964 --card emulated,profile=piv >"$W/vccid-piv.log" 2>&1 & PIDS+=($!)
+present 0; present 1
+C=(); Y=()
+for _ in $(seq 25); do
+  C+=("$(ms pkcs15-tool --reader 0 -D)"); Y+=("$(ms yubico-piv-tool -r "Virtual PCD 00 01" -a status)")
+done
+echo "median of 25: yubico-piv-tool -a status (PIV profile) $(median "${Y[@]}") ms, pkcs15-tool -D (CAC profile) $(median "${C[@]}") ms"
