@@ -2,7 +2,7 @@
 //! PKCS#8 ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY"); or PKCS#12 (.p12/.pfx) files holding
 //! both.
 
-use super::rawec::RawEc;
+use super::privkey::PrivateKey as Key;
 use super::rawrsa::RawRsa;
 use super::{ec_public_key, Identity, KeyError, KeyStore};
 use std::path::{Path, PathBuf};
@@ -38,12 +38,6 @@ impl FileIdentity {
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
     }
-}
-
-/// A private key from a file.
-enum Key {
-    Rsa(RawRsa),
-    Ec(RawEc),
 }
 
 /// A key store over files; keys are read once into AWS-LC and zeroised when dropped.
@@ -134,14 +128,7 @@ fn load_key(path: &Path) -> Result<Key, KeyError> {
         }
         _ => bytes,
     };
-    match RawRsa::from_der(&der) {
-        Ok(k) => Ok(Key::Rsa(k)),
-        Err(rsa_why) => match RawEc::from_der(&der) {
-            Ok(k) => Ok(Key::Ec(k)),
-            Err(ec_why) if ec_why.contains("not an EC key") => Err(file_err(path, rsa_why)),
-            Err(ec_why) => Err(file_err(path, ec_why)),
-        },
-    }
+    Key::from_der(&der).map_err(|e| file_err(path, e))
 }
 
 impl FileStore {

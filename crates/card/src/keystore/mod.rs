@@ -5,6 +5,7 @@
 mod default;
 mod files;
 mod pkcs11;
+mod privkey;
 mod rawec;
 mod rawrsa;
 
@@ -49,16 +50,26 @@ impl EcCurve {
 
 /// The curve and the uncompressed public point of a DER certificate's EC key (RFC 5480).
 pub fn ec_public_key(cert_der: &[u8]) -> Result<(EcCurve, Vec<u8>), String> {
+    ec_key_of(&cert_spki(cert_der)?)
+}
+
+/// The subject public key of a DER certificate (RFC 5280 §4.1).
+fn cert_spki(cert_der: &[u8]) -> Result<x509_cert::spki::SubjectPublicKeyInfoOwned, String> {
     use der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    Ok(cert.tbs_certificate().subject_public_key_info().clone())
+}
+
+fn ec_key_of(
+    spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
+) -> Result<(EcCurve, Vec<u8>), String> {
     const EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
     const P256: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
     const P384: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
-    let cert = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
-    let spki = cert.tbs_certificate().subject_public_key_info();
     if spki.algorithm.oid != EC_PUBLIC_KEY {
         return Err(format!(
             "key algorithm {} is neither RSA nor EC",
@@ -103,7 +114,12 @@ impl Identity {
         cert_der: Vec<u8>,
     ) -> Result<Self, KeyError> {
         let label = label.into();
-        if let Ok(modulus_bits) = rsa_modulus_bits(&cert_der) {
+        let err = |why| KeyError::Certificate {
+            label: label.clone(),
+            why,
+        };
+        let spki = cert_spki(&cert_der).map_err(err)?;
+        if let Ok(modulus_bits) = rsa_bits_of(&spki) {
             return Ok(Identity {
                 label,
                 cert_der,
@@ -111,10 +127,7 @@ impl Identity {
                 ec_curve: None,
             });
         }
-        let (curve, _) = ec_public_key(&cert_der).map_err(|why| KeyError::Certificate {
-            label: label.clone(),
-            why,
-        })?;
+        let (curve, _) = ec_key_of(&spki).map_err(err)?;
         Ok(Identity {
             label,
             cert_der,
@@ -187,10 +200,10 @@ pub trait KeyStore: Send {
 /// The RSA modulus size in bits of a DER certificate's subject public key (RFC 5280 §4.1,
 /// RFC 8017 A.1.1). Errors for anything but an RSA key.
 pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
-    use der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
-    let spki = &cert.tbs_certificate().subject_public_key_info();
+    rsa_bits_of(&cert_spki(cert_der)?)
+}
+
+fn rsa_bits_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<usize, String> {
     const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
     if spki.algorithm.oid != RSA_ENCRYPTION {

@@ -19,35 +19,26 @@ unsafe impl Send for RawEc {}
 unsafe impl Sync for RawEc {}
 
 impl RawEc {
-    /// Parses a PKCS#8 PrivateKeyInfo or a SEC 1 ECPrivateKey (DER) on P-256 or P-384.
-    pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
-        let len = i64::try_from(der.len()).map_err(|_| "key too large")?;
-        let mut p = der.as_ptr();
-        // SAFETY: `p` points to `len` readable bytes; d2i advances a copy of it; every object
-        // obtained is checked for null and freed exactly once.
-        unsafe {
-            let pkey = aws_lc_sys::d2i_AutoPrivateKey(std::ptr::null_mut(), &mut p, len as _);
-            if pkey.is_null() {
-                aws_lc_sys::ERR_clear_error();
-                return Err("not a DER PKCS#8 or SEC 1 private key".into());
+    /// Takes ownership of one reference to an AWS-LC EC key (from `EVP_PKEY_get1_EC_KEY`);
+    /// keys on curves other than P-256 and P-384 are refused (and freed).
+    ///
+    /// # Safety
+    /// `key` is a valid EC_KEY whose reference the caller gives up.
+    pub(crate) unsafe fn from_owned(key: NonNull<aws_lc_sys::EC_KEY>) -> Result<Self, String> {
+        // SAFETY: the group is borrowed from the valid key the caller handed over.
+        let nid = unsafe {
+            aws_lc_sys::EC_GROUP_get_curve_name(aws_lc_sys::EC_KEY_get0_group(key.as_ptr()))
+        };
+        let curve = match nid {
+            aws_lc_sys::NID_X9_62_prime256v1 => EcCurve::P256,
+            aws_lc_sys::NID_secp384r1 => EcCurve::P384,
+            _ => {
+                // SAFETY: we own this reference and drop it exactly once.
+                unsafe { aws_lc_sys::EC_KEY_free(key.as_ptr()) };
+                return Err("the EC key is on neither P-256 nor P-384".into());
             }
-            let ec = aws_lc_sys::EVP_PKEY_get1_EC_KEY(pkey);
-            aws_lc_sys::EVP_PKEY_free(pkey);
-            let Some(key) = NonNull::new(ec) else {
-                aws_lc_sys::ERR_clear_error();
-                return Err("the private key is not an EC key".into());
-            };
-            let nid = aws_lc_sys::EC_GROUP_get_curve_name(aws_lc_sys::EC_KEY_get0_group(ec));
-            let curve = match nid {
-                aws_lc_sys::NID_X9_62_prime256v1 => EcCurve::P256,
-                aws_lc_sys::NID_secp384r1 => EcCurve::P384,
-                _ => {
-                    aws_lc_sys::EC_KEY_free(ec);
-                    return Err("the EC key is on neither P-256 nor P-384".into());
-                }
-            };
-            Ok(RawEc { key, curve })
-        }
+        };
+        Ok(RawEc { key, curve })
     }
 
     /// The curve.

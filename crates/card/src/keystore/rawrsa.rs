@@ -19,28 +19,12 @@ unsafe impl Send for RawRsa {}
 unsafe impl Sync for RawRsa {}
 
 impl RawRsa {
-    /// Parses a PKCS#8 PrivateKeyInfo or a PKCS#1 RSAPrivateKey (DER).
-    pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
-        let len = i64::try_from(der.len()).map_err(|_| "key too large")?;
-        let mut p = der.as_ptr();
-        // SAFETY: `p` points to `len` readable bytes; d2i advances a copy of it; a null result
-        // is checked before use, and every object we obtain is freed exactly once.
-        unsafe {
-            let pkey = aws_lc_sys::d2i_AutoPrivateKey(std::ptr::null_mut(), &mut p, len as _);
-            if pkey.is_null() {
-                aws_lc_sys::ERR_clear_error();
-                return Err("not a DER PKCS#8 or PKCS#1 private key".into());
-            }
-            let rsa = aws_lc_sys::EVP_PKEY_get1_RSA(pkey);
-            aws_lc_sys::EVP_PKEY_free(pkey);
-            match NonNull::new(rsa) {
-                Some(rsa) => Ok(RawRsa { rsa }),
-                None => {
-                    aws_lc_sys::ERR_clear_error();
-                    Err("the private key is not an RSA key".into())
-                }
-            }
-        }
+    /// Takes ownership of one reference to an AWS-LC RSA key (from `EVP_PKEY_get1_RSA`).
+    ///
+    /// # Safety
+    /// `rsa` is a valid RSA object whose reference the caller gives up.
+    pub(crate) unsafe fn from_owned(rsa: NonNull<aws_lc_sys::RSA>) -> Self {
+        RawRsa { rsa }
     }
 
     /// Opens a PKCS#12 file (PFX, RFC 7292) with its password; returns the key and the DER
@@ -164,7 +148,7 @@ impl Drop for RawRsa {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::privkey::PrivateKey;
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::KeyPair as _;
 
@@ -172,7 +156,9 @@ mod tests {
     fn raw_private_then_public_round_trips() {
         let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let der = kp.as_der().unwrap();
-        let key = RawRsa::from_der(der.as_ref()).unwrap();
+        let Ok(PrivateKey::Rsa(key)) = PrivateKey::from_der(der.as_ref()) else {
+            panic!("an RSA key")
+        };
         assert_eq!(key.modulus_len(), 256);
         let msg = b"vccid raw RSA";
         let block = super::super::testutil::pkcs1_sha256_block(msg, 256);
@@ -187,6 +173,6 @@ mod tests {
         assert!(key.private_raw(&block[1..]).is_err());
         assert!(key.private_raw(&[0xFF; 256]).is_err());
         assert_eq!(key.modulus().len(), 256);
-        assert!(RawRsa::from_der(b"junk").is_err());
+        assert!(PrivateKey::from_der(b"junk").is_err());
     }
 }
