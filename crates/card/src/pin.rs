@@ -38,6 +38,24 @@ impl Pin {
             tries_left: max_tries,
         }
     }
+    /// A PIN as saved: its value, maximum and remaining tries (clamped to 1..15 and ≤ max).
+    pub fn restore(value: &[u8], max_tries: u8, tries_left: u8) -> Self {
+        let mut p = Pin::new(value, max_tries);
+        p.tries_left = tries_left.min(p.max_tries);
+        p
+    }
+    /// The value (for a card's state file).
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+    /// Tries before blocking.
+    pub fn max_tries(&self) -> u8 {
+        self.max_tries
+    }
+    /// Tries left (0: blocked).
+    pub fn tries_left(&self) -> u8 {
+        self.tries_left
+    }
     /// Tries left, or blocked.
     pub fn status(&self) -> PinStatus {
         match self.tries_left {

@@ -2,6 +2,7 @@
 //! private key never leaves its store: the store performs the raw RSA operation, ECDSA over a
 //! digest and ECDH itself.
 
+mod cardkey;
 mod default;
 mod files;
 mod pkcs11;
@@ -9,6 +10,7 @@ mod privkey;
 mod rawec;
 mod rawrsa;
 
+pub use cardkey::{CardKey, KeyKind, PublicKey};
 pub use default::{default_data_dir, write_atomic, DefaultIdentities};
 pub use files::{FileIdentity, FileStore};
 pub use pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
@@ -201,6 +203,26 @@ pub trait KeyStore: Send {
 /// RFC 8017 A.1.1). Errors for anything but an RSA key.
 pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
     rsa_bits_of(&cert_spki(cert_der)?)
+}
+
+/// The RSA public key (modulus, exponent) of a DER certificate.
+pub fn rsa_public_key(cert_der: &[u8]) -> Result<PublicKey, String> {
+    let spki = cert_spki(cert_der)?;
+    rsa_bits_of(&spki)?;
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bit string has unused bits")?;
+    let (seq, _) = apdu::ber::parse_one(key).map_err(|e| format!("RSAPublicKey: {e}"))?;
+    let mut ints = apdu::ber::iter(seq.value).filter_map(Result::ok);
+    let (Some(n), Some(e)) = (ints.next(), ints.next()) else {
+        return Err("RSAPublicKey is not SEQUENCE { n, e }".into());
+    };
+    let strip = |v: &[u8]| v[v.iter().take_while(|b| **b == 0).count()..].to_vec();
+    Ok(PublicKey::Rsa {
+        modulus: strip(n.value),
+        exponent: strip(e.value),
+    })
 }
 
 fn rsa_bits_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<usize, String> {

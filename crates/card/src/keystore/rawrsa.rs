@@ -123,6 +123,21 @@ impl RawRsa {
         Ok(out)
     }
 
+    /// The public exponent, big-endian without leading zeros.
+    pub(crate) fn exponent(&self) -> Vec<u8> {
+        // SAFETY: RSA_get0_e returns a borrowed BIGNUM owned by the key (or null); BN_bn2bin
+        // writes BN_num_bytes bytes, the size of the buffer.
+        unsafe {
+            let e = aws_lc_sys::RSA_get0_e(self.rsa.as_ptr());
+            if e.is_null() {
+                return Vec::new();
+            }
+            let mut out = vec![0u8; aws_lc_sys::BN_num_bytes(e) as usize];
+            aws_lc_sys::BN_bn2bin(e, out.as_mut_ptr());
+            out
+        }
+    }
+
     /// The public modulus, big-endian, to match a key to its certificate.
     pub(crate) fn modulus(&self) -> Vec<u8> {
         let k = self.modulus_len();

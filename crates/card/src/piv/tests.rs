@@ -6,7 +6,7 @@ use crate::keystore::{DefaultIdentities, FileStore};
 use apdu::hex::{h, spaced};
 use std::sync::OnceLock;
 
-fn identities() -> &'static Vec<crate::keystore::FileIdentity> {
+pub(super) fn identities() -> &'static Vec<crate::keystore::FileIdentity> {
     static IDS: OnceLock<Vec<crate::keystore::FileIdentity>> = OnceLock::new();
     IDS.get_or_init(|| {
         let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
@@ -14,24 +14,24 @@ fn identities() -> &'static Vec<crate::keystore::FileIdentity> {
     })
 }
 
-fn card() -> PivCard {
+pub(super) fn card() -> PivCard {
     let store = FileStore::open(identities()).unwrap();
     let mut c = PivCard::new(Box::new(store), &PivConfig::default()).unwrap();
     c.power_on();
     c
 }
 
-fn tx(c: &mut PivCard, cmd: &str) -> Vec<u8> {
+pub(super) fn tx(c: &mut PivCard, cmd: &str) -> Vec<u8> {
     c.transmit(&h(cmd))
 }
 
-fn sw(r: &[u8]) -> String {
+pub(super) fn sw(r: &[u8]) -> String {
     spaced(&r[r.len() - 2..])
 }
 
-const SELECT: &str = "00 A4 04 00 09 A0 00 00 03 08 00 00 10 00";
-const VERIFY_OK: &str = "00 20 00 80 08 31 32 33 34 35 36 FF FF";
-const VERIFY_BAD: &str = "00 20 00 80 08 31 31 31 31 31 31 FF FF";
+pub(super) const SELECT: &str = "00 A4 04 00 09 A0 00 00 03 08 00 00 10 00";
+pub(super) const VERIFY_OK: &str = "00 20 00 80 08 31 32 33 34 35 36 FF FF";
+pub(super) const VERIFY_BAD: &str = "00 20 00 80 08 31 31 31 31 31 31 FF FF";
 
 #[test]
 fn select_answers_the_application_property_template() {
@@ -42,7 +42,7 @@ fn select_answers_the_application_property_template() {
     );
     assert_eq!(
         spaced(&tx(&mut c, SELECT)),
-        spaced(&h("61 2D 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 50 09 76 63 63 69 64 20 50 49 56 AC 0F 80 01 03 80 01 07 80 01 11 80 01 14 06 01 00 90 00"))
+        spaced(&h("61 36 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 50 09 76 63 63 69 64 20 50 49 56 AC 18 80 01 03 80 01 08 80 01 0A 80 01 0C 80 01 07 80 01 11 80 01 14 06 01 00 90 00"))
     );
     // Another AID: not found, and the PIV commands are refused until PIV is selected again.
     assert_eq!(
@@ -61,7 +61,25 @@ fn yubico_vendor_commands_version_and_serial() {
     let s = tx(&mut c, "00 F8 00 00");
     assert_eq!(s.len(), 6);
     assert_eq!(u32::from_be_bytes(s[..4].try_into().unwrap()), c.serial());
-    assert_eq!(sw(&tx(&mut c, "00 F7 00 9A")), "6D 00");
+    // METADATA of 9A (an RSA-2048 key from the store): algorithm, PIN once / touch never,
+    // imported, then the public key 04 { 81 n 82 e }.
+    let m = tx(&mut c, "00 F7 00 9A 00");
+    assert_eq!(
+        spaced(&m[..16]),
+        "01 01 07 02 02 02 01 03 01 02 04 82 01 09 81 82"
+    );
+    assert_eq!(sw(&m), "61 17");
+    let rest = tx(&mut c, "00 C0 00 00 17");
+    assert_eq!(spaced(&rest[rest.len() - 7..]), "82 03 01 00 01 90 00");
+    assert_eq!(
+        spaced(&tx(&mut c, "00 F7 00 80 00")),
+        "01 01 FF 05 01 01 06 02 03 03 90 00"
+    );
+    assert_eq!(
+        spaced(&tx(&mut c, "00 F7 00 9B 00")),
+        "01 01 03 02 02 00 01 05 01 01 90 00"
+    );
+    assert_eq!(sw(&tx(&mut c, "00 F7 00 95 00")), "6A 88");
 }
 
 #[test]
@@ -174,7 +192,7 @@ fn pin_counter_change_block_and_unblock_with_the_puk() {
 }
 
 /// GENERAL AUTHENTICATE with a 256-byte block, chained as yubico-piv-tool sends it.
-fn sign(c: &mut PivCard, key: u8, block: &[u8]) -> Vec<u8> {
+pub(super) fn sign(c: &mut PivCard, key: u8, block: &[u8]) -> Vec<u8> {
     let mut inner = tlv(0x82, &[]);
     inner.extend(tlv(0x81, block));
     let data = tlv(0x7C, &inner);
@@ -235,7 +253,7 @@ fn general_authenticate_signs_with_the_pin_rules_of_each_slot() {
     assert_eq!(sw(&sign(&mut c, 0x9D, &block)), "90 00");
 }
 
-fn tdes(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
+pub(super) fn tdes(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
     use des::cipher::{BlockCipherDecrypt, KeyInit};
     let c = des::TdesEde3::new_from_slice(key).unwrap();
     let mut b = des::cipher::Block::<des::TdesEde3>::default();
@@ -244,7 +262,7 @@ fn tdes(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
     b.to_vec()
 }
 
-fn tdes_enc(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
+pub(super) fn tdes_enc(key: &[u8; 24], block: &[u8]) -> Vec<u8> {
     use des::cipher::{BlockCipherEncrypt, KeyInit};
     let c = des::TdesEde3::new_from_slice(key).unwrap();
     let mut b = des::cipher::Block::<des::TdesEde3>::default();
@@ -344,7 +362,7 @@ proptest::proptest! {
 }
 
 /// A card with an RSA identity in 9A, P-256 in 9C and P-384 in 9D (files written by rcgen).
-fn ecc_card() -> (PivCard, Vec<u8>, Vec<u8>) {
+pub(super) fn ecc_card() -> (PivCard, Vec<u8>, Vec<u8>) {
     let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
     let mut files = vec![identities()[0].clone()];
     let mut points = Vec::new();
@@ -372,7 +390,7 @@ fn ecc_card() -> (PivCard, Vec<u8>, Vec<u8>) {
     (c, points.remove(0), points.remove(0))
 }
 
-fn ga(c: &mut PivCard, alg: u8, key: u8, tag: u8, input: &[u8]) -> Vec<u8> {
+pub(super) fn ga(c: &mut PivCard, alg: u8, key: u8, tag: u8, input: &[u8]) -> Vec<u8> {
     let mut inner = tlv(0x82, &[]);
     inner.extend(tlv(u32::from(tag), input));
     let data = tlv(0x7C, &inner);

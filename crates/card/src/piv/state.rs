@@ -1,0 +1,273 @@
+//! The PIV card's persistent state: what a real card keeps in its EEPROM across power cycles.
+//! Keys generated or imported on the card, data objects written with PUT DATA, the PIN, PUK
+//! and management key with their retry counters.
+//!
+//! The file is JSON with a format name and a version, written atomically (temporary file,
+//! fsync, rename) with mode 0600, because it holds the PIN and private keys. Version 1 is
+//! the only one so far; a file of a newer version, of another card, or that fails to parse is
+//! reported with its path and left as it is: the card does not start.
+
+use super::mgmt::ManagementKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// The `format` field of every version.
+pub const FORMAT: &str = "vccid PIV card state";
+/// The version this code writes.
+pub const VERSION: u32 = 1;
+/// The largest state file read (24 certificates of 16 KiB, hex-encoded, with room).
+const MAX_FILE: u64 = 2 * 1024 * 1024;
+
+/// A PIN or PUK: its padded value and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinState {
+    /// The 8-byte value, FF-padded.
+    pub value: Zeroizing<Vec<u8>>,
+    /// Tries before blocking.
+    pub tries: u8,
+    /// Tries left.
+    pub left: u8,
+}
+
+/// A key the card holds itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedKey {
+    /// Algorithm identifier (SP 800-78-4 Table 6-2).
+    pub alg: u8,
+    /// 1 generated on the card, 2 imported (YubiKey metadata).
+    pub origin: u8,
+    /// PIN policy: 1 never, 2 once, 3 always.
+    pub pin_policy: u8,
+    /// Touch policy (recorded, there is no button): 1 never, 2 always, 3 cached.
+    pub touch_policy: u8,
+    /// The private key, PKCS#8 or PKCS#1 DER.
+    pub der: Zeroizing<Vec<u8>>,
+}
+
+/// Everything the card persists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// SHA-256 over the certificates the card was built from, hex: a state file belongs to
+    /// one card.
+    pub card: String,
+    /// The PIN.
+    pub pin: PinState,
+    /// The PUK.
+    pub puk: PinState,
+    /// The management key.
+    pub management_key: ManagementKey,
+    /// Data objects by tag (the value inside 53; the discovery object whole).
+    pub objects: BTreeMap<u32, Vec<u8>>,
+    /// Keys the card holds, by key reference.
+    pub keys: BTreeMap<u8, SavedKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinV1 {
+    value: Zeroizing<String>,
+    tries: u8,
+    left: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MgmV1 {
+    algorithm: u8,
+    key: Zeroizing<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyV1 {
+    algorithm: u8,
+    origin: u8,
+    pin_policy: u8,
+    touch_policy: u8,
+    der: Zeroizing<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileV1 {
+    format: String,
+    version: u32,
+    card: String,
+    pin: PinV1,
+    puk: PinV1,
+    management_key: MgmV1,
+    objects: BTreeMap<String, String>,
+    keys: BTreeMap<String, KeyV1>,
+}
+
+/// Only the header, to pick the parser.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+}
+
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    apdu::hex::parse(s).ok_or_else(|| format!("{what}: not hex"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pin_from(what: &str, p: &PinV1) -> Result<PinState, String> {
+    let value = Zeroizing::new(unhex(what, &p.value)?);
+    if value.len() != 8 || !(1..=15).contains(&p.tries) || p.left > p.tries {
+        return Err(format!(
+            "{what}: the value must be 8 bytes, tries 1..15 and left ≤ tries"
+        ));
+    }
+    Ok(PinState {
+        value,
+        tries: p.tries,
+        left: p.left,
+    })
+}
+
+fn pin_to(p: &PinState) -> PinV1 {
+    PinV1 {
+        value: Zeroizing::new(hex(&p.value)),
+        tries: p.tries,
+        left: p.left,
+    }
+}
+
+impl State {
+    /// Parses a state file's bytes (any version this code knows).
+    pub fn parse(bytes: &[u8]) -> Result<State, String> {
+        let header: Header = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not a vccid PIV state file: {e}"))?;
+        if header.format != FORMAT {
+            return Err(format!("format {:?} is not {FORMAT:?}", header.format));
+        }
+        if header.version != VERSION {
+            return Err(format!(
+                "state file version {} (this vccid reads version {VERSION}); it was written by another vccid",
+                header.version
+            ));
+        }
+        let f: FileV1 = serde_json::from_slice(bytes).map_err(|e| format!("version 1: {e}"))?;
+        let mgm_key = Zeroizing::new(unhex("management_key", &f.management_key.key)?);
+        let management_key = ManagementKey::new(f.management_key.algorithm, &mgm_key)
+            .ok_or("management_key: unknown algorithm or wrong key length")?;
+        let mut objects = BTreeMap::new();
+        for (tag, value) in &f.objects {
+            let t = u32::from_str_radix(tag, 16)
+                .ok()
+                .filter(|t| (0x5F_C1_01..=0x5F_C1_23).contains(t) || *t == 0x7E)
+                .ok_or_else(|| format!("objects: {tag:?} is not a PIV object tag"))?;
+            let v = unhex(&format!("object {tag}"), value)?;
+            if v.len() > super::MAX_CHAIN {
+                return Err(format!("object {tag}: {} bytes is too large", v.len()));
+            }
+            objects.insert(t, v);
+        }
+        let mut keys = BTreeMap::new();
+        for (slot, k) in &f.keys {
+            let r = u8::from_str_radix(slot, 16)
+                .ok()
+                .filter(|r| super::is_key_slot(*r))
+                .ok_or_else(|| format!("keys: {slot:?} is not a PIV key reference"))?;
+            if !matches!(k.origin, 1 | 2)
+                || !(1..=3).contains(&k.pin_policy)
+                || !(1..=3).contains(&k.touch_policy)
+            {
+                return Err(format!("key {slot}: origin 1..2 and policies 1..3"));
+            }
+            keys.insert(
+                r,
+                SavedKey {
+                    alg: k.algorithm,
+                    origin: k.origin,
+                    pin_policy: k.pin_policy,
+                    touch_policy: k.touch_policy,
+                    der: Zeroizing::new(unhex(&format!("key {slot}"), &k.der)?),
+                },
+            );
+        }
+        Ok(State {
+            card: f.card,
+            pin: pin_from("pin", &f.pin)?,
+            puk: pin_from("puk", &f.puk)?,
+            management_key,
+            objects,
+            keys,
+        })
+    }
+
+    /// The file's bytes (version 1), pretty-printed with a final newline.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let f = FileV1 {
+            format: FORMAT.into(),
+            version: VERSION,
+            card: self.card.clone(),
+            pin: pin_to(&self.pin),
+            puk: pin_to(&self.puk),
+            management_key: MgmV1 {
+                algorithm: self.management_key.alg(),
+                key: Zeroizing::new(hex(self.management_key.key())),
+            },
+            objects: self
+                .objects
+                .iter()
+                .map(|(t, v)| (format!("{t:x}"), hex(v)))
+                .collect(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(r, k)| {
+                    (
+                        format!("{r:02x}"),
+                        KeyV1 {
+                            algorithm: k.alg,
+                            origin: k.origin,
+                            pin_policy: k.pin_policy,
+                            touch_policy: k.touch_policy,
+                            der: Zeroizing::new(hex(&k.der)),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let mut out = Zeroizing::new(serde_json::to_vec_pretty(&f).unwrap_or_default());
+        out.push(b'\n');
+        out
+    }
+
+    /// Reads the state file at `path`; `None` when there is none yet.
+    pub fn load(path: &Path) -> Result<Option<State>, String> {
+        use std::io::Read;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(format!("larger than {MAX_FILE} bytes"));
+        }
+        State::parse(&bytes).map(Some)
+    }
+
+    /// Writes the state atomically with mode 0600, creating the directory (0700) if needed.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        crate::keystore::write_atomic(path, &self.to_bytes(), 0o600)
+    }
+}
