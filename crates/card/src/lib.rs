@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod cac;
+pub mod dual;
 mod fixed;
 pub mod keystore;
 mod pin;

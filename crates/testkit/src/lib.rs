@@ -61,6 +61,13 @@ pub struct PrivatePcscd {
 impl PrivatePcscd {
     /// Starts pcscd in fresh namespaces and waits until vpcd listens.
     pub fn start() -> Result<Self> {
+        Self::start_named(None)
+    }
+
+    /// Like [`start`](Self::start), with vpcd's reader named `friendly` instead of "Virtual
+    /// PCD": the namespace gets its own /etc/reader.conf.d (ykcs11 2.2.0 opens only readers
+    /// whose names start with "Yubico", ykcs11/utils.c `is_yubico_reader`).
+    pub fn start_named(friendly: Option<&str>) -> Result<Self> {
         for tool in ["pcscd", "unshare", "nsenter", "ip"] {
             which(tool)?;
         }
@@ -71,8 +78,32 @@ impl PrivatePcscd {
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("pcscd.log")).map_err(|e| e.to_string())?;
-        let script = "set -e; ip link set lo up; mkdir -p /run/pcscd; \
-                      mount -t tmpfs -o mode=755 tmpfs /run/pcscd; exec pcscd -f";
+        let mut script = String::from(
+            "set -e; ip link set lo up; mkdir -p /run/pcscd; \
+             mount -t tmpfs -o mode=755 tmpfs /run/pcscd; ",
+        );
+        if let Some(name) = friendly {
+            let conf = std::fs::read_to_string("/etc/reader.conf.d/vpcd")
+                .map_err(|e| format!("/etc/reader.conf.d/vpcd: {e}"))?;
+            let conf: String = conf
+                .lines()
+                .map(|l| {
+                    if l.starts_with("FRIENDLYNAME") {
+                        format!("FRIENDLYNAME \"{name}\"\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            let confdir = dir.path().join("reader.conf.d");
+            std::fs::create_dir(&confdir).map_err(|e| e.to_string())?;
+            std::fs::write(confdir.join("vpcd"), conf).map_err(|e| e.to_string())?;
+            script.push_str(&format!(
+                "mount --bind '{}' /etc/reader.conf.d; ",
+                confdir.display()
+            ));
+        }
+        script.push_str("exec pcscd -f");
         let holder = Command::new("unshare")
             .args([
                 "--mount",
@@ -84,7 +115,7 @@ impl PrivatePcscd {
                 "--",
                 "sh",
                 "-c",
-                script,
+                &script,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -294,6 +325,18 @@ impl PrivatePcscd {
     /// with `pin`) inside this instance, and checks the signature with
     /// `openssl dgst -sha256 -verify` against the public key of the PEM certificate `cert`.
     pub fn sign_and_verify(&self, id: &str, pin: &str, cert: &Path) -> Result<()> {
+        self.sign_and_verify_env(id, pin, cert, &[])
+    }
+
+    /// [`sign_and_verify`](Self::sign_and_verify) with extra environment for pkcs11-tool
+    /// (`OPENSC_DRIVER=cac` to pick OpenSC's driver).
+    pub fn sign_and_verify_env(
+        &self,
+        id: &str,
+        pin: &str,
+        cert: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let d = self.dir.path();
         let (msg, sig, pk) = (
             d.join(format!("msg{id}")),
@@ -303,6 +346,7 @@ impl PrivatePcscd {
         std::fs::write(&msg, b"vccid signs this\n").map_err(|e| e.to_string())?;
         let o = self
             .command("pkcs11-tool")
+            .envs(env.iter().copied())
             .args(["--module", OPENSC_PKCS11, "--login", "--pin", pin, "--sign"])
             .args(["--mechanism", "SHA256-RSA-PKCS", "--id", id, "--input-file"])
             .arg(&msg)

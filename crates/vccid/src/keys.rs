@@ -1,25 +1,40 @@
 //! Building the emulated card from a parsed specification: open the key store, pick the
 //! profile (CAC or PIV), apply the PIN settings.
 
-use crate::spec::{self, Backend, EmulatedSpec, Profile};
+use crate::spec::{self, Backend, EmulatedSpec, Profile, StateSpec};
 use anyhow::{anyhow, Result};
 use card::cac::{CacCard, CacConfig};
+use card::dual::DualCard;
 use card::keystore::{
     default_data_dir, DefaultIdentities, FileIdentity, FileStore, KeyStore, Pkcs11Config,
-    Pkcs11Store,
+    Pkcs11Store, SharedStore,
 };
 use card::piv::{PivCard, PivConfig};
 use card::Card;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Opens the key store a backend names.
-pub fn key_store(backend: &Backend, data_dir: Option<PathBuf>) -> Result<Box<dyn KeyStore>> {
+fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(default_data_dir)
+        .ok_or_else(|| anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir"))
+}
+
+/// Opens the key store a backend names; the embedded default carries its ECC identity when
+/// `with_ecc` (the PIV application's).
+pub fn key_store(
+    backend: &Backend,
+    data_dir_given: Option<&Path>,
+    with_ecc: bool,
+) -> Result<Box<dyn KeyStore>> {
     Ok(match backend {
         Backend::Default => {
-            let dir = data_dir.or_else(default_data_dir).ok_or_else(|| {
-                anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir")
-            })?;
-            let files = DefaultIdentities::new(&dir).ensure()?;
+            let d = DefaultIdentities::new(&data_dir(data_dir_given)?);
+            let files = if with_ecc {
+                d.ensure_with_ecc()?
+            } else {
+                d.ensure()?
+            };
             Box::new(FileStore::open(&files)?)
         }
         Backend::Files(files, p12_password) => {
@@ -73,6 +88,8 @@ pub enum EmulatedCard {
     Cac(CacCard),
     /// The PIV card.
     Piv(PivCard),
+    /// Both on one card.
+    Dual(Box<DualCard>),
 }
 
 impl EmulatedCard {
@@ -80,12 +97,14 @@ impl EmulatedCard {
         match self {
             EmulatedCard::Cac(c) => c,
             EmulatedCard::Piv(c) => c,
+            EmulatedCard::Dual(c) => c.as_mut(),
         }
     }
     fn card_ref(&self) -> &dyn Card {
         match self {
             EmulatedCard::Cac(c) => c,
             EmulatedCard::Piv(c) => c,
+            EmulatedCard::Dual(c) => c.as_ref(),
         }
     }
 }
@@ -111,30 +130,61 @@ impl Card for EmulatedCard {
     }
 }
 
-/// The emulated card for a specification.
-pub fn emulated_card(spec: &EmulatedSpec, data_dir: Option<PathBuf>) -> Result<EmulatedCard> {
-    let keys = key_store(&spec.backend, data_dir)?;
-    if spec.profile == Profile::Piv {
-        let mut cfg = PivConfig::default();
-        for (value, field, what) in [
-            (&spec.pin, &mut cfg.pin, "pin"),
-            (&spec.puk, &mut cfg.puk, "puk"),
-        ] {
-            if let Some(v) = value {
-                if v.is_empty() || v.len() > 8 {
-                    anyhow::bail!("{what}= must be 1 to 8 characters (PIV pads them to 8 bytes)");
-                }
-                *field = v.as_bytes().to_vec();
+/// The PIV settings of a specification; the state file defaults to one per card under the
+/// data directory, named by the card's certificates.
+fn piv_config(
+    spec: &EmulatedSpec,
+    keys: &dyn KeyStore,
+    data_dir_given: Option<&Path>,
+) -> Result<PivConfig> {
+    let mut cfg = PivConfig::default();
+    for (value, field, what) in [
+        (&spec.pin, &mut cfg.pin, "pin"),
+        (&spec.puk, &mut cfg.puk, "puk"),
+    ] {
+        if let Some(v) = value {
+            if v.is_empty() || v.len() > 8 {
+                anyhow::bail!("{what}= must be 1 to 8 characters (PIV pads them to 8 bytes)");
             }
+            *field = v.as_bytes().to_vec();
         }
-        if let Some(t) = spec.pin_tries {
-            cfg.pin_tries = t;
-        }
-        let labels: Vec<String> = keys.identities().iter().map(|i| i.label.clone()).collect();
-        let card = PivCard::new(keys, &cfg)?;
-        tracing::info!(certificates = ?labels, serial = card.serial(), "PIV card ready (slots 9A, 9C, 9D, 9E in that order)");
-        return Ok(EmulatedCard::Piv(card));
     }
+    if let Some(t) = spec.pin_tries {
+        cfg.pin_tries = t;
+    }
+    cfg.state = match &spec.state {
+        Some(StateSpec::Off) => None,
+        Some(StateSpec::File(f)) => Some(f.clone()),
+        None => {
+            let id = card::piv::card_id(keys.identities());
+            Some(
+                data_dir(data_dir_given)?
+                    .join("piv")
+                    .join(format!("{}.json", &id[..16])),
+            )
+        }
+    };
+    Ok(cfg)
+}
+
+fn labels(keys: &dyn KeyStore) -> Vec<String> {
+    keys.identities().iter().map(|i| i.label.clone()).collect()
+}
+
+/// The CAC applets' view of a store: its RSA identities (the CAC card is RSA-only).
+fn cac_view(keys: Box<dyn KeyStore>) -> Result<(Box<dyn KeyStore>, SharedStore)> {
+    let shared = SharedStore::new(keys);
+    let rsa = shared.view(|id| id.ec_curve.is_none());
+    if rsa.identities().is_empty() {
+        anyhow::bail!("the key store has only EC keys; the CAC card is RSA-only (use profile=piv)");
+    }
+    for id in shared.identities().iter().filter(|i| i.ec_curve.is_some()) {
+        tracing::warn!(certificate = %id.label, "EC key left off the CAC applets (RSA-only)");
+    }
+    Ok((Box::new(rsa), shared))
+}
+
+fn cac_config(spec: &EmulatedSpec) -> Result<CacConfig> {
     let mut cfg = CacConfig::default();
     if let Some(pin) = &spec.pin {
         if pin.is_empty() || pin.len() > 8 {
@@ -145,8 +195,36 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir: Option<PathBuf>) -> Result<E
     if let Some(t) = spec.pin_tries {
         cfg.pin_tries = t;
     }
-    let labels: Vec<String> = keys.identities().iter().map(|i| i.label.clone()).collect();
-    let card = CacCard::new(keys, &cfg)?;
-    tracing::info!(certificates = ?labels, "CAC card ready");
-    Ok(EmulatedCard::Cac(card))
+    Ok(cfg)
+}
+
+/// The emulated card for a specification.
+pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Result<EmulatedCard> {
+    let dir = data_dir_given.as_deref();
+    let keys = key_store(&spec.backend, dir, spec.profile.has_piv())?;
+    match spec.profile {
+        Profile::Piv => {
+            let cfg = piv_config(spec, keys.as_ref(), dir)?;
+            let names = labels(keys.as_ref());
+            let card = PivCard::new(keys, &cfg)?;
+            tracing::info!(certificates = ?names, serial = card.serial(), state = ?cfg.state, "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
+            Ok(EmulatedCard::Piv(card))
+        }
+        Profile::Cac => {
+            let (rsa, _) = cac_view(keys)?;
+            let names = labels(rsa.as_ref());
+            let card = CacCard::new(rsa, &cac_config(spec)?)?;
+            tracing::info!(certificates = ?names, "CAC card ready");
+            Ok(EmulatedCard::Cac(card))
+        }
+        Profile::CacPiv => {
+            let (rsa, shared) = cac_view(keys)?;
+            let cfg = piv_config(spec, &shared, dir)?;
+            let (cac_names, piv_names) = (labels(rsa.as_ref()), labels(&shared));
+            let cac = CacCard::new(rsa, &cac_config(spec)?)?;
+            let piv = PivCard::new(Box::new(shared), &cfg)?;
+            tracing::info!(cac = ?cac_names, piv = ?piv_names, serial = piv.serial(), state = ?cfg.state, "CAC+PIV card ready (SELECT picks the application)");
+            Ok(EmulatedCard::Dual(Box::new(DualCard::new(cac, piv))))
+        }
+    }
 }

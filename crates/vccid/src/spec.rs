@@ -30,8 +30,26 @@ pub enum Profile {
     /// libcacard's CAC card (the default).
     #[default]
     Cac,
-    /// A PIV card (NIST SP 800-73-4): slots 9A, 9C, 9D, 9E.
+    /// A PIV card (NIST SP 800-73-4): slots 9A, 9C, 9D, 9E, then 82..95.
     Piv,
+    /// One card with both: SELECT by AID picks the application.
+    CacPiv,
+}
+
+impl Profile {
+    /// Whether the card carries the PIV application.
+    pub fn has_piv(self) -> bool {
+        self != Profile::Cac
+    }
+}
+
+/// Where the PIV application keeps what changes on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateSpec {
+    /// `state=off`: nothing survives a restart.
+    Off,
+    /// `state=FILE`.
+    File(PathBuf),
 }
 
 /// A parsed `--card emulated,...` value.
@@ -39,8 +57,10 @@ pub enum Profile {
 pub struct EmulatedSpec {
     /// Where the keys are.
     pub backend: Backend,
-    /// `profile=cac` (default) or `profile=piv`.
+    /// `profile=cac` (default), `profile=piv` or `profile=cac+piv`.
     pub profile: Profile,
+    /// `state=FILE|off` (PIV); default: a file per card under the data directory.
+    pub state: Option<StateSpec>,
     /// The PIV PUK (`puk=`, default 12345678).
     pub puk: Option<String>,
     /// The card PIN.
@@ -144,12 +164,19 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
     let profile = match props.remove("profile").as_deref() {
         None | Some("cac") => Profile::Cac,
         Some("piv") => Profile::Piv,
-        Some("cac+piv") => bail!("profile=cac+piv is not built yet; use cac or piv"),
-        Some(other) => bail!("unknown profile {other:?}; expected cac or piv"),
+        Some("cac+piv") => Profile::CacPiv,
+        Some(other) => bail!("unknown profile {other:?}; expected cac, piv or cac+piv"),
     };
     let puk = props.remove("puk");
-    if puk.is_some() && profile != Profile::Piv {
-        bail!("puk= applies to profile=piv only");
+    if puk.is_some() && !profile.has_piv() {
+        bail!("puk= applies to profile=piv and cac+piv only");
+    }
+    let state = props.remove("state").map(|s| match s.as_str() {
+        "off" => StateSpec::Off,
+        _ => StateSpec::File(PathBuf::from(s)),
+    });
+    if state.is_some() && !profile.has_piv() {
+        bail!("state= applies to profile=piv and cac+piv only (the CAC card keeps no state)");
     }
     let pin_tries = props
         .remove("pin-tries")
@@ -234,6 +261,7 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
     Ok(EmulatedSpec {
         backend,
         profile,
+        state,
         puk,
         pin,
         pin_tries,
@@ -357,10 +385,21 @@ mod tests {
             (p.profile, p.puk.as_deref()),
             (Profile::Piv, Some("87654321"))
         );
+        let p = emulated("emulated,profile=cac+piv,state=off").unwrap();
+        assert_eq!(
+            (p.profile, p.state),
+            (Profile::CacPiv, Some(StateSpec::Off))
+        );
+        let p = emulated("emulated,profile=piv,state=/var/lib/card.json").unwrap();
+        assert_eq!(
+            p.state,
+            Some(StateSpec::File(PathBuf::from("/var/lib/card.json")))
+        );
+        assert_eq!(emulated("emulated,profile=piv").unwrap().state, None);
         for (bad, why) in [
             ("emulated,profile=gids", "unknown profile"),
-            ("emulated,profile=cac+piv", "not built yet"),
-            ("emulated,puk=12345678", "profile=piv only"),
+            ("emulated,puk=12345678", "profile=piv and cac+piv only"),
+            ("emulated,state=/tmp/x", "the CAC card keeps no state"),
         ] {
             let e = emulated(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

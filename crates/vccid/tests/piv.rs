@@ -10,6 +10,9 @@ const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 
 struct Piv {
     pcscd: PrivatePcscd,
+    card: String,
+    /// Name of the running vccid's log (vccid, then vccid-2, ... after restarts).
+    log: String,
 }
 
 impl Piv {
@@ -17,16 +20,49 @@ impl Piv {
         Piv::with_card("emulated,profile=piv")
     }
     fn with_card(card: &str) -> Piv {
-        let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
-        let data = pcscd.dir.path().join("data");
-        let mut cmd = pcscd.command(VCCID);
-        cmd.args(["--vpcd", "127.0.0.1:35963", "--card", card, "--data-dir"])
-            .arg(&data);
-        pcscd.spawn("vccid", cmd).expect("vccid starts");
-        if let Err(e) = pcscd.wait_card(0, Duration::from_secs(20)) {
-            panic!("{e}\nvccid log:\n{}", pcscd.child_log("vccid"));
+        Piv::with_reader(card, None)
+    }
+    /// With vpcd's reader renamed (`None`: "Virtual PCD").
+    fn with_reader(card: &str, reader: Option<&str>) -> Piv {
+        let pcscd = PrivatePcscd::start_named(reader).expect("private pcscd starts");
+        let mut p = Piv {
+            pcscd,
+            card: card.to_string(),
+            log: String::new(),
+        };
+        p.spawn_vccid("vccid");
+        p
+    }
+    fn spawn_vccid(&mut self, log: &str) {
+        let data = self.pcscd.dir.path().join("data");
+        let mut cmd = self.pcscd.command(VCCID);
+        cmd.args([
+            "--vpcd",
+            "127.0.0.1:35963",
+            "--card",
+            &self.card,
+            "--data-dir",
+        ])
+        .arg(&data);
+        self.pcscd.spawn(log, cmd).expect("vccid starts");
+        self.log = log.to_string();
+        if let Err(e) = self.pcscd.wait_card(0, Duration::from_secs(20)) {
+            panic!("{e}\nvccid log:\n{}", self.vccid_log());
         }
-        Piv { pcscd }
+    }
+    /// Stops vccid and starts it again with the same card and data directory.
+    fn restart(&mut self, log: &str) {
+        self.pcscd.stop_child(&self.log.clone(), "TERM");
+        self.pcscd
+            .wait_no_card(0, Duration::from_secs(20))
+            .expect("the card goes away with vccid");
+        self.spawn_vccid(log);
+    }
+    fn vccid_log(&self) -> String {
+        self.pcscd.child_log(&self.log)
+    }
+    fn data(&self, f: &str) -> std::path::PathBuf {
+        self.pcscd.dir.path().join("data").join(f)
     }
     fn cert(&self, n: usize) -> std::path::PathBuf {
         self.pcscd
@@ -54,7 +90,7 @@ fn yubico_piv_tool_status_verify_and_test_signatures() {
     let p = Piv::start();
     let o = p.ypt(&["-a", "status"]);
     let t = text(&o);
-    assert!(o.status.success(), "{t}\n{}", p.pcscd.child_log("vccid"));
+    assert!(o.status.success(), "{t}\n{}", p.vccid_log());
     assert!(t.contains("Version:\t5.4.3"), "{t}");
     assert!(
         t.contains("CHUID:\t3019d4e739da739ced39ce739d836858210842108421c84210c3eb"),
@@ -67,7 +103,12 @@ fn yubico_piv_tool_status_verify_and_test_signatures() {
             .unwrap_or_else(|| panic!("slot {slot}: {t}"));
         assert!(t[at..].contains(&format!("Subject DN:\tCN={cn}")), "{t}");
     }
-    assert!(!t.contains("Slot 9e:"), "{t}");
+    // The embedded default's ECC identity sits in 9E (card authentication).
+    let at = t.find("Slot 9e:").unwrap_or_else(|| panic!("slot 9e: {t}"));
+    assert!(
+        t[at..].contains("Algorithm:\tECCP256") && t[at..].contains("Subject DN:\tCN=piv-ecc"),
+        "{t}"
+    );
     assert!(t.contains("PIN tries left:\t3"), "{t}");
     // RSA-2048 test signatures: 9A with the PIN verified once, 9C (PIN-always) right after
     // its VERIFY.
@@ -86,11 +127,7 @@ fn yubico_piv_tool_status_verify_and_test_signatures() {
             cert.to_str().unwrap(),
         ]);
         let t = text(&o);
-        assert!(
-            o.status.success(),
-            "{slot}: {t}\n{}",
-            p.pcscd.child_log("vccid")
-        );
+        assert!(o.status.success(), "{slot}: {t}\n{}", p.vccid_log());
         assert!(t.contains("Successful RSA verification"), "{slot}: {t}");
     }
 }
@@ -146,7 +183,7 @@ fn opensc_piv_driver_lists_and_signs() {
     }
     p.pcscd
         .sign_and_verify("01", "123456", &p.cert(1))
-        .unwrap_or_else(|e| panic!("{e}\n{}", p.pcscd.child_log("vccid")));
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.vccid_log()));
 }
 
 fn openssl(args: &[&str]) {
@@ -261,7 +298,7 @@ fn ecc_p256_and_p384_with_yubico_piv_tool_and_opensc() {
         assert!(
             o.status.success() && t.contains(ok),
             "{slot} {action}: {t}\n{}",
-            p.pcscd.child_log("vccid")
+            p.vccid_log()
         );
     }
     // OpenSC: ECDSA-SHA256 with key 02, verified by OpenSSL.
@@ -357,4 +394,419 @@ fn ecc_p256_and_p384_with_yubico_piv_tool_and_opensc() {
     );
     assert_eq!(card.len(), 48);
     assert_eq!(card, host, "ECDH secrets differ");
+}
+
+fn ok(p: &Piv, o: &Output, what: &str) -> String {
+    let t = text(o);
+    assert!(
+        o.status.success(),
+        "{what}: {t}\nvccid log:\n{}",
+        p.vccid_log()
+    );
+    t
+}
+
+/// ykcs11, which opens only readers whose names start with "Yubico" (2.2.0's
+/// `is_yubico_reader`).
+const YUBICO_READER: &str = "Yubico vccid Virtual PCD";
+
+fn ykcs11() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/libykcs11.so.2",
+        "/usr/lib/x86_64-linux-gnu/libykcs11.so",
+    ]
+    .into_iter()
+    .find(|m| std::path::Path::new(m).exists())
+    .expect("ykcs11 is installed (Debian package ykcs11)")
+}
+
+/// The card's P-384 key in slot 9D (ykcs11 id 03) as an rcgen signer: each signature is an
+/// ECDSA-SHA384 made by the card through ykcs11.
+struct CardP384<'a> {
+    piv: &'a Piv,
+    point: Vec<u8>,
+    dir: &'a std::path::Path,
+}
+
+impl rcgen::PublicKeyData for CardP384<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P384_SHA384
+    }
+}
+
+impl rcgen::SigningKey for CardP384<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let (input, output) = (self.dir.join("tbs"), self.dir.join("tbs.sig"));
+        std::fs::write(&input, msg).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        let o = self.piv.tool(
+            "pkcs11-tool",
+            &[
+                "--module",
+                ykcs11(),
+                "--login",
+                "--pin",
+                "123456",
+                "--sign",
+                "-m",
+                "ECDSA-SHA384",
+                "--id",
+                "03",
+                "--signature-format",
+                "openssl",
+                "-i",
+                input.to_str().unwrap(),
+                "-o",
+                output.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "ykcs11 sign: {}", text(&o));
+        std::fs::read(&output).map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+}
+
+#[test]
+fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
+    let mut p = Piv::with_reader("emulated,profile=piv", Some(YUBICO_READER));
+    let d = tempfile::tempdir().unwrap();
+    let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
+    // A P-384 key generated on the card with the default management key.
+    ok(
+        &p,
+        &p.ypt(&[
+            "-a",
+            "generate",
+            "-s",
+            "9d",
+            "-A",
+            "ECCP384",
+            "-o",
+            &path("pub.pem"),
+        ]),
+        "generate",
+    );
+    // Its self-signed certificate. Debian's yubico-piv-tool 2.2.0 cannot self-sign with
+    // OpenSSL 3 against any card (it hooks EC_KEY_METHOD, which OpenSSL 3's X509_sign no
+    // longer calls: Yubico/yubico-piv-tool#388), so the card signs the certificate through
+    // ykcs11, which learns the new key from GET METADATA although 9D still holds cert3.
+    let pem = std::fs::read_to_string(path("pub.pem")).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let spki = openssl_base64_decode(&b64, d.path());
+    let point = spki[spki.len() - 97..].to_vec();
+    assert_eq!(point[0], 0x04);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "made on the card");
+    let cert = params
+        .self_signed(&CardP384 {
+            piv: &p,
+            point,
+            dir: d.path(),
+        })
+        .expect("the card signs its certificate");
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    ok(
+        &p,
+        &p.ypt(&[
+            "-a",
+            "import-certificate",
+            "-s",
+            "9d",
+            "-i",
+            &path("cert.pem"),
+        ]),
+        "import-certificate",
+    );
+    // OpenSSL checks the card's ECDSA signature on its own certificate.
+    let v = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", &path("cert.pem"), &path("cert.pem")])
+        .output()
+        .unwrap();
+    assert!(text(&v).contains(": OK"), "{}", text(&v));
+    // IMPORT KEY: a P-256 key made by OpenSSL into 9a, with its certificate.
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path("imp.key"),
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &path("imp.key"),
+        "-subj",
+        "/CN=imported",
+        "-days",
+        "9",
+        "-out",
+        &path("imp.crt"),
+    ]);
+    ok(
+        &p,
+        &p.ypt(&["-a", "import-key", "-s", "9a", "-i", &path("imp.key")]),
+        "import-key",
+    );
+    ok(
+        &p,
+        &p.ypt(&[
+            "-a",
+            "import-certificate",
+            "-s",
+            "9a",
+            "-i",
+            &path("imp.crt"),
+        ]),
+        "import-certificate 9a",
+    );
+    ok(
+        &p,
+        &p.ypt(&["-a", "change-pin", "-P", "123456", "-N", "24680135"]),
+        "change-pin",
+    );
+    let o = p.ypt(&["-a", "verify-pin", "-P", "000000"]);
+    assert!(text(&o).contains("2 tries left"), "{}", text(&o));
+
+    // vccid restarts: the keys, certificates, the new PIN and its counter are all still there.
+    p.restart("vccid-2");
+    assert!(
+        p.vccid_log().contains("PIV card state restored"),
+        "{}",
+        p.vccid_log()
+    );
+    let t = ok(&p, &p.ypt(&["-a", "status"]), "status after restart");
+    let at = t.find("Slot 9d:").unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        t[at..].contains("Algorithm:\tECCP384")
+            && t[at..].contains("Subject DN:\tCN=made on the card"),
+        "{t}"
+    );
+    let at = t.find("Slot 9a:").unwrap_or_else(|| panic!("{t}"));
+    assert!(t[at..].contains("Subject DN:\tCN=imported"), "{t}");
+    assert!(t.contains("PIN tries left:\t2"), "{t}");
+    ok(
+        &p,
+        &p.ypt(&[
+            "-a",
+            "read-certificate",
+            "-s",
+            "9d",
+            "-o",
+            &path("again.pem"),
+        ]),
+        "read-certificate",
+    );
+    assert_eq!(
+        std::fs::read_to_string(path("again.pem")).unwrap().trim(),
+        std::fs::read_to_string(path("cert.pem")).unwrap().trim()
+    );
+    for (slot, cert) in [("9d", "cert.pem"), ("9a", "imp.crt")] {
+        let t = ok(
+            &p,
+            &p.ypt(&[
+                "-a",
+                "verify-pin",
+                "-P",
+                "24680135",
+                "-a",
+                "test-signature",
+                "-s",
+                slot,
+                "-i",
+                &path(cert),
+            ]),
+            "test-signature after restart",
+        );
+        assert!(t.contains("Successful ECDSA verification"), "{slot}: {t}");
+    }
+    // The state file: one per card under the data directory, mode 0600, format version 1.
+    let dir = p.data("piv");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = files[0].metadata().unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let state = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(
+        state.contains("\"version\": 1") && state.contains("\"9d\""),
+        "{state}"
+    );
+
+    // A state file that fails to parse stops vccid with its path, and is left as it was.
+    p.pcscd.stop_child("vccid-2", "TERM");
+    std::fs::write(files[0].path(), "{ not json").unwrap();
+    let o = p
+        .pcscd
+        .command(VCCID)
+        .args([
+            "--vpcd",
+            "127.0.0.1:35963",
+            "--card",
+            "emulated,profile=piv",
+            "--data-dir",
+        ])
+        .arg(p.data(""))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&files[0].path().display().to_string())
+            && t.contains("not a vccid PIV state file"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files[0].path()).unwrap(),
+        "{ not json"
+    );
+}
+
+#[test]
+fn ykcs11_lists_the_piv_objects_and_signs() {
+    let p = Piv::with_reader("emulated,profile=piv", Some(YUBICO_READER));
+    let module = ykcs11();
+    let t = ok(
+        &p,
+        &p.tool("pkcs11-tool", &["--module", module, "-L"]),
+        "ykcs11 -L",
+    );
+    assert!(t.contains(YUBICO_READER), "{t}");
+    let t = ok(
+        &p,
+        &p.tool(
+            "pkcs11-tool",
+            &["--module", module, "--login", "--pin", "123456", "-O"],
+        ),
+        "ykcs11 -O",
+    );
+    for label in [
+        "X.509 Certificate for PIV Authentication",
+        "X.509 Certificate for Digital Signature",
+        "X.509 Certificate for Key Management",
+        "X.509 Certificate for Card Authentication",
+        "Private key for PIV Authentication",
+        "Private key for Card Authentication",
+    ] {
+        assert!(t.contains(label), "{label}: {t}");
+    }
+    assert!(t.contains("CN=cert1") || t.contains("cert1"), "{t}");
+    // RSA with the 9A key (ykcs11 id 01) and ECDSA with the 9E key (id 04), checked by OpenSSL.
+    let d = tempfile::tempdir().unwrap();
+    let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
+    std::fs::write(path("msg"), b"signed through ykcs11\n").unwrap();
+    for (id, mech, extra, cert) in [
+        ("01", "SHA256-RSA-PKCS", None, "cert1"),
+        ("04", "ECDSA-SHA256", Some("openssl"), "piv-ecc"),
+    ] {
+        let mut args = vec![
+            "--module",
+            module,
+            "--login",
+            "--pin",
+            "123456",
+            "--sign",
+            "-m",
+            mech,
+            "--id",
+            id,
+            "-i",
+            &path("msg"),
+            "-o",
+            &path("sig"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if let Some(f) = extra {
+            args.extend(["--signature-format".into(), f.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&p, &p.tool("pkcs11-tool", &args), "ykcs11 sign");
+        testkit::pubkey_pem(
+            &p.data(&format!("default/{cert}.crt.pem")),
+            &d.path().join("pub.pem"),
+        )
+        .unwrap();
+        let v = std::process::Command::new("openssl")
+            .args([
+                "dgst",
+                "-sha256",
+                "-verify",
+                &path("pub.pem"),
+                "-signature",
+                &path("sig"),
+                &path("msg"),
+            ])
+            .output()
+            .unwrap();
+        assert!(text(&v).contains("Verified OK"), "{id}: {}", text(&v));
+    }
+}
+
+#[test]
+fn cac_plus_piv_opensc_picks_piv_first_and_cac_when_told() {
+    let p = Piv::with_card("emulated,profile=cac+piv");
+    let t = ok(&p, &p.tool("opensc-tool", &["-n"]), "opensc-tool -n");
+    assert!(t.contains("Personal Identity Verification Card"), "{t}");
+    let t = ok(&p, &p.tool("pkcs15-tool", &["-D"]), "pkcs15-tool -D (PIV)");
+    assert!(t.contains("Certificate for Card Authentication"), "{t}");
+    assert!(
+        t.contains("Private EC Key [CARD AUTH key]") || t.contains("CARD AUTH"),
+        "{t}"
+    );
+    // The CAC applets of the same card, through OpenSC's cac driver.
+    let mut cmd = p.pcscd.command("pkcs15-tool");
+    cmd.arg("-D").env("OPENSC_DRIVER", "cac");
+    let o = cmd.output().unwrap();
+    let t = ok(&p, &o, "pkcs15-tool -D (CAC)");
+    assert!(t.contains("Manufacturer ID: Common Access Card"), "{t}");
+    for label in [
+        "CAC ID Certificate",
+        "CAC Email Signature Certificate",
+        "CAC Email Encryption Certificate",
+    ] {
+        assert!(
+            t.contains(&format!("Private RSA Key [{label}]")),
+            "{label}: {t}"
+        );
+    }
+    assert_eq!(t.matches("Private RSA Key").count(), 3, "{t}");
+    assert!(!t.contains("EC Key"), "the CAC side is RSA-only: {t}");
+    let mut cmd = p.pcscd.command("opensc-tool");
+    cmd.arg("-n").env("OPENSC_DRIVER", "cac");
+    let t = ok(&p, &cmd.output().unwrap(), "opensc-tool -n (CAC)");
+    assert!(t.contains("Common Access Card"), "{t}");
+    // Signatures from both sides with one key store: PIV 9A (OpenSC id 01), then the CAC ID
+    // certificate's key (id 0001 in OpenSC's cac driver), each application with its own PIN
+    // (PIV 123456, CAC 12345678, as on their own; `pin=` sets both).
+    let cert1 = p.data("default/cert1.crt.pem");
+    p.pcscd
+        .sign_and_verify("01", "123456", &cert1)
+        .unwrap_or_else(|e| panic!("PIV: {e}\n{}", p.vccid_log()));
+    p.pcscd
+        .sign_and_verify_env("0001", "12345678", &cert1, &[("OPENSC_DRIVER", "cac")])
+        .unwrap_or_else(|e| panic!("CAC: {e}\n{}", p.vccid_log()));
+}
+
+/// Base64 decoding by OpenSSL (the tests have no base64 crate).
+fn openssl_base64_decode(b64: &str, dir: &std::path::Path) -> Vec<u8> {
+    let (i, o) = (dir.join("b64.txt"), dir.join("b64.bin"));
+    std::fs::write(&i, format!("{b64}\n")).unwrap();
+    openssl(&[
+        "base64",
+        "-d",
+        "-A",
+        "-in",
+        i.to_str().unwrap(),
+        "-out",
+        o.to_str().unwrap(),
+    ]);
+    std::fs::read(o).unwrap()
 }

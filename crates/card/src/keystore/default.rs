@@ -1,6 +1,7 @@
 //! The embedded default card: three RSA-2048 identities (CN=cert1..cert3, like the seed's
-//! `certutil` recipe) generated on first use and kept in the user's data directory, so that
-//! `vccid` works with no flags and keeps the same keys across runs.
+//! `certutil` recipe) and, for the PIV application, an ECC P-256 identity (CN=piv-ecc),
+//! generated on first use and kept in the user's data directory, so that `vccid` works with
+//! no flags and keeps the same keys across runs.
 
 use super::files::FileIdentity;
 use super::KeyError;
@@ -43,24 +44,39 @@ impl DefaultIdentities {
         &self.dir
     }
 
-    /// Generates whichever identities are missing and returns all of their file pairs.
+    /// The three RSA identities (the CAC card's): generates whichever are missing and returns
+    /// their file pairs.
     pub fn ensure(&self) -> Result<Vec<FileIdentity>, KeyError> {
+        let names: Vec<String> = (1..=Self::COUNT).map(|i| format!("cert{i}")).collect();
+        self.ensure_named(&names.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The three RSA identities and the P-256 one, `piv-ecc`, in that order (the PIV card's
+    /// slots 9A, 9C, 9D, 9E).
+    pub fn ensure_with_ecc(&self) -> Result<Vec<FileIdentity>, KeyError> {
+        self.ensure_named(&["cert1", "cert2", "cert3", Self::ECC])
+    }
+
+    /// The name of the ECC identity.
+    pub const ECC: &'static str = "piv-ecc";
+
+    fn ensure_named(&self, names: &[&str]) -> Result<Vec<FileIdentity>, KeyError> {
         let io = |e: std::io::Error| KeyError::File {
             path: self.dir.display().to_string(),
             why: e.to_string(),
         };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let mut out = Vec::new();
-        for i in 1..=Self::COUNT {
-            let cert = self.dir.join(format!("cert{i}.crt.pem"));
-            let key = self.dir.join(format!("cert{i}.key.pem"));
+        for name in names {
+            let cert = self.dir.join(format!("{name}.crt.pem"));
+            let key = self.dir.join(format!("{name}.key.pem"));
             if !(cert.exists() && key.exists()) {
-                let (cert_pem, key_pem) = generate(&format!("cert{i}"))?;
+                let (cert_pem, key_pem) = generate(name)?;
                 // Key first, then certificate: a half-made identity has no certificate and is
                 // simply made again next time.
                 write_atomic(&key, key_pem.as_bytes(), 0o600).map_err(io)?;
                 write_atomic(&cert, cert_pem.as_bytes(), 0o644).map_err(io)?;
-                tracing::info!(cert = %cert.display(), "generated default identity cert{i}");
+                tracing::info!(cert = %cert.display(), "generated default identity {name}");
             }
             out.push(FileIdentity::new(cert, Some(key)));
         }
@@ -68,14 +84,20 @@ impl DefaultIdentities {
     }
 }
 
-/// A self-signed RSA-2048 certificate with SHA-256, for signing and key encipherment.
+/// A self-signed certificate with SHA-256: RSA-2048 for signing and key encipherment, or
+/// (for the ECC identity) P-256 for signing and key agreement.
 fn generate(cn: &str) -> Result<(String, zeroize::Zeroizing<String>), KeyError> {
     let err = |e: rcgen::Error| KeyError::Certificate {
         label: cn.to_string(),
         why: format!("generation failed: {e}"),
     };
-    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        .map_err(err)?;
+    let ecc = cn == DefaultIdentities::ECC;
+    let key = if ecc {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+    } else {
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+    }
+    .map_err(err)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -84,7 +106,11 @@ fn generate(cn: &str) -> Result<(String, zeroize::Zeroizing<String>), KeyError> 
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::DigitalSignature,
         rcgen::KeyUsagePurpose::ContentCommitment,
-        rcgen::KeyUsagePurpose::KeyEncipherment,
+        if ecc {
+            rcgen::KeyUsagePurpose::KeyAgreement
+        } else {
+            rcgen::KeyUsagePurpose::KeyEncipherment
+        },
     ];
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| KeyError::Certificate {
@@ -132,9 +158,18 @@ mod tests {
         let first = std::fs::read(&files[1].cert).unwrap();
         let again = d.ensure().unwrap();
         assert_eq!(std::fs::read(&again[1].cert).unwrap(), first);
-        let mut store = FileStore::open(&again).unwrap();
+        let store = FileStore::open(&again).unwrap();
         assert_eq!(store.identities().len(), 3);
         assert_eq!(store.identities()[2].modulus_bits, 2048);
+        // The PIV set adds the P-256 identity and keeps the RSA ones.
+        let with_ecc = d.ensure_with_ecc().unwrap();
+        assert_eq!(std::fs::read(&with_ecc[1].cert).unwrap(), first);
+        let mut store = FileStore::open(&with_ecc).unwrap();
+        assert_eq!(
+            store.identities()[3].ec_curve,
+            Some(crate::keystore::EcCurve::P256)
+        );
+        assert_eq!(store.ec_sign(3, &[1; 32]).unwrap()[0], 0x30);
         let block = crate::keystore::testutil::pkcs1_sha256_block(b"x", 256);
         assert_eq!(store.rsa_raw(0, &block).unwrap().len(), 256);
     }

@@ -9,11 +9,13 @@ mod pkcs11;
 mod privkey;
 mod rawec;
 mod rawrsa;
+mod shared;
 
 pub use cardkey::{CardKey, KeyKind, PublicKey};
 pub use default::{default_data_dir, write_atomic, DefaultIdentities};
 pub use files::{FileIdentity, FileStore};
 pub use pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
+pub use shared::SharedStore;
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -205,6 +207,31 @@ pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
     rsa_bits_of(&cert_spki(cert_der)?)
 }
 
+/// An ECDSA signature r || s (two equal halves, as PKCS#11 tokens give it) as the DER
+/// `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 §2.2 / X9.62).
+pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
+    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 2 * 66 {
+        return Err(KeyError::Pkcs11(format!(
+            "a {}-byte ECDSA signature is not r || s",
+            raw.len()
+        )));
+    }
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let int = |v: &[u8]| {
+        let v = &v[v.iter().take_while(|b| **b == 0).count()..];
+        let mut out = Vec::with_capacity(v.len() + 1);
+        // A positive INTEGER whose top bit is set gets a leading zero (X.690 §8.3.2).
+        if v.first().is_none_or(|b| b & 0x80 != 0) {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+        apdu::ber::encode(0x02, &out)
+    };
+    let mut body = int(r);
+    body.extend(int(s));
+    Ok(apdu::ber::encode(0x30, &body))
+}
+
 /// The RSA public key (modulus, exponent) of a DER certificate.
 pub fn rsa_public_key(cert_der: &[u8]) -> Result<PublicKey, String> {
     let spki = cert_spki(cert_der)?;
@@ -256,6 +283,23 @@ fn rsa_bits_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<usiz
         ));
     }
     Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ecdsa_raw_signatures_become_der() {
+        use apdu::hex::{h, spaced};
+        let mut raw = vec![0u8; 64];
+        raw[31] = 0x01;
+        raw[32] = 0x80;
+        assert_eq!(
+            spaced(&super::ecdsa_raw_to_der(&raw).unwrap()),
+            spaced(&[h("30 26 02 01 01 02 21 00 80"), vec![0; 31]].concat())
+        );
+        assert!(super::ecdsa_raw_to_der(&[0; 63]).is_err());
+        assert!(super::ecdsa_raw_to_der(&[]).is_err());
+    }
 }
 
 #[cfg(test)]

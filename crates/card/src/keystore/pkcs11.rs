@@ -382,7 +382,7 @@ fn list_identities(
                 "certificate {label:?} has no private key in token {token:?} (is the token logged in?)"
             )));
         };
-        identities.push(Identity::from_cert(label, value)?);
+        identities.push(Identity::from_cert_rsa_or_ec(label, value)?);
         keys.push(key);
     }
     if identities.is_empty() {
@@ -448,6 +448,61 @@ impl KeyStore for Pkcs11Store {
             }
         }
         pkcs1_fallback(&self.session, key, input, k)
+    }
+
+    /// CKM_ECDSA over the digest (PKCS#11 v2.40 §2.3.6): the token answers r || s, which the
+    /// card returns as an ECDSA-Sig-Value (SP 800-73-4 Part 2 §3.2.4, RFC 5480).
+    fn ec_sign(&mut self, index: usize, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let key = self.ec_key(index)?;
+        let raw = self
+            .session
+            .sign(&Mechanism::Ecdsa, key, digest)
+            .map_err(map_rv)?;
+        super::ecdsa_raw_to_der(&raw)
+    }
+
+    /// CKM_ECDH1_DERIVE with no KDF (PKCS#11 v2.40 §2.3.12) into a session-only generic secret
+    /// that is read once and destroyed.
+    fn ecdh(&mut self, index: usize, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+        use cryptoki::object::KeyType;
+        let key = self.ec_key(index)?;
+        let field = self.identities[index]
+            .ec_curve
+            .map(super::EcCurve::field_len)
+            .unwrap_or_default();
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), peer);
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen((field as u64).into()),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        let secret = self
+            .session
+            .derive_key(&Mechanism::Ecdh1Derive(params), key, &template)
+            .map_err(map_rv)?;
+        let value = self
+            .session
+            .get_attributes(secret, &[AttributeType::Value])
+            .map_err(map_rv);
+        let _ = self.session.destroy_object(secret);
+        match value?.into_iter().next() {
+            Some(Attribute::Value(v)) => Ok(Zeroizing::new(v)),
+            _ => Err(KeyError::Pkcs11("the derived secret has no value".into())),
+        }
+    }
+}
+
+impl Pkcs11Store {
+    fn ec_key(&self, index: usize) -> Result<ObjectHandle, KeyError> {
+        match (self.keys.get(index), self.identities.get(index)) {
+            (Some(k), Some(id)) if id.ec_curve.is_some() => Ok(*k),
+            (Some(_), _) => Err(KeyError::BadInput(format!("key {index} is not EC"))),
+            _ => Err(KeyError::NotFound(format!("no key {index}"))),
+        }
     }
 }
 

@@ -360,7 +360,7 @@ fn factory(ids: &[Identity]) -> Result<(BTreeMap<u8, Slot>, BTreeMap<u32, Vec<u8
 }
 
 /// Which card a state file belongs to: SHA-256 over the store's certificates.
-fn card_id(ids: &[Identity]) -> String {
+pub fn card_id(ids: &[Identity]) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for id in ids {

@@ -151,6 +151,7 @@ fn card_spec(args: &Args) -> Result<ClientCard> {
             password: None,
         },
         profile: vccid::spec::Profile::Cac,
+        state: None,
         puk: None,
         pin: args.pin.clone(),
         pin_tries: None,
