@@ -12,18 +12,20 @@
 # QEMU's user-mode network instead of the bridge (eth0 10.0.2.15; the server is
 # e2e.usbipserver=ADDR, default 10.0.2.2, port e2e.usbipport=PORT, default 3240; benchmarks).
 # e2e.usbwait=S: how long to wait for a smart-card reader to appear (default 60 s).
+# e2e.mech=MECHANISM: pkcs11-tool's signature mechanism (default SHA256-RSA-PKCS; an ECDSA one
+# writes the signature in OpenSSL's DER format).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
-PIN=12345678; KEYID=0001; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
+PIN=12345678; KEYID=0001; MECH=SHA256-RSA-PKCS; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
 USBIP_SERVER=127.0.0.1; USBIP_PORT=3240
 for a in $(cat /proc/cmdline); do
   case $a in
     e2e.pin=*) PIN=${a#*=};; e2e.keyid=*) KEYID=${a#*=};; e2e.apdus=*) APDUS=${a#*=};;
     e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};; e2e.usbip=*) USBIP=${a#*=};;
-    e2e.usbwait=*) USBWAIT=${a#*=};;
+    e2e.usbwait=*) USBWAIT=${a#*=};; e2e.mech=*) MECH=${a#*=};;
     e2e.usbipserver=*) USBIP_SERVER=${a#*=};; e2e.usbipport=*) USBIP_PORT=${a#*=};;
   esac
 done
@@ -95,7 +97,8 @@ if [ -n "$ATR" ]; then
   result "pkcs15_certs=$(grep -c '^X.509 Certificate' /tmp/p15)"
   P11=/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
   echo "signed in the guest" > /tmp/data
-  if timeout 120 pkcs11-tool --module $P11 --login --pin "$PIN" --sign --mechanism SHA256-RSA-PKCS \
+  FORMAT=""; case $MECH in ECDSA*) FORMAT="--signature-format openssl";; esac
+  if timeout 120 pkcs11-tool --module $P11 --login --pin "$PIN" --sign --mechanism "$MECH" $FORMAT \
        --id "$KEYID" --input-file /tmp/data --output-file /tmp/sig > /tmp/sign.out 2>&1; then
     result "sign=1"; blob data /tmp/data; blob sig /tmp/sig
   else

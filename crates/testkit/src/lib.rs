@@ -695,3 +695,143 @@ impl Drop for Qemu {
         let _ = self.child.wait();
     }
 }
+
+/// An NSS database in `dir` (no password) holding a self-signed ECC certificate and key
+/// made by certutil: nickname `ec384`, CN=nss-ec384, secp384r1. Writes `ec384.crt.pem`.
+pub fn nss_ec_db(dir: &Path) -> Result<()> {
+    let db = format!("sql:{}", dir.display());
+    run(Command::new("certutil").args(["-N", "-d", &db, "--empty-password"]))?;
+    let noise = dir.join("noise.bin");
+    std::fs::write(
+        &noise,
+        (0..2048u32)
+            .map(|i| ((i * 7919) >> 5) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new("certutil")
+        .args([
+            "-d",
+            &db,
+            "-x",
+            "-t",
+            "u,u,u",
+            "-S",
+            "-s",
+            "CN=nss-ec384",
+            "-n",
+            "ec384",
+        ])
+        .args([
+            "-k",
+            "ec",
+            "-q",
+            "secp384r1",
+            "-v",
+            "12",
+            "-Z",
+            "SHA384",
+            "-m",
+            "4242",
+            "-z",
+        ])
+        .arg(&noise)
+        .stdin(Stdio::null()))?;
+    let pem = run(Command::new("certutil").args(["-d", &db, "-L", "-a", "-n", "ec384"]))?;
+    std::fs::write(dir.join("ec384.crt.pem"), pem.stdout).map_err(|e| e.to_string())
+}
+
+/// A SoftHSM2 token "vccid-ec" (user PIN 77777777) in `dir` holding a P-256 key and its
+/// self-signed certificate CN=hsm-p256 with CKA_ID 01 (`p256.crt.pem`, `p256.crt.der`);
+/// returns the SOFTHSM2_CONF path.
+pub fn softhsm_ec_token(dir: &Path) -> Result<PathBuf> {
+    let conf = dir.join("softhsm2.conf");
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let hsm = |c: &mut Command| {
+        c.env("SOFTHSM2_CONF", &conf);
+        run(c)
+    };
+    hsm(Command::new("softhsm2-util").args([
+        "--init-token",
+        "--free",
+        "--label",
+        "vccid-ec",
+        "--so-pin",
+        "12345678",
+        "--pin",
+        "77777777",
+    ]))?;
+    let p = |f: &str| dir.join(f);
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(p("p256.key")))?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-new",
+            "-subj",
+            "/CN=hsm-p256",
+            "-days",
+            "30",
+            "-key",
+        ])
+        .arg(p("p256.key"))
+        .arg("-out")
+        .arg(p("p256.crt.pem")))?;
+    run(Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(p("p256.crt.pem"))
+        .arg("-out")
+        .arg(p("p256.crt.der")))?;
+    // pkcs11-tool rather than softhsm2-util --import, which leaves CKA_DERIVE false.
+    hsm(Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            SOFTHSM2,
+            "--token-label",
+            "vccid-ec",
+            "--login",
+            "--pin",
+        ])
+        .args(["77777777", "--write-object"])
+        .arg(p("p256.key"))
+        .args([
+            "--type",
+            "privkey",
+            "--usage-sign",
+            "--usage-derive",
+            "--id",
+            "01",
+        ])
+        .args(["--label", "p256"]))?;
+    hsm(Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            SOFTHSM2,
+            "--token-label",
+            "vccid-ec",
+            "--login",
+            "--pin",
+        ])
+        .args(["77777777", "--write-object"])
+        .arg(p("p256.crt.der"))
+        .args(["--type", "cert", "--id", "01", "--label", "p256"]))?;
+    Ok(conf)
+}

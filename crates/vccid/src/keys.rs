@@ -87,7 +87,7 @@ pub enum EmulatedCard {
     /// libcacard's CAC card.
     Cac(CacCard),
     /// The PIV card.
-    Piv(PivCard),
+    Piv(Box<PivCard>),
     /// Both on one card.
     Dual(Box<DualCard>),
 }
@@ -96,14 +96,14 @@ impl EmulatedCard {
     fn card(&mut self) -> &mut dyn Card {
         match self {
             EmulatedCard::Cac(c) => c,
-            EmulatedCard::Piv(c) => c,
+            EmulatedCard::Piv(c) => c.as_mut(),
             EmulatedCard::Dual(c) => c.as_mut(),
         }
     }
     fn card_ref(&self) -> &dyn Card {
         match self {
             EmulatedCard::Cac(c) => c,
-            EmulatedCard::Piv(c) => c,
+            EmulatedCard::Piv(c) => c.as_ref(),
             EmulatedCard::Dual(c) => c.as_ref(),
         }
     }
@@ -208,7 +208,7 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let names = labels(keys.as_ref());
             let card = PivCard::new(keys, &cfg)?;
             tracing::info!(certificates = ?names, serial = card.serial(), state = ?cfg.state, "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
-            Ok(EmulatedCard::Piv(card))
+            Ok(EmulatedCard::Piv(Box::new(card)))
         }
         Profile::Cac => {
             let (rsa, _) = cac_view(keys)?;

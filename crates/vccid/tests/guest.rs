@@ -290,6 +290,61 @@ fn guest_reads_and_signs_over_usbredir_on_uhci() {
 }
 
 #[test]
+fn guest_signs_with_the_piv_ecc_key_over_usbredir() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut v = vccid_usbredir(port, "emulated,profile=piv", data.path());
+    let devices = [
+        "-device".to_string(),
+        "qemu-xhci,id=hc".into(),
+        "-chardev".into(),
+        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
+        "-device".into(),
+        "usb-redir,chardev=cc,bus=hc.0".into(),
+    ];
+    // The embedded default's P-256 key is 9E, OpenSC's key 04.
+    let g = boot_with(
+        &devices,
+        "e2e.pin=123456 e2e.keyid=04 e2e.mech=ECDSA-SHA256",
+        |_| {},
+    );
+    let _ = v.kill();
+    let _ = v.wait();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(
+        r("usb_reader").starts_with("1 id=08e6:4433"),
+        "{}",
+        g.serial
+    );
+    assert_eq!(
+        r("card_driver"),
+        "\"Personal Identity Verification Card\"",
+        "{}",
+        g.serial
+    );
+    assert_eq!(r("pkcs15_certs"), "4", "{}", g.serial);
+    assert_eq!(r("sign"), "1", "{}", g.serial);
+    let dir = tempfile::tempdir().unwrap();
+    let (msg, sig, pk) = (
+        dir.path().join("data"),
+        dir.path().join("sig"),
+        dir.path().join("pub.pem"),
+    );
+    std::fs::write(&msg, &g.blobs["data"]).unwrap();
+    std::fs::write(&sig, &g.blobs["sig"]).unwrap();
+    testkit::pubkey_pem(&data.path().join("default/piv-ecc.crt.pem"), &pk).unwrap();
+    let v = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pk)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+}
+
+#[test]
 fn seed_nss_certificates_to_the_guest_and_back() {
     let db = tempfile::tempdir().unwrap();
     testkit::nss_db(db.path(), None).unwrap();

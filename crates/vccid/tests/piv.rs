@@ -11,6 +11,8 @@ const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 struct Piv {
     pcscd: PrivatePcscd,
     card: String,
+    /// Extra environment for vccid (SOFTHSM2_CONF).
+    env: Vec<(String, String)>,
     /// Name of the running vccid's log (vccid, then vccid-2, ... after restarts).
     log: String,
 }
@@ -28,6 +30,7 @@ impl Piv {
         let mut p = Piv {
             pcscd,
             card: card.to_string(),
+            env: Vec::new(),
             log: String::new(),
         };
         p.spawn_vccid("vccid");
@@ -44,6 +47,7 @@ impl Piv {
             "--data-dir",
         ])
         .arg(&data);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.pcscd.spawn(log, cmd).expect("vccid starts");
         self.log = log.to_string();
         if let Err(e) = self.pcscd.wait_card(0, Duration::from_secs(20)) {
@@ -184,6 +188,21 @@ fn opensc_piv_driver_lists_and_signs() {
     p.pcscd
         .sign_and_verify("01", "123456", &p.cert(1))
         .unwrap_or_else(|e| panic!("{e}\n{}", p.vccid_log()));
+    // pkcs11-tool's own self-test over every key (RSA and the P-256 card-authentication key).
+    let o = p.tool(
+        "pkcs11-tool",
+        &[
+            "--module",
+            testkit::OPENSC_PKCS11,
+            "--test",
+            "--login",
+            "--pin",
+            "123456",
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}\n{}", p.vccid_log());
+    assert!(t.contains("No errors"), "{t}\n{}", p.vccid_log());
 }
 
 fn openssl(args: &[&str]) {
@@ -809,4 +828,121 @@ fn openssl_base64_decode(b64: &str, dir: &std::path::Path) -> Vec<u8> {
         o.to_str().unwrap(),
     ]);
     std::fs::read(o).unwrap()
+}
+
+/// yubico-piv-tool's ECDSA test signature and ECDH on slot 9A.
+fn ecc_checks_on_9a(p: &Piv, cert: &std::path::Path) {
+    for (action, good) in [
+        ("test-signature", "Successful ECDSA verification"),
+        (
+            "test-decipher",
+            "Successfully performed ECDH exchange with card",
+        ),
+    ] {
+        let t = ok(
+            p,
+            &p.ypt(&[
+                "-a",
+                "verify-pin",
+                "-P",
+                "123456",
+                "-a",
+                action,
+                "-s",
+                "9a",
+                "-i",
+                cert.to_str().unwrap(),
+            ]),
+            action,
+        );
+        assert!(t.contains(good), "{action}: {t}");
+    }
+}
+
+#[test]
+fn ecc_keys_from_a_softhsm2_token_and_an_nss_database() {
+    let d = tempfile::tempdir().unwrap();
+    let hsm = d.path().join("hsm");
+    std::fs::create_dir(&hsm).unwrap();
+    let conf = testkit::softhsm_ec_token(&hsm).expect("SoftHSM2 token");
+    let pin = d.path().join("pin");
+    std::fs::write(&pin, "77777777\n").unwrap();
+    let card = format!(
+        "emulated,profile=piv,backend=pkcs11,module={},token=vccid-ec,token-pin-file={}",
+        testkit::SOFTHSM2,
+        pin.display()
+    );
+    let pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let mut p = Piv {
+        pcscd,
+        card,
+        env: vec![("SOFTHSM2_CONF".into(), conf.display().to_string())],
+        log: String::new(),
+    };
+    p.spawn_vccid("vccid");
+    // The token's P-256 key in 9A: CKM_ECDSA and CKM_ECDH1_DERIVE inside SoftHSM2.
+    let t = ok(&p, &p.ypt(&["-a", "status"]), "status");
+    assert!(
+        t.contains("Algorithm:\tECCP256") && t.contains("CN=hsm-p256"),
+        "{t}"
+    );
+    ecc_checks_on_9a(&p, &hsm.join("p256.crt.pem"));
+    // And through OpenSC: ECDSA-SHA256, verified by OpenSSL.
+    std::fs::write(d.path().join("msg"), b"signed inside SoftHSM2\n").unwrap();
+    let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
+    ok(
+        &p,
+        &p.tool(
+            "pkcs11-tool",
+            &[
+                "--module",
+                testkit::OPENSC_PKCS11,
+                "--login",
+                "--pin",
+                "123456",
+                "--sign",
+                "-m",
+                "ECDSA-SHA256",
+                "--id",
+                "01",
+                "--signature-format",
+                "openssl",
+                "-i",
+                &path("msg"),
+                "-o",
+                &path("sig"),
+            ],
+        ),
+        "OpenSC ECDSA",
+    );
+    testkit::pubkey_pem(&hsm.join("p256.crt.pem"), &d.path().join("p256.pub")).unwrap();
+    let v = std::process::Command::new("openssl")
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            &path("p256.pub"),
+            "-signature",
+            &path("sig"),
+            &path("msg"),
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+
+    // An NSS database's P-384 key (certutil -k ec), through softokn.
+    let nss = d.path().join("nss");
+    std::fs::create_dir(&nss).unwrap();
+    testkit::nss_ec_db(&nss).expect("NSS database");
+    p.card = format!(
+        "emulated,profile=piv,backend=certificates,db=sql:{},cert1=ec384",
+        nss.display()
+    );
+    p.restart("vccid-nss");
+    let t = ok(&p, &p.ypt(&["-a", "status"]), "status (NSS)");
+    assert!(
+        t.contains("Algorithm:\tECCP384") && t.contains("CN=nss-ec384"),
+        "{t}"
+    );
+    ecc_checks_on_9a(&p, &nss.join("ec384.crt.pem"));
 }

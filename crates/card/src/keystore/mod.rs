@@ -210,7 +210,7 @@ pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
 /// An ECDSA signature r || s (two equal halves, as PKCS#11 tokens give it) as the DER
 /// `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 5480 §2.2 / X9.62).
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
-    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 2 * 66 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 2 * 66 {
         return Err(KeyError::Pkcs11(format!(
             "a {}-byte ECDSA signature is not r || s",
             raw.len()

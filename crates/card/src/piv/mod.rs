@@ -235,8 +235,10 @@ pub struct PivCard {
     pin_fresh: bool,
     management_key: ManagementKey,
     management_ok: bool,
-    /// The witness of a management-key authentication in progress.
+    /// The witness of a mutual management-key authentication in progress.
     witness: Option<Zeroizing<Vec<u8>>>,
+    /// The challenge of an external management-key authentication in progress.
+    challenge: Option<Zeroizing<Vec<u8>>>,
     selected: bool,
     /// A command chain being assembled: (INS, P1, P2, data so far).
     chain: Option<(u8, u8, u8, Vec<u8>)>,
@@ -276,8 +278,13 @@ fn public_tlvs(key: &PublicKey) -> Vec<u8> {
     }
 }
 
+/// Key slots by key reference.
+type Slots = BTreeMap<u8, Slot>;
+/// Data objects by tag.
+type Objects = BTreeMap<u32, Vec<u8>>;
+
 /// The slots and data objects of a card fresh from its key store.
-fn factory(ids: &[Identity]) -> Result<(BTreeMap<u8, Slot>, BTreeMap<u32, Vec<u8>>), PivError> {
+fn factory(ids: &[Identity]) -> Result<(Slots, Objects), PivError> {
     use sha2::Digest;
     if ids.is_empty() {
         return Err(PivError::NoIdentities);
@@ -395,6 +402,7 @@ impl PivCard {
             management_key: config.management_key.clone(),
             management_ok: false,
             witness: None,
+            challenge: None,
             selected: false,
             chain: None,
             pending: None,
@@ -505,6 +513,7 @@ impl PivCard {
         self.pin_fresh = false;
         self.management_ok = false;
         self.witness = None;
+        self.challenge = None;
         self.selected = false;
         self.chain = None;
         self.pending = None;
@@ -833,15 +842,24 @@ impl PivCard {
         }
     }
 
-    /// The management key's challenge-response (Part 2 Appendix A.1/A.3): a request for a
-    /// witness (80 empty) gets one encrypted; the decrypted witness (80) with our own
-    /// challenge (81) authenticates the host and gets the challenge encrypted (82).
+    /// The management key's challenge-response (Part 2 Appendix A):
+    /// - mutual (A.3): a request for a witness (80 empty) gets one encrypted; the decrypted
+    ///   witness (80) with the host's challenge (81) authenticates the host and gets that
+    ///   challenge encrypted (82);
+    /// - external (A.2): a request for a challenge (81 empty) gets one; its encryption (82)
+    ///   authenticates the host. OpenSC's GET CHALLENGE uses this request for random bytes.
     fn management_auth(&mut self, alg: u8, items: &BTreeMap<u32, &[u8]>) -> Result<Vec<u8>, Sw> {
+        // SP 800-78-4 Table 6-2: 00 is 3DES-ECB too (the "default" identifier).
+        let alg = if alg == 0x00 { ALG_3DES } else { alg };
         if alg != self.management_key.alg() {
             return Err(Sw::INCORRECT_P1P2);
         }
         let n = self.management_key.block_len();
         self.management_ok = false;
+        if items.get(&0x80).is_none() {
+            return self.external_auth(n, items);
+        }
+        self.challenge = None;
         match (items.get(&0x80), items.get(&0x81)) {
             (Some(&[]), None) => {
                 let mut witness = Zeroizing::new(vec![0u8; n]);
@@ -866,6 +884,38 @@ impl PivCard {
             }
             _ => {
                 self.witness = None;
+                Err(Sw::INCORRECT_DATA)
+            }
+        }
+    }
+
+    /// External authentication of the host (Part 2 Appendix A.2).
+    fn external_auth(&mut self, n: usize, items: &BTreeMap<u32, &[u8]>) -> Result<Vec<u8>, Sw> {
+        self.witness = None;
+        match (items.get(&0x81), items.get(&0x82)) {
+            (Some(&[]), None) => {
+                let mut challenge = Zeroizing::new(vec![0u8; n]);
+                aws_lc_rs::rand::fill(&mut challenge[..]).map_err(|_| Sw::UNKNOWN)?;
+                let answer = tlv(0x7C, &tlv(0x81, &challenge));
+                self.challenge = Some(challenge);
+                Ok(answer)
+            }
+            (None, Some(response)) if response.len() == n => {
+                let Some(challenge) = self.challenge.take() else {
+                    return Err(Sw::CONDITIONS_NOT_SATISFIED);
+                };
+                let mut expected = Zeroizing::new(challenge.to_vec());
+                self.management_key.encrypt_block(&mut expected)?;
+                if aws_lc_rs::constant_time::verify_slices_are_equal(&expected[..], response)
+                    .is_err()
+                {
+                    return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
+                }
+                self.management_ok = true;
+                Ok(vec![])
+            }
+            _ => {
+                self.challenge = None;
                 Err(Sw::INCORRECT_DATA)
             }
         }

@@ -547,3 +547,47 @@ fn more_identities_fill_the_retired_slots() {
         Err(PivError::TooMany(25))
     ));
 }
+
+#[test]
+fn external_authentication_and_the_challenge_opensc_asks_for_random_bytes() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    // OpenSC's GET CHALLENGE: P1 00 (3DES, SP 800-78-4), 81 empty.
+    let r = tx(&mut c, "00 87 00 9B 04 7C 02 81 00 00");
+    assert_eq!(
+        (spaced(&r[..4]), sw(&r)),
+        ("7C 0A 81 08".to_string(), "90 00".into())
+    );
+    let again = tx(&mut c, "00 87 03 9B 04 7C 02 81 00 00");
+    assert_ne!(r[4..12], again[4..12], "a fresh challenge each time");
+    // A wrong response: refused, and the challenge is spent.
+    let mut bad = h("00 87 03 9B 0C 7C 0A 82 08");
+    bad.extend([0u8; 8]);
+    assert_eq!(sw(&c.transmit(&bad)), "69 82");
+    assert_eq!(sw(&c.transmit(&bad)), "69 85");
+    // The right response: the challenge encrypted with the key.
+    let r = tx(&mut c, "00 87 03 9B 04 7C 02 81 00 00");
+    let mut block = r[4..12].to_vec();
+    ManagementKey::new(ALG_3DES, &DEFAULT_MANAGEMENT_KEY)
+        .unwrap()
+        .encrypt_block(&mut block)
+        .unwrap();
+    let mut good = h("00 87 03 9B 0C 7C 0A 82 08");
+    good.extend(&block);
+    assert_eq!(sw(&c.transmit(&good)), "90 00");
+    assert_eq!(
+        sw(&tx(
+            &mut c,
+            "00 DB 3F FF 0B 5C 03 5F C1 09 53 04 DE AD BE EF"
+        )),
+        "90 00"
+    );
+    // AES keys take 16-byte challenges; P1 00 is 3DES only.
+    let aes: Vec<u8> = (0..16).collect();
+    let mut set = vec![ALG_AES128, 0x9B, 16];
+    set.extend(&aes);
+    assert_eq!(sw(&send(&mut c, 0xFF, 0xFF, 0xFF, &set)), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 87 00 9B 04 7C 02 81 00 00")), "6A 86");
+    let r = tx(&mut c, "00 87 08 9B 04 7C 02 81 00 00");
+    assert_eq!(spaced(&r[..4]), "7C 12 81 10");
+}
