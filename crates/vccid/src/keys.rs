@@ -157,11 +157,10 @@ fn piv_config(
         Some(StateSpec::File(f)) => Some(f.clone()),
         None => {
             let id = card::piv::card_id(keys.identities());
-            Some(
-                data_dir(data_dir_given)?
-                    .join("piv")
-                    .join(format!("{}.json", &id[..16])),
-            )
+            let dir = data_dir(data_dir_given).map_err(|e| {
+                anyhow!("{e}; the PIV card keeps its state there (or give state=FILE or state=off)")
+            })?;
+            Some(dir.join("piv").join(format!("{}.json", &id[..16])))
         }
     };
     Ok(cfg)

@@ -164,3 +164,31 @@ fn vscclient_errors_are_one_line() {
         "cannot connect to 127.0.0.1:1",
     );
 }
+
+#[test]
+fn piv_state_needs_a_data_directory_or_state_off() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::openssl_identities(dir.path()).unwrap();
+    let d = dir.path().display();
+    let card = format!(
+        "emulated,profile=piv,backend=files,cert1={d}/cert1.crt.pem,key1={d}/cert1.key.pem"
+    );
+    let o = Command::new(VCCID)
+        .args(["--card", &card])
+        .env_remove("HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("VCCID_DATA_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no data directory") && err.contains("state=off"),
+        "{err}"
+    );
+    fails_with(
+        &["--card", "emulated,profile=cac,state=off"],
+        "the CAC card keeps no state",
+    );
+}

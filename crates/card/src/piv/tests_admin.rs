@@ -591,3 +591,80 @@ fn external_authentication_and_the_challenge_opensc_asks_for_random_bytes() {
     let r = tx(&mut c, "00 87 08 9B 04 7C 02 81 00 00");
     assert_eq!(spaced(&r[..4]), "7C 12 81 10");
 }
+
+#[test]
+fn malformed_tlv_unknown_objects_and_abandoned_chains_leave_the_state_unchanged() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    default_auth(&mut c);
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    let before = c.state();
+    for (apdu, want) in [
+        // A 7C whose length runs past the command: 6A80.
+        ("00 87 07 9A 04 7C 08 82 00", "6A 80"),
+        // A long-form length that promises more than there is.
+        ("00 87 11 9E 06 7C 82 FF FF 82 00", "6A 80"),
+        // Templates nested inside the template: no challenge at the top level.
+        ("00 87 07 9A 0A 7C 08 7C 06 7C 04 82 00 81 00", "6A 80"),
+        // An unknown object, a tag list of 4 bytes, an object outside the PIV range.
+        ("00 CB 3F FF 05 5C 03 5F C1 FF 00", "6A 82"),
+        ("00 CB 3F FF 06 5C 04 5F C1 02 00 00", "6A 80"),
+        ("00 DB 3F FF 08 5C 03 5F C2 01 53 01 00", "6A 82"),
+        // PUT DATA whose 53 runs past the end, and GENERATE with a truncated template.
+        ("00 DB 3F FF 08 5C 03 5F C1 09 53 05 00", "6A 80"),
+        ("00 47 00 9A 04 AC 03 80 01", "6A 80"),
+        // IMPORT with a component length past the end; SET MANAGEMENT KEY too short.
+        ("00 FE 11 9A 04 06 20 01 02", "6A 80"),
+        ("00 FF FF FF 02 03 9B", "6A 80"),
+        // METADATA of nothing.
+        ("00 F7 00 42 00", "6A 88"),
+    ] {
+        assert_eq!(sw(&tx(&mut c, apdu)), want, "{apdu}");
+        assert!(c.state() == before, "{apdu} changed the card");
+    }
+    // A GENERATE chain abandoned half-way for another command: 6883, nothing generated, and
+    // the next command works.
+    assert_eq!(sw(&tx(&mut c, "10 47 00 9A 02 AC 03")), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 F7 00 9A 00")), "68 83");
+    assert!(c.state() == before);
+    assert_eq!(
+        spaced(&tx(&mut c, "00 F7 00 9A 00")[..9]),
+        "01 01 07 02 02 02 01 03 01"
+    );
+    // Management-key messages out of order: a response with no witness asked for, or a
+    // challenge response with no challenge, and the key is not authenticated after either.
+    c.power_on();
+    tx(&mut c, SELECT);
+    let mut no_witness = h("00 87 03 9B 16 7C 14 80 08");
+    no_witness.extend([0u8; 8]);
+    no_witness.extend(h("81 08 01 02 03 04 05 06 07 08"));
+    assert_eq!(sw(&c.transmit(&no_witness)), "69 85");
+    let mut no_challenge = h("00 87 03 9B 0C 7C 0A 82 08");
+    no_challenge.extend([0u8; 8]);
+    assert_eq!(sw(&c.transmit(&no_challenge)), "69 85");
+    assert_eq!(sw(&tx(&mut c, "00 47 00 9A 05 AC 03 80 01 11 00")), "69 82");
+    assert!(c.state() == before);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Any object value written with PUT DATA (chained, BER-TLV 53 of any length) comes back
+    /// from GET DATA byte for byte, through GET RESPONSE.
+    #[test]
+    fn put_data_then_get_data_round_trips(
+        tag in 0x5F_C1_01u32..=0x5F_C1_23,
+        value in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..3000),
+    ) {
+        let mut c = card();
+        tx(&mut c, SELECT);
+        default_auth(&mut c);
+        let tag_bytes = &tag.to_be_bytes()[1..];
+        let mut data = tlv(0x5C, tag_bytes);
+        data.extend(tlv(0x53, &value));
+        proptest::prop_assert_eq!(sw(&send(&mut c, 0xDB, 0x3F, 0xFF, &data)), "90 00");
+        let got = send(&mut c, 0xCB, 0x3F, 0xFF, &tlv(0x5C, tag_bytes));
+        proptest::prop_assert_eq!(sw(&got), "90 00");
+        let (obj, rest) = ber::parse_one(&got[..got.len() - 2]).unwrap();
+        proptest::prop_assert_eq!((obj.tag, obj.value, rest.len()), (0x53, &value[..], 0));
+    }
+}
