@@ -647,7 +647,11 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
     }
     // The state file: one per card under the data directory, mode 0600, format version 1.
     let dir = p.data("piv");
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "json"))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     use std::os::unix::fs::PermissionsExt;
     let meta = files[0].metadata().unwrap();
@@ -658,6 +662,28 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
         "{state}"
     );
 
+    // A second vccid for the same card is refused while the first runs (the state's lock).
+    let o = p
+        .pcscd
+        .command("timeout")
+        .args([
+            "20",
+            VCCID,
+            "--vpcd",
+            "127.0.0.1:35963",
+            "--card",
+            "emulated,profile=piv",
+        ])
+        .arg("--data-dir")
+        .arg(p.data(""))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("another vccid is serving this card"),
+        "{}",
+        text(&o)
+    );
     // A state file that fails to parse stops vccid with its path, and is left as it was.
     p.pcscd.stop_child("vccid-2", "TERM");
     std::fs::write(files[0].path(), "{ not json").unwrap();

@@ -249,6 +249,8 @@ pub struct PivCard {
     card_id: String,
     /// Something persistent changed during this command.
     dirty: bool,
+    /// The state file's lock, held while the card lives: one process per card state.
+    _lock: Option<std::fs::File>,
     presence: Presence,
 }
 
@@ -409,6 +411,7 @@ impl PivCard {
             serial,
             card_id,
             dirty: false,
+            _lock: None,
             presence: Presence::new(true),
         };
         if let Some(path) = &config.state {
@@ -416,6 +419,7 @@ impl PivCard {
                 path: path.display().to_string(),
                 why,
             };
+            card._lock = Some(state::lock(path).map_err(err)?);
             if let Some(state) = State::load(path).map_err(err)? {
                 card.restore(state).map_err(err)?;
                 tracing::info!(path = %path.display(), "PIV card state restored");

@@ -139,6 +139,40 @@ fn pin_to(p: &PinState) -> PinV1 {
     }
 }
 
+/// Takes the state file's lock (`FILE.lock` beside it, created 0600 in a 0700 directory): two
+/// processes serving one card would each overwrite the other's changes.
+pub fn lock(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    make_dir(path).map_err(|e| format!("cannot create its directory: {e}"))?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&name)
+        .map_err(|e| format!("cannot open its lock file: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err("another vccid is serving this card (its lock file is held)".into())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
+    }
+}
+
+fn make_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        None => Ok(()),
+    }
+}
+
 impl State {
     /// Parses a state file's bytes (any version this code knows).
     pub fn parse(bytes: &[u8]) -> Result<State, String> {
@@ -261,13 +295,7 @@ impl State {
 
     /// Writes the state atomically with mode 0600, creating the directory (0700) if needed.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
+        make_dir(path)?;
         crate::keystore::write_atomic(path, &self.to_bytes(), 0o600)
     }
 }

@@ -366,8 +366,14 @@ fn the_state_file_carries_keys_objects_pins_and_counters_across_restarts() {
     assert_eq!(dir_mode & 0o777, 0o700);
     drop(c);
 
-    // A restart: the same card comes back.
+    // A restart: the same card comes back. While one card holds the state, a second is
+    // refused.
     let mut c = open(&cfg).unwrap();
+    let second = open(&cfg).unwrap_err().to_string();
+    assert!(
+        second.contains("another vccid is serving this card"),
+        "{second}"
+    );
     assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "63 C2");
     assert_eq!(
         sw(&tx(&mut c, "00 20 00 80 08 36 35 34 33 32 31 FF FF")),
