@@ -338,11 +338,7 @@ impl PrivatePcscd {
         env: &[(&str, &str)],
     ) -> Result<()> {
         let d = self.dir.path();
-        let (msg, sig, pk) = (
-            d.join(format!("msg{id}")),
-            d.join(format!("sig{id}")),
-            d.join(format!("pub{id}.pem")),
-        );
+        let (msg, sig) = (d.join(format!("msg{id}")), d.join(format!("sig{id}")));
         std::fs::write(&msg, b"vccid signs this\n").map_err(|e| e.to_string())?;
         let o = self
             .command("pkcs11-tool")
@@ -357,24 +353,7 @@ impl PrivatePcscd {
         if !o.status.success() {
             return Err(format!("pkcs11-tool --sign --id {id}: {}", text(&o)));
         }
-        pubkey_pem(cert, &pk)?;
-        let v = Command::new("openssl")
-            .args(["dgst", "-sha256", "-verify"])
-            .arg(&pk)
-            .arg("-signature")
-            .arg(&sig)
-            .arg(&msg)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if v.status.success() && text(&v).contains("Verified OK") {
-            Ok(())
-        } else {
-            Err(format!(
-                "signature with {id} does not verify against {}: {}",
-                cert.display(),
-                text(&v)
-            ))
-        }
+        verify_sha256(cert, &msg, &sig).map_err(|e| format!("signature with {id}: {e}"))
     }
 }
 
@@ -494,9 +473,8 @@ pub fn openssl_pkcs12(dir: &Path, password: &str) -> Result<()> {
     Ok(())
 }
 
-/// A SoftHSM2 token "vccid-test" (user PIN 77777777) in `dir` holding three RSA-2048 keys and
-/// certificates CN=cert1..3 with CKA_ID 01..03; returns the SOFTHSM2_CONF path.
-pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
+/// A SoftHSM2 configuration whose tokens live in `dir/tokens`; returns its path.
+fn softhsm_conf(dir: &Path) -> Result<PathBuf> {
     let conf = dir.join("softhsm2.conf");
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
@@ -508,6 +486,13 @@ pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
         ),
     )
     .map_err(|e| e.to_string())?;
+    Ok(conf)
+}
+
+/// A SoftHSM2 token "vccid-test" (user PIN 77777777) in `dir` holding three RSA-2048 keys and
+/// certificates CN=cert1..3 with CKA_ID 01..03; returns the SOFTHSM2_CONF path.
+pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
+    let conf = softhsm_conf(dir)?;
     run(Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
         .args([
@@ -559,6 +544,32 @@ pub fn softhsm_token(dir: &Path) -> Result<PathBuf> {
             ]))?;
     }
     Ok(conf)
+}
+
+/// Checks with `openssl dgst -sha256 -verify` that `sig` (PKCS#1 v1.5, or an ECDSA signature
+/// in DER) over the file `msg` verifies with the public key of the PEM certificate `cert`.
+pub fn verify_sha256(cert: &Path, msg: &Path, sig: &Path) -> Result<()> {
+    let mut pk = sig.as_os_str().to_owned();
+    pk.push(".pub.pem");
+    let pk = PathBuf::from(pk);
+    pubkey_pem(cert, &pk)?;
+    let v = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pk)
+        .arg("-signature")
+        .arg(sig)
+        .arg(msg)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if v.status.success() && text(&v).contains("Verified OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "does not verify against {}: {}",
+            cert.display(),
+            text(&v)
+        ))
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound once and released).
@@ -745,17 +756,7 @@ pub fn nss_ec_db(dir: &Path) -> Result<()> {
 /// self-signed certificate CN=hsm-p256 with CKA_ID 01 (`p256.crt.pem`, `p256.crt.der`);
 /// returns the SOFTHSM2_CONF path.
 pub fn softhsm_ec_token(dir: &Path) -> Result<PathBuf> {
-    let conf = dir.join("softhsm2.conf");
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\n",
-            tokens.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let conf = softhsm_conf(dir)?;
     let hsm = |c: &mut Command| {
         c.env("SOFTHSM2_CONF", &conf);
         run(c)

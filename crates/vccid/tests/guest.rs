@@ -55,20 +55,25 @@ struct Guest {
 /// Boots the guest with the reader at `port` on `controller` ("xhci" or "uhci") and waits for
 /// it to power off (3 minutes at most).
 fn boot(port: u16, controller: &str) -> Guest {
+    boot_with(&usbredir_devices(port, controller), "e2e.apdus=100", |_| {})
+}
+
+/// QEMU's USB controller ("xhci" or "uhci") and a `usb-redir` device on it, connecting to
+/// `vccid --usbredir` at `port`.
+fn usbredir_devices(port: u16, controller: &str) -> Vec<String> {
     let hc = if controller == "uhci" {
         "ich9-usb-uhci1,id=hc"
     } else {
         "qemu-xhci,id=hc"
     };
-    let devices = [
+    vec![
         "-device".to_string(),
         hc.into(),
         "-chardev".into(),
         format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
         "-device".into(),
         "usb-redir,chardev=cc,bus=hc.0".into(),
-    ];
-    boot_with(&devices, "e2e.apdus=100", |_| {})
+    ]
 }
 
 /// Boots the guest with these devices and kernel parameters; `on_wait` gets each
@@ -222,24 +227,16 @@ fn assert_guest_signed(g: &Guest, cert: &Path) {
         "{}",
         g.serial
     );
+    assert_guest_signature_verifies(g, cert);
+}
+
+/// The guest's signature over its data (blobs "data" and "sig") verifies with `cert`'s key.
+fn assert_guest_signature_verifies(g: &Guest, cert: &Path) {
     let dir = tempfile::tempdir().unwrap();
-    let (data, sig, pk) = (
-        dir.path().join("data"),
-        dir.path().join("sig"),
-        dir.path().join("pub.pem"),
-    );
+    let (data, sig) = (dir.path().join("data"), dir.path().join("sig"));
     std::fs::write(&data, &g.blobs["data"]).unwrap();
     std::fs::write(&sig, &g.blobs["sig"]).unwrap();
-    testkit::pubkey_pem(cert, &pk).unwrap();
-    let v = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pk)
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    testkit::verify_sha256(cert, &data, &sig).unwrap();
 }
 
 fn default_card_in_guest(controller: &str) {
@@ -294,17 +291,9 @@ fn guest_signs_with_the_piv_ecc_key_over_usbredir() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let mut v = vccid_usbredir(port, "emulated,profile=piv", data.path());
-    let devices = [
-        "-device".to_string(),
-        "qemu-xhci,id=hc".into(),
-        "-chardev".into(),
-        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
-        "-device".into(),
-        "usb-redir,chardev=cc,bus=hc.0".into(),
-    ];
     // The embedded default's P-256 key is 9E, OpenSC's key 04.
     let g = boot_with(
-        &devices,
+        &usbredir_devices(port, "xhci"),
         "e2e.pin=123456 e2e.keyid=04 e2e.mech=ECDSA-SHA256",
         |_| {},
     );
@@ -324,24 +313,7 @@ fn guest_signs_with_the_piv_ecc_key_over_usbredir() {
     );
     assert_eq!(r("pkcs15_certs"), "4", "{}", g.serial);
     assert_eq!(r("sign"), "1", "{}", g.serial);
-    let dir = tempfile::tempdir().unwrap();
-    let (msg, sig, pk) = (
-        dir.path().join("data"),
-        dir.path().join("sig"),
-        dir.path().join("pub.pem"),
-    );
-    std::fs::write(&msg, &g.blobs["data"]).unwrap();
-    std::fs::write(&sig, &g.blobs["sig"]).unwrap();
-    testkit::pubkey_pem(&data.path().join("default/piv-ecc.crt.pem"), &pk).unwrap();
-    let v = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pk)
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&msg)
-        .output()
-        .unwrap();
-    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    assert_guest_signature_verifies(&g, &data.path().join("default/piv-ecc.crt.pem"));
 }
 
 #[test]
@@ -417,14 +389,7 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
     let ticks = move || cpu_ticks(pid);
     let mut idle_start = 0;
     let mut idle_ticks = None;
-    let devices = [
-        "-device".to_string(),
-        "qemu-xhci,id=hc".into(),
-        "-chardev".into(),
-        format!("socket,id=cc,host=127.0.0.1,port={port},reconnect=1,nodelay=on"),
-        "-device".into(),
-        "usb-redir,chardev=cc,bus=hc.0".into(),
-    ];
+    let devices = usbredir_devices(port, "xhci");
     let g = boot_with(&devices, "e2e.events=1 e2e.big=1", |what| match what {
         "idle-begin" => idle_start = ticks(),
         "idle-end" => idle_ticks = Some(ticks() - idle_start),

@@ -344,19 +344,7 @@ fn ecc_p256_and_p384_with_yubico_piv_tool_and_opensc() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let v = std::process::Command::new("openssl")
-        .args([
-            "dgst",
-            "-sha256",
-            "-verify",
-            &path("p256.pub"),
-            "-signature",
-            &path("sig"),
-            &path("msg"),
-        ])
-        .output()
-        .unwrap();
-    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    testkit::verify_sha256(&d.join("p256.crt"), &d.join("msg"), &d.join("sig")).unwrap();
     // OpenSC: ECDH with key 03 agrees with OpenSSL's side.
     openssl(&[
         "ecparam",
@@ -774,24 +762,9 @@ fn ykcs11_lists_the_piv_objects_and_signs() {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ok(&p, &p.tool("pkcs11-tool", &args), "ykcs11 sign");
-        testkit::pubkey_pem(
-            &p.data(&format!("default/{cert}.crt.pem")),
-            &d.path().join("pub.pem"),
-        )
-        .unwrap();
-        let v = std::process::Command::new("openssl")
-            .args([
-                "dgst",
-                "-sha256",
-                "-verify",
-                &path("pub.pem"),
-                "-signature",
-                &path("sig"),
-                &path("msg"),
-            ])
-            .output()
-            .unwrap();
-        assert!(text(&v).contains("Verified OK"), "{id}: {}", text(&v));
+        let cert = p.data(&format!("default/{cert}.crt.pem"));
+        testkit::verify_sha256(&cert, &d.path().join("msg"), &d.path().join("sig"))
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
     }
 }
 
@@ -941,20 +914,12 @@ fn ecc_keys_from_a_softhsm2_token_and_an_nss_database() {
         ),
         "OpenSC ECDSA",
     );
-    testkit::pubkey_pem(&hsm.join("p256.crt.pem"), &d.path().join("p256.pub")).unwrap();
-    let v = std::process::Command::new("openssl")
-        .args([
-            "dgst",
-            "-sha256",
-            "-verify",
-            &path("p256.pub"),
-            "-signature",
-            &path("sig"),
-            &path("msg"),
-        ])
-        .output()
-        .unwrap();
-    assert!(text(&v).contains("Verified OK"), "{}", text(&v));
+    testkit::verify_sha256(
+        &hsm.join("p256.crt.pem"),
+        &d.path().join("msg"),
+        &d.path().join("sig"),
+    )
+    .unwrap();
 
     // An NSS database's P-384 key (certutil -k ec), through softokn.
     let nss = d.path().join("nss");
