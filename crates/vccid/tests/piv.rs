@@ -474,9 +474,35 @@ impl rcgen::SigningKey for CardP384<'_> {
     }
 }
 
+/// Writes `dir/cert.pem`: CN=made on the card, for the P-384 key in `dir/pub.pem`, signed by
+/// the card through ykcs11.
+fn certify_through_ykcs11(p: &Piv, dir: &std::path::Path) {
+    let pem = std::fs::read_to_string(dir.join("pub.pem")).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let spki = openssl_base64_decode(&b64, dir);
+    let point = spki[spki.len() - 97..].to_vec();
+    assert_eq!(point[0], 0x04);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "made on the card");
+    let cert = params
+        .self_signed(&CardP384 { piv: p, point, dir })
+        .expect("the card signs its certificate");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+}
+
 #[test]
 fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
-    let mut p = Piv::with_reader("emulated,profile=piv", Some(YUBICO_READER));
+    // With APDU traces, to tell where a failed selfsign-certificate stopped.
+    let pcscd = PrivatePcscd::start_named(Some(YUBICO_READER)).expect("private pcscd starts");
+    let mut p = Piv {
+        pcscd,
+        card: "emulated,profile=piv".into(),
+        env: vec![("RUST_LOG".into(), "info,card::piv=trace".into())],
+        log: String::new(),
+    };
+    p.spawn_vccid("vccid");
     let d = tempfile::tempdir().unwrap();
     let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
     // A P-384 key generated on the card with the default management key.
@@ -494,27 +520,48 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
         ]),
         "generate",
     );
-    // Its self-signed certificate. Debian's yubico-piv-tool 2.2.0 cannot self-sign with
+    // Its self-signed certificate. Debian 12's yubico-piv-tool 2.2.0 cannot self-sign with
     // OpenSSL 3 against any card (it hooks EC_KEY_METHOD, which OpenSSL 3's X509_sign no
-    // longer calls: Yubico/yubico-piv-tool#388), so the card signs the certificate through
-    // ykcs11, which learns the new key from GET METADATA although 9D still holds cert3.
-    let pem = std::fs::read_to_string(path("pub.pem")).unwrap();
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let spki = openssl_base64_decode(&b64, d.path());
-    let point = spki[spki.len() - 97..].to_vec();
-    assert_eq!(point[0], 0x04);
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "made on the card");
-    let cert = params
-        .self_signed(&CardP384 {
-            piv: &p,
-            point,
-            dir: d.path(),
-        })
-        .expect("the card signs its certificate");
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    // longer calls: Yubico/yubico-piv-tool#388): it fails before sending the card a signing
+    // command. When it does, the card signs the certificate through ykcs11 instead, which
+    // learns the new key from GET METADATA although 9D still holds cert3.
+    let signs = |p: &Piv| p.vccid_log().matches("apdu=00 87 14 9D").count();
+    let before = signs(&p);
+    let o = p.ypt(&[
+        "-a",
+        "verify-pin",
+        "-P",
+        "123456",
+        "-a",
+        "selfsign-certificate",
+        "-s",
+        "9d",
+        "-S",
+        "/CN=made on the card/",
+        "-i",
+        &path("pub.pem"),
+        "-o",
+        &path("cert.pem"),
+    ]);
+    if o.status.success() {
+        eprintln!("yubico-piv-tool selfsign-certificate works here");
+    } else {
+        assert!(
+            text(&o).contains("Failed signing certificate"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(
+            signs(&p),
+            before,
+            "selfsign-certificate reached the card and failed there: {}",
+            p.vccid_log()
+        );
+        certify_through_ykcs11(&p, d.path());
+        // The trace does show the card's signatures: ykcs11's reached it.
+        assert!(signs(&p) > before, "{}", p.vccid_log());
+    }
+
     ok(
         &p,
         &p.ypt(&[
