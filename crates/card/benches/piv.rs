@@ -23,7 +23,7 @@ fn main() {
     card.power_on();
     let select = apdu::hex::h("00 A4 04 00 09 A0 00 00 03 08 00 00 10 00");
     let verify = apdu::hex::h("00 20 00 80 08 31 32 33 34 35 36 FF FF");
-    assert_eq!(card.transmit(&select)[..2], [0x61, 0x2D]);
+    assert_eq!(card.transmit(&select)[..2], [0x61, 0x36]);
     // 9A holds the key (the first identity): PIN once, no VERIFY per signature.
     assert_eq!(card.transmit(&verify), [0x90, 0x00]);
     let mut ga = apdu::hex::h("00 87 11 9A 26 7C 24 82 00 81 20");
