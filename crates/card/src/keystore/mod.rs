@@ -176,7 +176,7 @@ pub enum KeyError {
     /// A configured name (nickname, label, id) matched nothing.
     #[error("{0}")]
     NotFound(String),
-    /// This store has no such operation (EC keys live in files for now).
+    /// This store has no such operation.
     #[error("this key store does not do {0}")]
     Unsupported(&'static str),
 }
