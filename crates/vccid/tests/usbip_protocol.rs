@@ -41,16 +41,24 @@ impl Server {
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        testkit::wait_for("vccid --usbip listening", Duration::from_secs(20), || {
-            TcpStream::connect(addr).is_ok()
-        })
-        .unwrap();
-        Server {
+        let mut s = Server {
             child,
             addr,
             log,
             _data: data,
+        };
+        // Our vccid says it exports on this address (not some other program that took the
+        // port between free_port and the bind), and it accepts connections.
+        let listening = format!("usbip: exporting the reader addr={addr} ");
+        let ready = testkit::wait_for("vccid --usbip listening", Duration::from_secs(20), || {
+            matches!(s.child.try_wait(), Ok(None))
+                && s.log().contains(&listening)
+                && TcpStream::connect(addr).is_ok()
+        });
+        if let Err(e) = ready {
+            panic!("{e}\nvccid log:\n{}", s.log());
         }
+        s
     }
     fn command(&mut self, c: &str) {
         writeln!(self.child.stdin.as_mut().unwrap(), "{c}").unwrap();
@@ -60,7 +68,7 @@ impl Server {
     }
     fn import(&self) -> (Vec<u8>, Importer) {
         vhci::import(self.addr, "1-1")
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\nvccid log:\n{}", self.log()))
             .expect("the import is accepted")
     }
 }
