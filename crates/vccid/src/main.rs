@@ -52,8 +52,9 @@ struct Args {
     /// p12-password-file=FILE`),
     /// `emulated,backend=pkcs11,uri=pkcs11:token=...?module-path=...`;
     /// common properties: pin=PIN (default 12345678), pin-tries=N (default 3);
-    /// profile=cac (default, libcacard's CAC) or profile=piv (a PIV card: slots 9A, 9C, 9D,
-    /// 9E; PIN 123456, puk=PUK default 12345678).
+    /// profile=cac (default, libcacard's CAC), profile=piv (a PIV card: slots 9A, 9C, 9D,
+    /// 9E, then 82..95; PIN 123456, puk=PUK default 12345678; state=FILE|off, default a file
+    /// per card under the data directory) or profile=cac+piv (both on one card).
     /// `passthru[,listen=ADDR]`: the card lives in a VSCard client such as vscclient
     /// (default listen=127.0.0.1:2001; ADDR is HOST:PORT or unix:PATH).
     /// `hardware[,reader=NAME]`: the host's real card through PC/SC (the first reader whose
