@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, value_name = "SPEC", default_value = "emulated")]
     card: String,
 
-    /// Where the embedded default identities are kept (default: $XDG_DATA_HOME/vccid, else
+    /// Where the embedded default identities and the PIV cards' state are kept (default: $XDG_DATA_HOME/vccid, else
     /// ~/.local/share/vccid; also $VCCID_DATA_DIR).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
