@@ -337,19 +337,34 @@ impl PrivatePcscd {
         cert: &Path,
         env: &[(&str, &str)],
     ) -> Result<()> {
+        self.sign_and_verify_with(OPENSC_PKCS11, "SHA256-RSA-PKCS", id, pin, cert, env)
+    }
+
+    /// Signs with `pkcs11-tool --module MODULE --mechanism MECHANISM` (an ECDSA mechanism gets
+    /// its signature in OpenSSL's DER format) and checks the signature with [`verify_sha256`].
+    pub fn sign_and_verify_with(
+        &self,
+        module: &str,
+        mechanism: &str,
+        id: &str,
+        pin: &str,
+        cert: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let d = self.dir.path();
         let (msg, sig) = (d.join(format!("msg{id}")), d.join(format!("sig{id}")));
         std::fs::write(&msg, b"vccid signs this\n").map_err(|e| e.to_string())?;
-        let o = self
-            .command("pkcs11-tool")
-            .envs(env.iter().copied())
-            .args(["--module", OPENSC_PKCS11, "--login", "--pin", pin, "--sign"])
-            .args(["--mechanism", "SHA256-RSA-PKCS", "--id", id, "--input-file"])
+        let mut cmd = self.command("pkcs11-tool");
+        cmd.envs(env.iter().copied())
+            .args(["--module", module, "--login", "--pin", pin, "--sign"])
+            .args(["--mechanism", mechanism, "--id", id, "--input-file"])
             .arg(&msg)
             .arg("--output-file")
-            .arg(&sig)
-            .output()
-            .map_err(|e| e.to_string())?;
+            .arg(&sig);
+        if mechanism.starts_with("ECDSA") {
+            cmd.args(["--signature-format", "openssl"]);
+        }
+        let o = cmd.output().map_err(|e| e.to_string())?;
         if !o.status.success() {
             return Err(format!("pkcs11-tool --sign --id {id}: {}", text(&o)));
         }
@@ -802,37 +817,18 @@ pub fn softhsm_ec_token(dir: &Path) -> Result<PathBuf> {
         .arg("-out")
         .arg(p("p256.crt.der")))?;
     // pkcs11-tool rather than softhsm2-util --import, which leaves CKA_DERIVE false.
-    hsm(Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            SOFTHSM2,
-            "--token-label",
-            "vccid-ec",
-            "--login",
-            "--pin",
-        ])
-        .args(["77777777", "--write-object"])
-        .arg(p("p256.key"))
-        .args([
-            "--type",
-            "privkey",
-            "--usage-sign",
-            "--usage-derive",
-            "--id",
-            "01",
-        ])
-        .args(["--label", "p256"]))?;
-    hsm(Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            SOFTHSM2,
-            "--token-label",
-            "vccid-ec",
-            "--login",
-            "--pin",
-        ])
-        .args(["77777777", "--write-object"])
-        .arg(p("p256.crt.der"))
-        .args(["--type", "cert", "--id", "01", "--label", "p256"]))?;
+    let write = |file: &str, kind: &[&str]| {
+        hsm(Command::new("pkcs11-tool")
+            .args(["--module", SOFTHSM2, "--token-label", "vccid-ec", "--login"])
+            .args(["--pin", "77777777", "--write-object"])
+            .arg(p(file))
+            .args(kind)
+            .args(["--id", "01", "--label", "p256"]))
+    };
+    write(
+        "p256.key",
+        &["--type", "privkey", "--usage-sign", "--usage-derive"],
+    )?;
+    write("p256.crt.der", &["--type", "cert"])?;
     Ok(conf)
 }

@@ -321,30 +321,16 @@ fn ecc_p256_and_p384_with_yubico_piv_tool_and_opensc() {
         );
     }
     // OpenSC: ECDSA-SHA256 with key 02, verified by OpenSSL.
-    std::fs::write(d.join("msg"), b"signed with P-256 through OpenSC\n").unwrap();
-    let o = p.tool(
-        "pkcs11-tool",
-        &[
-            "--module",
+    p.pcscd
+        .sign_and_verify_with(
             testkit::OPENSC_PKCS11,
-            "--login",
-            "--pin",
-            "123456",
-            "--sign",
-            "-m",
             "ECDSA-SHA256",
-            "--id",
             "02",
-            "--signature-format",
-            "openssl",
-            "-i",
-            &path("msg"),
-            "-o",
-            &path("sig"),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    testkit::verify_sha256(&d.join("p256.crt"), &d.join("msg"), &d.join("sig")).unwrap();
+            "123456",
+            &d.join("p256.crt"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.vccid_log()));
     // OpenSC: ECDH with key 03 agrees with OpenSSL's side.
     openssl(&[
         "ecparam",
@@ -778,40 +764,14 @@ fn ykcs11_lists_the_piv_objects_and_signs() {
     }
     assert!(t.contains("CN=cert1") || t.contains("cert1"), "{t}");
     // RSA with the 9A key (ykcs11 id 01) and ECDSA with the 9E key (id 04), checked by OpenSSL.
-    let d = tempfile::tempdir().unwrap();
-    let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
-    std::fs::write(path("msg"), b"signed through ykcs11\n").unwrap();
-    for (id, mech, extra, cert) in [
-        ("01", "SHA256-RSA-PKCS", None, "cert1"),
-        ("04", "ECDSA-SHA256", Some("openssl"), "piv-ecc"),
+    for (id, mech, cert) in [
+        ("01", "SHA256-RSA-PKCS", "cert1"),
+        ("04", "ECDSA-SHA256", "piv-ecc"),
     ] {
-        let mut args = vec![
-            "--module",
-            module,
-            "--login",
-            "--pin",
-            "123456",
-            "--sign",
-            "-m",
-            mech,
-            "--id",
-            id,
-            "-i",
-            &path("msg"),
-            "-o",
-            &path("sig"),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        if let Some(f) = extra {
-            args.extend(["--signature-format".into(), f.into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(&p, &p.tool("pkcs11-tool", &args), "ykcs11 sign");
         let cert = p.data(&format!("default/{cert}.crt.pem"));
-        testkit::verify_sha256(&cert, &d.path().join("msg"), &d.path().join("sig"))
-            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        p.pcscd
+            .sign_and_verify_with(module, mech, id, "123456", &cert, &[])
+            .unwrap_or_else(|e| panic!("ykcs11 {id}: {e}\n{}", p.vccid_log()));
     }
 }
 
@@ -934,39 +894,16 @@ fn ecc_keys_from_a_softhsm2_token_and_an_nss_database() {
     );
     ecc_checks_on_9a(&p, &hsm.join("p256.crt.pem"));
     // And through OpenSC: ECDSA-SHA256, verified by OpenSSL.
-    std::fs::write(d.path().join("msg"), b"signed inside SoftHSM2\n").unwrap();
-    let path = |f: &str| d.path().join(f).to_str().unwrap().to_string();
-    ok(
-        &p,
-        &p.tool(
-            "pkcs11-tool",
-            &[
-                "--module",
-                testkit::OPENSC_PKCS11,
-                "--login",
-                "--pin",
-                "123456",
-                "--sign",
-                "-m",
-                "ECDSA-SHA256",
-                "--id",
-                "01",
-                "--signature-format",
-                "openssl",
-                "-i",
-                &path("msg"),
-                "-o",
-                &path("sig"),
-            ],
-        ),
-        "OpenSC ECDSA",
-    );
-    testkit::verify_sha256(
-        &hsm.join("p256.crt.pem"),
-        &d.path().join("msg"),
-        &d.path().join("sig"),
-    )
-    .unwrap();
+    p.pcscd
+        .sign_and_verify_with(
+            testkit::OPENSC_PKCS11,
+            "ECDSA-SHA256",
+            "01",
+            "123456",
+            &hsm.join("p256.crt.pem"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.vccid_log()));
 
     // An NSS database's P-384 key (certutil -k ec), through softokn.
     let nss = d.path().join("nss");
