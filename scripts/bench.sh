@@ -74,7 +74,7 @@ until ss -ltn | grep -q ':35964 '; do sleep 0.05; done
 VCCID=$ROOT/target/release/vccid
 present() { until opensc-tool -l 2>/dev/null | grep -q "^$1 .*Yes"; do sleep 0.01; done; }
 absent() { until opensc-tool -l 2>/dev/null | grep -q "^$1 .*No"; do sleep 0.05; done; }
-"$VCCID" --data-dir "$W/data" --vpcd 127.0.0.1:1 >/dev/null 2>&1 & P=$!; sleep 1; kill $P  # make identities
+"$VCCID" init "$W/data" >/dev/null 2>&1  # make the card (a --data-dir must exist)
 t0=$(date +%s%N)
 "$VCCID" --data-dir "$W/data" --vpcd >"$W/vccid.log" 2>&1 & VPID=$!; PIDS+=($VPID)
 present 0

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11)
+PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11 mount kmod systemd sudo libvirt-clients libxml2-utils g++)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +25,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo build --release (the README's run command, which a test runs, uses it)"
+cargo build --release -p vccid
+ls -l target/release/vccid target/release/vscclient
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test.log
 echo "== fuzz (15 s per target)"

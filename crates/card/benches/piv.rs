@@ -18,6 +18,9 @@ fn main() {
     let (c, k) = (dir.path().join("ec.crt"), dir.path().join("ec.key"));
     std::fs::write(&c, cert.pem()).expect("write");
     std::fs::write(&k, key.serialize_pem()).expect("write");
+    // Private, or the key store refuses it.
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let store = FileStore::open(&[card::keystore::FileIdentity::new(c, Some(k))]).expect("store");
     let mut card = PivCard::new(Box::new(store), &PivConfig::default()).expect("card");
     card.power_on();

@@ -16,10 +16,12 @@ pub mod keystore;
 mod pin;
 pub mod piv;
 mod presence;
+mod traced;
 
 pub use fixed::FixedCard;
 pub use pin::{Pin, PinStatus, PinVerify};
 pub use presence::Presence;
+pub use traced::Traced;
 
 /// A smart card as a reader sees it.
 pub trait Card: Send {

@@ -431,7 +431,15 @@ impl Reader {
                 &r,
             ),
             (_, other) => {
-                tracing::warn!(?other, "CCID: the card failed the command");
+                // Named, not printed: a response's bytes may be secret (apdu::describe).
+                let what = match other {
+                    CardAnswer::Atr(_) => "an ATR where a response was due, or an empty ATR",
+                    CardAnswer::Response(_) => {
+                        "a response where an ATR was due, or one without SW1 SW2"
+                    }
+                    CardAnswer::Failed => "the card or its link failed",
+                };
+                tracing::warn!("CCID: the card failed the command: {what}");
                 reply(
                     rdr::DATA_BLOCK,
                     b.slot,

@@ -5,7 +5,7 @@
 use card::Card;
 
 fn main() {
-    let mut card = match hostcard::HostCard::open(None) {
+    let mut card = match hostcard::HostCard::open(None, &[]) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apdu: {e}");

@@ -1,10 +1,12 @@
 //! A real card through PC/SC as a [`card::Card`] (DESIGN.md: the host card). The reader is
-//! chosen by name (the first whose name contains the given text) or is the first reader; a
-//! thread follows it with SCardGetStatusChange, so insertion and removal reach the card's
-//! [`Presence`], and the connection is made on demand.
+//! chosen by name (the first whose name contains the given text, case-insensitively) or is the
+//! first reader, never one the caller excludes (its own vpcd reader: relaying it would be a
+//! loop); a thread follows it with SCardGetStatusChange, so insertion and removal reach the
+//! card's [`Presence`], and the connection is made on demand.
 #![warn(missing_docs)]
 
 mod pcsc;
+pub mod pcscd;
 
 use card::{Card, Presence};
 use pcsc::{Context, Handle, Lib, PcscError};
@@ -20,14 +22,61 @@ pub enum HostCardError {
     /// A PC/SC call failed.
     #[error("{0}")]
     Pcsc(#[from] PcscError),
-    /// No reader matches.
-    #[error("no PC/SC reader {wanted}; readers: {readers}")]
+    /// No reader is a candidate: none matches, or every match is excluded.
+    #[error("no PC/SC reader {wanted}; {readers}")]
     NoReader {
         /// what was asked for
         wanted: String,
-        /// what there is
+        /// what pcscd lists, each excluded one with the reason
         readers: String,
     },
+}
+
+/// A reader that is never a candidate, and why (said when nothing else is left).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    /// The reader's full PC/SC name, as pcscd lists it.
+    pub name: String,
+    /// Why it is excluded, for the error message.
+    pub why: String,
+}
+
+/// Chooses the reader to use among `readers` (pcscd's list, in its order): the first whose
+/// name contains `wanted` (case-insensitively), or the first when nothing is wanted, skipping
+/// every reader named in `exclude`. The error lists every reader pcscd has, the excluded ones
+/// with the reason.
+pub fn choose_reader(
+    readers: &[String],
+    wanted: Option<&str>,
+    exclude: &[Excluded],
+) -> Result<String, HostCardError> {
+    let excluded = |r: &str| exclude.iter().find(|e| e.name == r);
+    let wanted_lc = wanted.map(str::to_lowercase);
+    let matches = |r: &str| {
+        wanted_lc
+            .as_deref()
+            .is_none_or(|w| r.to_lowercase().contains(w))
+    };
+    if let Some(r) = readers.iter().find(|r| matches(r) && excluded(r).is_none()) {
+        return Ok(r.clone());
+    }
+    let wanted = match wanted {
+        Some(w) => format!("matching {w:?}"),
+        None => "to use".into(),
+    };
+    let readers = if readers.is_empty() {
+        "pcscd lists no readers (is the reader plugged in, and its driver installed?)".into()
+    } else {
+        let list: Vec<String> = readers
+            .iter()
+            .map(|r| match excluded(r) {
+                Some(e) => format!("{r:?} (excluded: {})", e.why),
+                None => format!("{r:?}"),
+            })
+            .collect();
+        format!("pcscd has {}", list.join(", "))
+    };
+    Err(HostCardError::NoReader { wanted, readers })
 }
 
 /// The answer of a command whose card went away mid-way (ISO 7816-4: no precise diagnosis).
@@ -43,24 +92,15 @@ pub struct HostCard {
 }
 
 impl HostCard {
-    /// Opens the reader whose name contains `reader` (or the first reader) and starts
-    /// following it.
-    pub fn open(reader: Option<&str>) -> Result<HostCard, HostCardError> {
+    /// Opens the reader [`choose_reader`] picks (by `reader`, never one in `exclude`) and
+    /// starts following it. The choice is by name only: a reader without a card is still
+    /// chosen (the card may be inserted later), with a warning that says where cards are.
+    pub fn open(reader: Option<&str>, exclude: &[Excluded]) -> Result<HostCard, HostCardError> {
         let lib = Lib::load().map_err(HostCardError::Library)?;
         let ctx = Context::new(&lib)?;
+        // SCARD_E_NO_READERS_AVAILABLE is an empty list, not a failure.
         let readers = ctx.readers().unwrap_or_default();
-        let chosen = readers
-            .iter()
-            .find(|r| reader.is_none_or(|w| r.contains(w)))
-            .cloned()
-            .ok_or_else(|| HostCardError::NoReader {
-                wanted: reader.map_or("at all".into(), |r| format!("matching {r:?}")),
-                readers: if readers.is_empty() {
-                    "none".into()
-                } else {
-                    readers.join(", ")
-                },
-            })?;
+        let chosen = choose_reader(&readers, reader, exclude)?;
         tracing::info!(reader = %chosen, "using PC/SC reader");
         let presence = Presence::new(false);
         let atr = Arc::new(Mutex::new(Vec::new()));
@@ -74,6 +114,9 @@ impl HostCard {
         let (_, gen) = presence.snapshot();
         if gen == 0 {
             presence.wait_change(0, std::time::Duration::from_millis(500));
+        }
+        if !presence.is_present() {
+            warn_no_card(&ctx, &chosen, &readers, exclude);
         }
         Ok(HostCard {
             ctx,
@@ -98,6 +141,32 @@ impl HostCard {
             self.handle = Some(h);
         }
         Ok(self.handle.as_ref().expect("set above"))
+    }
+}
+
+/// Says that `chosen` holds no card, and where cards are: in another candidate (which the user
+/// may have meant), or nowhere.
+fn warn_no_card(ctx: &Context, chosen: &str, readers: &[String], exclude: &[Excluded]) {
+    // SCARD_STATE_UNAWARE (0) with a zero timeout: the current state at once (PC/SC part 5,
+    // SCardGetStatusChange).
+    let with_card: Vec<&String> = readers
+        .iter()
+        .filter(|r| r.as_str() != chosen && !exclude.iter().any(|e| &e.name == *r))
+        .filter(|r| {
+            CString::new(r.as_str())
+                .ok()
+                .and_then(|n| ctx.wait_change(&n, 0, 0).ok())
+                .is_some_and(|s| s & pcsc::STATE_PRESENT != 0)
+        })
+        .collect();
+    if with_card.is_empty() {
+        tracing::warn!(reader = %chosen, "no card in any PC/SC reader; waiting for one in {chosen:?}");
+    } else {
+        tracing::warn!(
+            reader = %chosen,
+            "no card in {chosen:?} (waiting for one); a card is in {:?}: choose that reader by name to use it",
+            with_card
+        );
     }
 }
 
@@ -180,5 +249,78 @@ impl Card for HostCard {
     }
     fn presence(&self) -> Presence {
         self.presence.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn own(name: &str) -> Excluded {
+        Excluded {
+            name: name.into(),
+            why: "vccid's own vpcd reader (--vpcd 127.0.0.1:35963)".into(),
+        }
+    }
+
+    const VPCD: [&str; 3] = [
+        "Virtual PCD 00 00",
+        "Virtual PCD 00 01",
+        "Gemalto PC Twin Reader 01 00",
+    ];
+
+    #[test]
+    fn own_reader_is_never_chosen_even_when_listed_first() {
+        let r = names(&VPCD);
+        assert_eq!(choose_reader(&r, None, &[]).unwrap(), VPCD[0]);
+        assert_eq!(choose_reader(&r, None, &[own(VPCD[0])]).unwrap(), VPCD[1]);
+        assert_eq!(
+            choose_reader(&r, Some("virtual"), &[own(VPCD[0])]).unwrap(),
+            VPCD[1]
+        );
+    }
+
+    #[test]
+    fn by_name_case_insensitively_first_match_wins() {
+        let r = names(&VPCD);
+        assert_eq!(choose_reader(&r, Some("gemalto"), &[]).unwrap(), VPCD[2]);
+        assert_eq!(choose_reader(&r, Some("00 01"), &[]).unwrap(), VPCD[1]);
+        assert_eq!(choose_reader(&r, Some("PCD"), &[]).unwrap(), VPCD[0]);
+    }
+
+    #[test]
+    fn none_found_lists_what_pcscd_has_and_why_excluded() {
+        let r = names(&VPCD);
+        let e = choose_reader(&r, Some("nomatch"), &[own(VPCD[0])])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no PC/SC reader matching \"nomatch\"; pcscd has \"Virtual PCD 00 00\" (excluded: \
+             vccid's own vpcd reader (--vpcd 127.0.0.1:35963)), \"Virtual PCD 00 01\", \
+             \"Gemalto PC Twin Reader 01 00\""
+        );
+        // The only match is our own reader.
+        let e = choose_reader(&r, Some("00 00"), &[own(VPCD[0])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matching \"00 00\"") && e.contains("excluded"),
+            "{e}"
+        );
+        // Nothing but our own reader.
+        let e = choose_reader(&names(&VPCD[..1]), None, &[own(VPCD[0])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("no PC/SC reader to use; pcscd has \"Virtual PCD 00 00\" (excluded"),
+            "{e}"
+        );
+        let e = choose_reader(&[], None, &[]).unwrap_err().to_string();
+        assert!(e.contains("pcscd lists no readers"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_long, c_ulong, c_void, CStr, CString};
 use std::sync::Arc;
 
 type Long = c_long;
-type Dword = c_ulong;
+pub(crate) type Dword = c_ulong;
 
 /// SCARD_SCOPE_SYSTEM.
 const SCOPE_SYSTEM: Dword = 2;
@@ -214,6 +214,47 @@ impl Context {
             (self.lib.get_status_change)(self.ctx, Dword::from(timeout_ms), &mut st, 1)
         })?;
         Ok(st.event_state)
+    }
+
+    /// SCardGetStatusChange on several readers at once: waits up to `timeout_ms` (`u32::MAX`
+    /// is INFINITE) until one of them differs from its `current` state; returns each reader's
+    /// event state and ATR, in order. The name `\\?PnP?\Notification` (PCSC/pcsclite.h)
+    /// stands for "the reader list changed".
+    pub fn wait_changes(
+        &self,
+        readers: &[(CString, Dword)],
+        timeout_ms: u32,
+    ) -> Result<Vec<(Dword, Vec<u8>)>, PcscError> {
+        let mut states: Vec<ReaderState> = readers
+            .iter()
+            .map(|(name, current)| ReaderState {
+                reader: name.as_ptr(),
+                user_data: std::ptr::null_mut(),
+                current_state: *current,
+                event_state: 0,
+                atr_len: 0,
+                atr: [0; 33],
+            })
+            .collect();
+        // SAFETY: `states` holds `states.len()` valid reader states whose names (borrowed from
+        // `readers`) outlive the call; pcsc-lite writes only inside them.
+        check(unsafe {
+            (self.lib.get_status_change)(
+                self.ctx,
+                Dword::from(timeout_ms),
+                states.as_mut_ptr(),
+                states.len() as Dword,
+            )
+        })?;
+        Ok(states
+            .iter()
+            .map(|s| {
+                (
+                    s.event_state,
+                    s.atr[..(s.atr_len as usize).min(33)].to_vec(),
+                )
+            })
+            .collect())
     }
 
     /// SCardConnect, shared, T=0 or T=1.

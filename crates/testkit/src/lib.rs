@@ -10,8 +10,13 @@
 //! A peer that cannot start is an error, never a skip.
 
 pub mod ccid_host;
+pub mod process;
 pub mod tls;
 pub mod vhci;
+
+pub use process::{
+    accept_within, kill, output, signal, terminate, wait_child, wait_output, CommandExt, Signal,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -25,11 +30,17 @@ pub const OPENSC_PKCS11: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
 /// SoftHSM2's module on Debian.
 pub const SOFTHSM2: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-/// Runs a command to completion, failing with its output if it exits non-zero.
+/// How long [`run`] lets a command take: generous (it builds the guest image), but a limit.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a test tool (opensc-tool, pkcs11-tool, openssl, ss, tshark -r) may take.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a command to completion (at most [`RUN_TIMEOUT`], standard input from /dev/null),
+/// failing with its output if it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let what = format!("{cmd:?}");
+    let out = output(cmd, RUN_TIMEOUT, &what)?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -68,7 +79,26 @@ impl PrivatePcscd {
     /// PCD": the namespace gets its own /etc/reader.conf.d (ykcs11 2.2.0 opens only readers
     /// whose names start with "Yubico", ykcs11/utils.c `is_yubico_reader`).
     pub fn start_named(friendly: Option<&str>) -> Result<Self> {
-        for tool in ["pcscd", "unshare", "nsenter", "ip"] {
+        Self::start_with(friendly, false)
+    }
+
+    /// pcscd started as Debian's units start it: `pcscd.socket` listens on
+    /// /run/pcscd/pcscd.comm and the first PC/SC client starts `pcscd --foreground
+    /// --auto-exit` (pcscd.service), which exits 60 s after its last client. Here
+    /// `systemd-socket-activate` plays pcscd.socket; until a client connects nothing listens on
+    /// vpcd's port, which this checks before returning.
+    pub fn start_socket_activated() -> Result<Self> {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(friendly: Option<&str>, activated: bool) -> Result<Self> {
+        for tool in [
+            "pcscd",
+            "unshare",
+            "nsenter",
+            "ip",
+            "systemd-socket-activate",
+        ] {
             which(tool)?;
         }
         if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists()
@@ -103,7 +133,12 @@ impl PrivatePcscd {
                 confdir.display()
             ));
         }
-        script.push_str("exec pcscd -f");
+        script.push_str(if activated {
+            "exec systemd-socket-activate -l /run/pcscd/pcscd.comm \
+             pcscd --foreground --auto-exit"
+        } else {
+            "exec pcscd -f"
+        });
         let holder = Command::new("unshare")
             .args([
                 "--mount",
@@ -132,14 +167,33 @@ impl PrivatePcscd {
             if let Ok(Some(st)) = me.holder.try_wait() {
                 return Err(format!("pcscd exited at start ({st}): {}", me.log()));
             }
-            let ss = me.command("ss").args(["-ltn"]).output();
+            let ss = output(me.command("ss").arg("-lnx").arg("-ltn"), TOOL_TIMEOUT, "ss");
             if let Ok(o) = ss {
-                if String::from_utf8_lossy(&o.stdout).contains(":35963 ") {
+                let out = String::from_utf8_lossy(&o.stdout);
+                if activated && out.contains("/run/pcscd/pcscd.comm") {
+                    if out.contains(":35963 ") {
+                        return Err(format!(
+                            "vpcd listens before any PC/SC client came: pcscd was not \
+                             socket-activated: {}",
+                            me.log()
+                        ));
+                    }
+                    break;
+                }
+                if !activated && out.contains(":35963 ") {
                     break;
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("vpcd never listened on 35963: {}", me.log()));
+                return Err(format!(
+                    "{} never listened: {}",
+                    if activated {
+                        "systemd-socket-activate on /run/pcscd/pcscd.comm"
+                    } else {
+                        "vpcd on 35963"
+                    },
+                    me.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -202,16 +256,22 @@ impl PrivatePcscd {
         stop(all);
     }
 
-    /// Stops one program started with [`spawn`](Self::spawn), by its name (SIGTERM, then
-    /// SIGKILL after 3 s); `signal` "KILL" kills it at once.
+    /// Stops one program started with [`spawn`](Self::spawn), by its name: `signal` (named
+    /// as for the `kill` program: "TERM", "KILL", "INT", "HUP"), then SIGTERM, then SIGKILL
+    /// after 3 s.
+    ///
+    /// # Panics
+    /// On a signal name that [`Signal::from_name`] does not know (a bug in the test).
     pub fn stop_child(&mut self, name: &str, signal: &str) {
+        let sig = Signal::from_name(signal)
+            .unwrap_or_else(|| panic!("stop_child({name:?}): unknown signal {signal:?}"));
         let (mine, rest): (Vec<_>, Vec<_>) = self.children.drain(..).partition(|(n, _)| n == name);
         self.children = rest;
-        for (_, c) in &mine {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(c.id().to_string())
-                .status();
+        let mut mine = mine;
+        for (n, c) in &mut mine {
+            if let Err(e) = process::signal(c, sig) {
+                eprintln!("stop_child: {n}: {e}");
+            }
         }
         stop(mine);
     }
@@ -240,11 +300,15 @@ impl PrivatePcscd {
         let want = format!("{index} ");
         let word = if present { "Yes" } else { "No" };
         loop {
-            let out = self
-                .command("opensc-tool")
-                .arg("-l")
-                .output()
-                .map_err(|e| e.to_string())?;
+            let out = output(
+                self.command("opensc-tool").arg("-l"),
+                // One slow call may use the rest of the wait, and a little more.
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(10)),
+                "opensc-tool -l",
+            )
+            .map_err(|e| format!("{e}\npcscd: {}", self.log()))?;
             let t = String::from_utf8_lossy(&out.stdout);
             if t.lines().any(|l| l.starts_with(&want) && l.contains(word)) {
                 return Ok(());
@@ -260,29 +324,27 @@ impl PrivatePcscd {
     }
 }
 
-/// SIGTERM, then SIGKILL after 3 s, and reap.
+/// SIGTERM to all, then SIGKILL to each one still running 3 s later, and reap (cleanup:
+/// failures are reported on stderr, not raised).
 fn stop(mut children: Vec<(String, Child)>) {
-    for (_, c) in &children {
-        let _ = Command::new("kill").arg(c.id().to_string()).status();
-    }
-    for (_, c) in &mut children {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    for (name, c) in &mut children {
+        if let Err(e) = process::signal(c, Signal::Term) {
+            eprintln!("stopping {name}: {e}");
         }
-        let _ = c.kill();
-        let _ = c.wait();
+    }
+    for (name, c) in &mut children {
+        // At the deadline wait_child kills and reaps it: the SIGKILL this cleanup wants.
+        let _ = process::wait_child(c, Duration::from_secs(3), name);
     }
 }
 
 impl Drop for PrivatePcscd {
     fn drop(&mut self) {
         self.stop_children();
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
+        // unshare --kill-child takes pcscd with it.
+        if let Err(e) = process::kill(&mut self.holder, "pcscd's unshare") {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -364,7 +426,7 @@ impl PrivatePcscd {
         if mechanism.starts_with("ECDSA") {
             cmd.args(["--signature-format", "openssl"]);
         }
-        let o = cmd.output().map_err(|e| e.to_string())?;
+        let o = output(&mut cmd, TOOL_TIMEOUT, "pkcs11-tool --sign")?;
         if !o.status.success() {
             return Err(format!("pkcs11-tool --sign --id {id}: {}", text(&o)));
         }
@@ -398,6 +460,7 @@ pub fn openssl_identities(dir: &Path) -> Result<()> {
             .arg(&key)
             .arg("-out")
             .arg(&crt))?;
+        private(&key)?;
         run(Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
             .arg(&crt)
@@ -469,6 +532,7 @@ pub fn nss_pkcs12(dir: &Path, password: &str) -> Result<()> {
             .args(["-d", &db, "-n", &format!("cert{n}"), "-o"])
             .arg(dir.join(format!("cert{n}.nss.p12")))
             .args(["-W", password, "-K", ""]))?;
+        private(&dir.join(format!("cert{n}.nss.p12")))?;
     }
     Ok(())
 }
@@ -484,8 +548,17 @@ pub fn openssl_pkcs12(dir: &Path, password: &str) -> Result<()> {
             .arg(dir.join(format!("cert{n}.crt.pem")))
             .args(["-passout", &format!("pass:{password}"), "-out"])
             .arg(dir.join(format!("cert{n}.p12"))))?;
+        private(&dir.join(format!("cert{n}.p12")))?;
     }
     Ok(())
+}
+
+/// Mode 0600 on a file holding a private key: vccid refuses one that others may read, and
+/// what mode a tool gives its output depends on its version and the umask.
+pub fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod 600 {}: {e}", path.display()))
 }
 
 /// A SoftHSM2 configuration whose tokens live in `dir/tokens`; returns its path.
@@ -568,14 +641,16 @@ pub fn verify_sha256(cert: &Path, msg: &Path, sig: &Path) -> Result<()> {
     pk.push(".pub.pem");
     let pk = PathBuf::from(pk);
     pubkey_pem(cert, &pk)?;
-    let v = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pk)
-        .arg("-signature")
-        .arg(sig)
-        .arg(msg)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let v = output(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pk)
+            .arg("-signature")
+            .arg(sig)
+            .arg(msg),
+        TOOL_TIMEOUT,
+        "openssl dgst -verify",
+    )?;
     if v.status.success() && text(&v).contains("Verified OK") {
         Ok(())
     } else {
@@ -717,8 +792,9 @@ impl Qemu {
 
 impl Drop for Qemu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = process::kill(&mut self.child, "QEMU") {
+            eprintln!("{e}");
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! `tls-creds-x509` layout with one thing wrong (another CA, an expired client certificate),
 //! and tshark captures whose raw bytes a test searches for plaintext.
 
+use crate::process::{self, Signal};
 use crate::{wait_for, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,18 +108,33 @@ impl Capture {
     /// writes packets in batches: give it a moment to take the last ones first.
     pub fn stop(mut self) -> Result<PathBuf> {
         std::thread::sleep(Duration::from_secs(1));
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        process::signal(&mut self.child, Signal::Int)?;
+        let log = |e: String| {
+            format!(
+                "{e}: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        };
+        let st = process::wait_child(
+            &mut self.child,
+            Duration::from_secs(30),
+            "tshark to close its capture after SIGINT",
+        )
+        .map_err(log)?;
+        // tshark exits 0 after SIGINT with a complete file; anything else is a broken capture.
+        if !st.success() {
+            return Err(log(format!("tshark stopped with {st}")));
+        }
         Ok(self.file.clone())
     }
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A capture not stopped (the test failed first): SIGKILL is enough.
+        if let Err(e) = process::kill(&mut self.child, "tshark") {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -130,10 +146,8 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The number of frames holding TLS records that tshark finds in a capture, decoding TCP
 /// `port` as TLS.
 pub fn tls_records(file: &Path, port: u16) -> Result<usize> {
-    let o = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args([
+    let o = process::output(
+        Command::new("tshark").arg("-r").arg(file).args([
             "-d",
             &format!("tcp.port=={port},tls"),
             "-Y",
@@ -142,8 +156,9 @@ pub fn tls_records(file: &Path, port: u16) -> Result<usize> {
             "fields",
             "-e",
             "frame.number",
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
+        ]),
+        crate::TOOL_TIMEOUT,
+        "tshark -r",
+    )?;
     Ok(String::from_utf8_lossy(&o.stdout).lines().count())
 }

@@ -130,6 +130,7 @@ impl Exporter {
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            tracing::info!(%peer, "usbip: connection");
             if self.warn_plaintext {
                 tracing::warn!(%peer, "usbip: connection on a non-loopback address: unauthenticated and unencrypted");
             }

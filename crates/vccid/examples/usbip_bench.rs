@@ -15,6 +15,7 @@ fn main() {
     let port = testkit::free_port().expect("port");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let data = std::env::temp_dir().join("vccid-bench-ids");
+    std::fs::create_dir_all(&data).expect("data directory");
     let mut child = Command::new(vccid)
         .args(["--usbip", &addr.to_string(), "--data-dir"])
         .arg(&data)

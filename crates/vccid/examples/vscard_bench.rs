@@ -97,6 +97,7 @@ fn main() {
     };
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20000);
     let data = std::env::temp_dir().join("vccid-bench-ids");
+    std::fs::create_dir_all(&data).expect("data directory");
     let creds: PathBuf =
         std::env::temp_dir().join(format!("vccid-bench-tls-{}", std::process::id()));
     vccid::tls::init(

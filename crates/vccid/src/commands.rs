@@ -3,7 +3,7 @@
 //! End of input stops reading (and nothing else: vccid keeps serving; vscclient spins there).
 
 use card::Presence;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 
 /// What one line asks for; `None` for an empty line.
 fn answer(line: &str, presence: &Presence) -> Option<String> {
@@ -41,7 +41,12 @@ pub fn spawn(presence: Presence) {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 if let Some(reply) = answer(&line, &presence) {
-                    tracing::info!("{reply}");
+                    // The answer goes to whoever typed the command (stdout); the log records
+                    // the change itself.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{reply}");
+                    let _ = out.flush();
+                    tracing::info!("stdin: {reply}");
                 }
             }
         });

@@ -13,11 +13,67 @@ use card::piv::{PivCard, PivConfig};
 use card::Card;
 use std::path::{Path, PathBuf};
 
+/// The data directory: one given on the command line must exist (a mistyped `--data-dir`
+/// would otherwise make a new card in the wrong place, issue #13); the default one is made on
+/// first use, so that `vccid` works with no flags.
 fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
-    given
-        .map(Path::to_path_buf)
-        .or_else(default_data_dir)
-        .ok_or_else(|| anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir"))
+    if let Some(dir) = given {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "data directory {d} does not exist; create it with `vccid init {d}` (or give vccid --create)",
+                d = dir.display()
+            );
+        }
+        return Ok(dir.to_path_buf());
+    }
+    let dir = default_data_dir()
+        .ok_or_else(|| anyhow!("no data directory: set HOME, XDG_DATA_HOME or --data-dir"))?;
+    create_data_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Makes a data directory (and its parents) with mode 0700: it holds private keys.
+pub fn create_data_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow!("cannot create data directory {}: {e}", dir.display()))
+}
+
+/// `vccid init [DIR]`: makes the data directory and a new default card in it, refusing when
+/// there is one already; returns what to tell the user.
+pub fn init(given: Option<&Path>) -> Result<String> {
+    let dir = match given {
+        Some(d) => d.to_path_buf(),
+        None => default_data_dir()
+            .ok_or_else(|| anyhow!("no data directory: set HOME, XDG_DATA_HOME or give DIR"))?,
+    };
+    create_data_dir(&dir)?;
+    let d = DefaultIdentities::new(&dir);
+    let files = d.create()?;
+    let store = FileStore::open(&files)?;
+    let mut out = format!("made a new card in {}:\n", d.dir().display());
+    for (f, id) in files.iter().zip(store.identities()) {
+        let kind = match id.ec_curve {
+            Some(_) => "ECDSA P-256".to_string(),
+            None => format!("RSA-{}", id.modulus_bits),
+        };
+        out += &format!(
+            "  {}  {kind}  {}\n",
+            card::keystore::certificate_subject(&id.cert_der).unwrap_or_else(|| id.label.clone()),
+            f.cert.display()
+        );
+    }
+    let flag = match given {
+        Some(g) => format!(" --data-dir {}", g.display()),
+        None => String::new(),
+    };
+    out += &format!(
+        "back it up (its keys are the card's identity); serve it with: vccid{flag} --vpcd\n"
+    );
+    Ok(out)
 }
 
 /// Opens the key store a backend names; the embedded default carries its ECC identity when
@@ -30,12 +86,7 @@ pub fn key_store(
     Ok(match backend {
         Backend::Default => {
             let d = DefaultIdentities::new(&data_dir(data_dir_given)?);
-            let files = if with_ecc {
-                d.ensure_with_ecc()?
-            } else {
-                d.ensure()?
-            };
-            Box::new(FileStore::open(&files)?)
+            Box::new(d.open(with_ecc)?)
         }
         Backend::Files(files, p12_password) => {
             let mut files = files.clone();
@@ -166,6 +217,14 @@ fn piv_config(
     Ok(cfg)
 }
 
+/// Where the PIV state lives, for the log: the file, or "off".
+fn state_text(cfg: &PivConfig) -> String {
+    match &cfg.state {
+        Some(path) => path.display().to_string(),
+        None => "off (nothing survives a restart)".into(),
+    }
+}
+
 fn labels(keys: &dyn KeyStore) -> Vec<String> {
     keys.identities().iter().map(|i| i.label.clone()).collect()
 }
@@ -201,19 +260,22 @@ fn cac_config(spec: &EmulatedSpec) -> Result<CacConfig> {
 pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Result<EmulatedCard> {
     let dir = data_dir_given.as_deref();
     let keys = key_store(&spec.backend, dir, spec.profile.has_piv())?;
+    for id in keys.identities() {
+        crate::expiry::warn(&id.label, &id.cert_der);
+    }
     match spec.profile {
         Profile::Piv => {
             let cfg = piv_config(spec, keys.as_ref(), dir)?;
             let names = labels(keys.as_ref());
             let card = PivCard::new(keys, &cfg)?;
-            tracing::info!(certificates = ?names, serial = card.serial(), state = ?cfg.state, "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
+            tracing::info!(certificates = %names.join(", "), serial = card.serial(), state = %state_text(&cfg), "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
             Ok(EmulatedCard::Piv(Box::new(card)))
         }
         Profile::Cac => {
             let (rsa, _) = cac_view(keys)?;
             let names = labels(rsa.as_ref());
             let card = CacCard::new(rsa, &cac_config(spec)?)?;
-            tracing::info!(certificates = ?names, "CAC card ready");
+            tracing::info!(certificates = %names.join(", "), "CAC card ready");
             Ok(EmulatedCard::Cac(card))
         }
         Profile::CacPiv => {
@@ -222,7 +284,7 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let (cac_names, piv_names) = (labels(rsa.as_ref()), labels(&shared));
             let cac = CacCard::new(rsa, &cac_config(spec)?)?;
             let piv = PivCard::new(Box::new(shared), &cfg)?;
-            tracing::info!(cac = ?cac_names, piv = ?piv_names, serial = piv.serial(), state = ?cfg.state, "CAC+PIV card ready (SELECT picks the application)");
+            tracing::info!(cac = %cac_names.join(", "), piv = %piv_names.join(", "), serial = piv.serial(), state = %state_text(&cfg), "CAC+PIV card ready (SELECT picks the application)");
             Ok(EmulatedCard::Dual(Box::new(DualCard::new(cac, piv))))
         }
     }

@@ -4,12 +4,32 @@
 pub mod async_ccid;
 pub mod commands;
 pub mod emul_args;
+pub mod expiry;
+pub mod hardware;
 pub mod keys;
 pub mod passthru;
+pub mod qemu;
+pub mod ready;
 pub mod spec;
 pub mod stream;
 pub mod tls;
 pub mod usb;
+
+/// Parses the command line; a usage error is one line set like every other error of the
+/// program (`PROG: error: ...`, exit status 2) followed by clap's usage hint, never a doubled
+/// prefix; `--help` and `--version` print and exit 0.
+pub fn parse_args<T: clap::Parser>(prog: &str) -> T {
+    match T::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("{prog}: error: {text}");
+            std::process::exit(2);
+        }
+    }
+}
 
 /// Installs the tracing subscriber: `level` 0 info, 1 debug, 2+ trace; RUST_LOG overrides.
 pub fn init_logging(level: u8) {

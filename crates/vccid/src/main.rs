@@ -16,7 +16,7 @@ const DEFAULT_USBIP: &str = "127.0.0.1:3240";
 /// A virtual smart-card reader and card. With no transport option the reader is exported over
 /// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
 #[derive(Parser, Debug)]
-#[command(name = "vccid", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "vccid", version, long_about = None, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -42,9 +42,16 @@ struct Args {
     usbip: Option<String>,
 
     /// Write every USB transfer between the host and the reader to FILE as a usbmon pcap
-    /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages).
+    /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages). PIN, PUK
+    /// and management-key bytes, and decipher and management-key outputs, are written as
+    /// zeros (lengths kept) unless --pcap-secrets.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+
+    /// With --pcap: write PIN, PUK and management-key bytes into the capture as they are
+    /// (for debugging a card's PIN handling; keep such a file private).
+    #[arg(long, requires = "pcap")]
+    pcap_secrets: bool,
 
     /// The card, in QEMU's property syntax: `emulated` (embedded default identities),
     /// `emulated,backend=certificates,db=sql:DIR,cert1=NICK,...` (NSS database),
@@ -58,14 +65,24 @@ struct Args {
     /// `passthru[,listen=ADDR]`: the card lives in a VSCard client such as vscclient
     /// (default listen=127.0.0.1:2001; ADDR is HOST:PORT or unix:PATH).
     /// `hardware[,reader=NAME]`: the host's real card through PC/SC (the first reader whose
-    /// name contains NAME).
+    /// name contains NAME; never vccid's own --vpcd reader).
     #[arg(long, value_name = "SPEC", default_value = "emulated")]
     card: String,
+
+    /// With --card hardware: use the first PC/SC reader whose name contains SUBSTRING
+    /// (case-insensitive; the same as `--card hardware,reader=SUBSTRING`).
+    #[arg(long, value_name = "SUBSTRING")]
+    reader: Option<String>,
 
     /// Where the embedded default identities and the PIV cards' state are kept (default: $XDG_DATA_HOME/vccid, else
     /// ~/.local/share/vccid; also $VCCID_DATA_DIR).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Create the --data-dir directory when it does not exist (without it a missing one is an
+    /// error, so that a mistyped name does not make a new card).
+    #[arg(long, requires = "data_dir")]
+    create: bool,
 
     /// TLS on the network links (the passthru listener, usbredir either way), with the
     /// certificates of QEMU's `tls-creds-x509` directory DIR (ca-cert.pem, server-cert.pem,
@@ -98,6 +115,13 @@ enum Cmd {
     /// TLS certificates.
     #[command(subcommand)]
     Tls(TlsCmd),
+    /// Make a data directory (mode 0700) with a new default card: three RSA-2048 identities
+    /// and a P-256 one; refuses when DIR already holds a card.
+    Init {
+        /// The data directory (default: $VCCID_DATA_DIR, else $XDG_DATA_HOME/vccid, else
+        /// ~/.local/share/vccid).
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -114,8 +138,8 @@ enum TlsCmd {
         /// IP addresses in the server certificate (repeatable; default 127.0.0.1 and ::1).
         #[arg(long = "ip", value_name = "IP")]
         ips: Vec<std::net::IpAddr>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (1 to 36500).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
         /// Replace an existing set.
         #[arg(long)]
@@ -151,11 +175,70 @@ fn tls_init(cmd: TlsCmd) -> Result<()> {
     Ok(())
 }
 
-fn run(args: Args) -> Result<()> {
-    if let Some(Cmd::Tls(cmd)) = args.command {
-        return tls_init(cmd);
+/// Refuses every option that does nothing in the mode chosen, saying why: a user who gives
+/// `--tls` with `--vpcd` believes the link is encrypted (issue #13).
+fn check_applicable(args: &Args, spec: &CardSpec) -> Result<()> {
+    let passthru = matches!(spec, CardSpec::Passthru { .. });
+    let any_transport = args.vpcd.is_some()
+        || args.usbredir.is_some()
+        || args.usbredir_connect.is_some()
+        || args.usbip.is_some();
+    // With no transport option the reader goes to usbredir on 127.0.0.1:4000.
+    let usbredir_listen = args.usbredir.is_some() || !any_transport;
+    let usbredir = usbredir_listen || args.usbredir_connect.is_some();
+    let usb = usbredir || args.usbip.is_some();
+    if args.tls.is_some() && !usbredir && !passthru {
+        anyhow::bail!(
+            "--tls applies to usbredir (--usbredir, --usbredir-connect) and to the passthru \
+             card's listener only; vpcd and USB/IP have no TLS (their peers, pcscd's vpcd \
+             driver and the kernel's vhci-hcd, speak plaintext): keep them on loopback"
+        );
     }
-    let spec = spec::parse(&args.card).with_context(|| format!("--card {:?}", args.card))?;
+    if args.tls_hostname.is_some() && args.usbredir_connect.is_none() {
+        anyhow::bail!(
+            "--tls-hostname names the server vccid connects to: it applies to \
+             --usbredir-connect only"
+        );
+    }
+    if args.pcap.is_some() && !usb {
+        anyhow::bail!(
+            "--pcap records USB transfers: it needs the USB reader (--usbredir, \
+             --usbredir-connect or --usbip); vpcd carries APDUs, not USB (use -vv to see them)"
+        );
+    }
+    if args.insecure_plaintext && !usbredir_listen && args.usbip.is_none() && !passthru {
+        anyhow::bail!(
+            "--insecure-plaintext allows plaintext listeners on other addresses than loopback; \
+             nothing listens here (vpcd and --usbredir-connect connect out)"
+        );
+    }
+    if args.data_dir.is_some() && !matches!(spec, CardSpec::Emulated(_)) {
+        anyhow::bail!(
+            "--data-dir holds the emulated card's identities and PIV state; --card {} keeps \
+             none",
+            args.card.split(',').next().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(Cmd::Tls(cmd)) => return tls_init(cmd),
+        Some(Cmd::Init { dir }) => {
+            print!("{}", vccid::keys::init(dir.as_deref())?);
+            return Ok(());
+        }
+        None => {}
+    }
+    let spec = spec::parse(&args.card)
+        .with_context(|| format!("--card {:?}", spec::redact(&args.card)))?;
+    check_applicable(&args, &spec)?;
+    if let (true, Some(dir)) = (args.create, &args.data_dir) {
+        vccid::keys::create_data_dir(dir)?;
+    }
+    // --reader applies to --card hardware only (checked before anything starts).
+    vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
     let tls = args.tls.as_ref().map(|dir| vccid::tls::TlsOptions {
         dir: dir.clone(),
         verify_peer: !args.tls_no_verify_peer,
@@ -202,19 +285,30 @@ fn run(args: Args) -> Result<()> {
         CardSpec::Emulated(e) => {
             let card = vccid::keys::emulated_card(e, args.data_dir.clone())?;
             vccid::commands::spawn(card::Card::presence(&card));
-            Arc::new(Mutex::new(card))
+            // -vv: one decoded, redacted line per APDU (card::Traced).
+            Arc::new(Mutex::new(card::Traced::new(card)))
         }
-        CardSpec::Hardware { reader } => {
-            Arc::new(Mutex::new(hostcard::HostCard::open(reader.as_deref())?))
+        CardSpec::Hardware { .. } => {
+            // Our own vpcd reader is never a candidate: relaying it would be a loop.
+            let reader = vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
+            let own =
+                vccid::hardware::own_readers(vpcd_addr, &vccid::hardware::host_vpcd_entries());
+            Arc::new(Mutex::new(card::Traced::new(
+                hostcard::HostCard::open(reader.as_deref(), &own).context("--card hardware")?,
+            )))
         }
-        CardSpec::Passthru { listen } => Arc::new(Mutex::new(
+        CardSpec::Passthru { listen } => Arc::new(Mutex::new(card::Traced::new(
             vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?, &security)?,
-        )),
+        ))),
     };
     // One capture file: the usbredir reader's when there is one, else the USB/IP reader's.
+    let pcap = args.pcap.as_deref().map(|path| vccid::usb::Pcap {
+        path,
+        secrets: args.pcap_secrets,
+    });
     let (redir_pcap, usbip_pcap) = match usbredir {
-        Some(_) => (args.pcap.as_deref(), None),
-        None => (None, args.pcap.as_deref()),
+        Some(_) => (pcap, None),
+        None => (None, pcap),
     };
     if let Some(a) = usbip_addr {
         vccid::usb::serve_usbip(a, card.clone(), usbip_pcap, security.plaintext)?;
@@ -232,23 +326,36 @@ fn run(args: Args) -> Result<()> {
                 tracing::warn!(vpcd_addr = %a, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
             }
             tracing::info!(vpcd_addr = %a, "serving the card to vpcd");
-            Some(
-                vpcd::spawn(card, vpcd::ClientOptions::new(a))
-                    .context("cannot start the vpcd client")?,
-            )
+            // A local pcscd may be socket-activated and asleep: wake it and keep it awake
+            // before the first connection attempt (hostcard::pcscd).
+            let keeper = a
+                .ip()
+                .is_loopback()
+                .then(vccid::ready::wake_pcscd)
+                .flatten();
+            let (atr, present) = {
+                let c = card.lock().unwrap_or_else(|e| e.into_inner());
+                (c.atr(), c.presence().is_present())
+            };
+            let client = vpcd::spawn(card, vpcd::ClientOptions::new(a))
+                .context("cannot start the vpcd client")?;
+            if keeper.is_some() && present {
+                vccid::ready::wait_for_pcscd(&atr);
+            }
+            Some((client, keeper))
         }
         None => None,
     };
     vccid::wait_for_shutdown()?;
     tracing::info!("shutting down");
-    if let Some(c) = client {
+    if let Some((c, _keeper)) = client {
         c.stop();
     }
     Ok(())
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = vccid::parse_args("vccid");
     vccid::init_logging(args.verbose);
     if let Err(e) = run(args) {
         eprintln!("vccid: error: {e:#}");

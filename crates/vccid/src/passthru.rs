@@ -114,11 +114,17 @@ fn apply(inner: &Inner, mut st: std::sync::MutexGuard<'_, State>, events: Vec<Ho
     for e in events {
         match e {
             HostEvent::CardInserted(atr) => {
+                let atr_text: Vec<String> = atr.iter().map(|b| format!("{b:02X}")).collect();
+                let atr_text = atr_text.join(" ");
                 st.atr = atr;
-                inner.presence.set(true);
+                if inner.presence.set(true) {
+                    tracing::info!(atr = %atr_text, "VSCard client: card inserted");
+                }
             }
             HostEvent::CardRemoved | HostEvent::ReaderRemoved => {
-                inner.presence.set(false);
+                if inner.presence.set(false) {
+                    tracing::info!("VSCard client: card removed");
+                }
             }
             HostEvent::ReaderAdded => {}
             HostEvent::Response(r) => {
@@ -126,7 +132,7 @@ fn apply(inner: &Inner, mut st: std::sync::MutexGuard<'_, State>, events: Vec<Ho
                 answered = true;
             }
             HostEvent::ClientError(code) => {
-                tracing::warn!(?code, "the VSCard client failed the APDU");
+                tracing::warn!(code = code.0, "the VSCard client failed the APDU");
                 st.answer = Some(Err(()));
                 answered = true;
             }

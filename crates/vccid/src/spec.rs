@@ -87,6 +87,20 @@ pub enum CardSpec {
     },
 }
 
+/// `spec` with the values of its secret properties (`pin=`, `puk=`, a PKCS#11 URI's
+/// `pin-value=`) replaced by `***`, for error messages that quote it (issue #13: no error
+/// message shows a PIN).
+pub fn redact(spec: &str) -> String {
+    let parts: Vec<String> = spec
+        .split(',')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if matches!(k.trim(), "pin" | "puk") => format!("{k}=***"),
+            _ => card::keystore::redact_pin_value(p),
+        })
+        .collect();
+    parts.join(",")
+}
+
 fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
     let mut parts = spec.split(',');
     let kind = parts.next().unwrap_or_default().trim().to_string();
@@ -255,6 +269,15 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         ),
         Some(other) => bail!("unknown backend {other:?}; expected default, certificates, files or pkcs11"),
     };
+    if props.contains_key("pin-value") {
+        // RFC 7512's pin-value belongs in a PKCS#11 URI's query; as a card property it would
+        // only be another way to put a PIN where `ps` shows it.
+        bail!(
+            "pin-value is not a card property: give the token PIN with token-pin-file=FILE or \
+             $VCCID_TOKEN_PIN (or, visible to every user in `ps`, in the URI: \
+             uri=pkcs11:token=...?module-path=...&pin-value=...)"
+        );
+    }
     if let Some(k) = props.keys().next() {
         bail!("unknown card property {k:?}");
     }

@@ -59,6 +59,7 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     if v.is_empty() {
         bail!("no certificate in {}", path.display());
     }
+    crate::expiry::warn(&path.display().to_string(), &v[0]);
     Ok(v)
 }
 
@@ -456,20 +457,33 @@ pub fn init(dir: &Path, names: &[String], ips: &[IpAddr], days: u32, force: bool
 
 /// The QEMU and libvirt lines that use a `tls init` directory.
 pub fn usage_lines(dir: &Path, host: &str) -> String {
+    usage_lines_for(dir, host, &crate::qemu::Installed::detect())
+}
+
+/// [`usage_lines`] for a given QEMU (its reconnect syntax; see [`crate::usb::attach_lines_for`]
+/// for the xHCI controller). QEMU's own usb-ccid goes on the machine's default controller
+/// (`-usb`: UHCI or EHCI), because it misbehaves on xHCI (the README's "The USB reader").
+pub fn usage_lines_for(dir: &Path, host: &str, qemu: &crate::qemu::Installed) -> String {
     let d = dir.display();
+    let reconnect = qemu.reconnect().option();
+    let note = qemu.note();
     format!(
-        "QEMU, vccid --usbredir --tls {d} listening (QEMU is the TLS client):\n\
+        "{note}\n\
+         QEMU, vccid --usbredir --tls {d} listening (QEMU is the TLS client):\n\
          \x20 -object tls-creds-x509,id=tls0,endpoint=client,dir={d}\n\
-         \x20 -chardev socket,id=vccid0,host={host},port=4000,reconnect=2,tls-creds=tls0 -device usb-redir,chardev=vccid0\n\
+         \x20 -device qemu-xhci,id=xhci -chardev socket,id=vccid0,host={host},port=4000,{reconnect},nodelay=on,tls-creds=tls0 -device usb-redir,chardev=vccid0,bus=xhci.0\n\
          QEMU passthru, vscclient --tls {d} connecting (QEMU is the TLS server, client certificates required):\n\
          \x20 -object tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir={d}\n\
          \x20 -chardev socket,id=ccid0,host={host},port=2001,server=on,wait=off,tls-creds=tls0\n\
-         \x20 -device usb-ccid -device ccid-card-passthru,chardev=ccid0\n\
+         \x20 -usb -device usb-ccid -device ccid-card-passthru,chardev=ccid0\n\
          libvirt (TLS for chardevs is set in /etc/libvirt/qemu.conf):\n\
          \x20 chardev_tls = 1\n\
          \x20 chardev_tls_x509_cert_dir = \"{d}\"\n\
          \x20 chardev_tls_x509_verify = 1\n\
-         \x20 <redirdev bus='usb' type='tcp'><source mode='connect' host='{host}' service='4000' tls='yes'/></redirdev>\n\
+         libvirt usbredir, in <devices> (the controller in place of the domain's USB controller):\n\
+         \x20 <controller type='usb' index='0' model='qemu-xhci'/>\n\
+         \x20 <redirdev bus='usb' type='tcp'><source mode='connect' host='{host}' service='4000' tls='yes'><reconnect enabled='yes' timeout='2'/></source></redirdev>\n\
+         libvirt passthru, in <devices>:\n\
          \x20 <smartcard mode='passthrough' type='tcp'><source mode='bind' host='{host}' service='2001' tls='yes'/></smartcard>"
     )
 }
@@ -661,5 +675,40 @@ mod tests {
         assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
         Listener::bind(&any, Security::InsecurePlaintext).unwrap();
         Listener::bind(&Addr::parse("127.0.0.1:0").unwrap(), Security::Plaintext).unwrap();
+    }
+
+    #[test]
+    fn usage_lines_follow_the_qemu_version_and_have_controllers() {
+        let v = |major, minor| crate::qemu::Installed {
+            version: Some(crate::qemu::Version {
+                major,
+                minor,
+                micro: 0,
+            }),
+        };
+        let d = Path::new("/etc/vccid/tls");
+        let old = usage_lines_for(d, "192.0.2.10", &v(7, 2));
+        assert!(
+            old.contains("-device qemu-xhci,id=xhci -chardev socket,id=vccid0,host=192.0.2.10,port=4000,reconnect=2,nodelay=on,tls-creds=tls0 -device usb-redir,chardev=vccid0,bus=xhci.0"),
+            "{old}"
+        );
+        assert!(
+            old.contains("-usb -device usb-ccid -device ccid-card-passthru"),
+            "{old}"
+        );
+        assert!(
+            old.contains("tls='yes'><reconnect enabled='yes' timeout='2'/></source></redirdev>"),
+            "{old}"
+        );
+        assert!(
+            old.contains("<controller type='usb' index='0' model='qemu-xhci'/>"),
+            "{old}"
+        );
+        let new = usage_lines_for(d, "192.0.2.10", &v(9, 2));
+        assert!(
+            new.contains("port=4000,reconnect-ms=2000,nodelay=on"),
+            "{new}"
+        );
+        assert!(!new.contains("reconnect=2,"), "{new}");
     }
 }

@@ -42,9 +42,23 @@ impl Card for SharedCardRef {
     }
 }
 
-/// The QEMU arguments and libvirt XML that attach a reader served at `addr`; with `tls`
-/// (the `tls-creds-x509` directory), QEMU's TLS client side.
+/// The QEMU arguments and libvirt XML that attach a reader served at `addr`, for the QEMU
+/// that is installed; with `tls` (the `tls-creds-x509` directory), QEMU's TLS client side.
 pub fn attach_lines(addr: &Addr, tls: Option<&std::path::Path>) -> String {
+    attach_lines_for(addr, tls, &crate::qemu::Installed::detect())
+}
+
+/// [`attach_lines`] for a given QEMU. The reader goes on an xHCI controller (QEMU's
+/// `qemu-xhci`, libvirt's `model='qemu-xhci'`): full-speed devices work there, and xHCI
+/// batches a bulk transfer into one usbredir packet where UHCI sends one per 64-byte TD (see
+/// the README's benchmarks). QEMU reconnects every 2 s, so vccid and QEMU may start in either
+/// order; libvirt says so with `<reconnect enabled='yes' timeout='2'/>` in the chardev source
+/// (libvirt formatdomain, "Reconnect"), which it translates for its QEMU.
+pub fn attach_lines_for(
+    addr: &Addr,
+    tls: Option<&std::path::Path>,
+    qemu: &crate::qemu::Installed,
+) -> String {
     let (object, creds, xml_tls) = match tls {
         Some(d) => (
             format!(
@@ -56,32 +70,41 @@ pub fn attach_lines(addr: &Addr, tls: Option<&std::path::Path>) -> String {
         ),
         None => (String::new(), "", ""),
     };
-    let (chardev, xml_source) = match addr {
-        Addr::Tcp(a) => (
-            format!(
-                "socket,id=vccid0,host={},port={},reconnect=2,nodelay=on{creds}",
-                a.ip(),
-                a.port()
-            ),
-            format!(
-                "<source mode='connect' host='{}' service='{}'{xml_tls}/>",
-                a.ip(),
-                a.port()
-            ),
-        ),
+    let reconnect = qemu.reconnect().option();
+    let mut notes = vec![qemu.note()];
+    let (chardev, xml_type, xml_source) = match addr {
+        Addr::Tcp(a) => {
+            let (ip, replaced) = crate::qemu::connect_ip(a.ip());
+            if replaced {
+                notes.push(crate::qemu::wildcard_note(a.ip(), ip));
+            }
+            (
+                format!(
+                    "socket,id=vccid0,host={ip},port={},{reconnect},nodelay=on{creds}",
+                    a.port()
+                ),
+                "tcp",
+                format!("host='{ip}' service='{}'", a.port()),
+            )
+        }
         Addr::Unix(p) => (
-            format!("socket,id=vccid0,path={},reconnect=2{creds}", p.display()),
-            format!("<source mode='connect' path='{}'{xml_tls}/>", p.display()),
+            format!("socket,id=vccid0,path={},{reconnect}{creds}", p.display()),
+            "unix",
+            format!("path='{}'", p.display()),
         ),
-    };
-    let xml_type = if matches!(addr, Addr::Unix(_)) {
-        "unix"
-    } else {
-        "tcp"
     };
     format!(
-        "QEMU:    {object}-device qemu-xhci -chardev {chardev} -device usb-redir,chardev=vccid0,id=vccid0\n\
-         libvirt: <redirdev bus='usb' type='{xml_type}'>{xml_source}</redirdev>"
+        "{notes}\n\
+         QEMU:    {object}-device qemu-xhci,id=xhci -chardev {chardev} \
+         -device usb-redir,chardev=vccid0,bus=xhci.0,id=vccid0\n\
+         libvirt, in <devices> (the controller in place of the domain's USB controller):\n\
+         \x20 <controller type='usb' index='0' model='qemu-xhci'/>\n\
+         \x20 <redirdev bus='usb' type='{xml_type}'>\n\
+         \x20   <source mode='connect' {xml_source}{xml_tls}>\n\
+         \x20     <reconnect enabled='yes' timeout='2'/>\n\
+         \x20   </source>\n\
+         \x20 </redirdev>",
+        notes = notes.join("\n")
     )
 }
 
@@ -143,21 +166,34 @@ impl Drop for SessionWaker {
     }
 }
 
+/// A `--pcap` capture: the file, and whether PIN, PUK and management-key bytes are written as
+/// they are (`--pcap-secrets`) instead of blanked.
+#[derive(Debug, Clone, Copy)]
+pub struct Pcap<'a> {
+    /// The capture file (created or truncated).
+    pub path: &'a std::path::Path,
+    /// Keep the secrets.
+    pub secrets: bool,
+}
+
 /// The CCID reader holding `card`, its card on a worker thread; with `pcap`, every USB
 /// transfer is also written there as a usbmon capture.
 fn reader_device(
     card: Arc<Mutex<dyn Card>>,
-    pcap: Option<&std::path::Path>,
+    pcap: Option<Pcap<'_>>,
 ) -> Result<(Box<dyn UsbDevice>, WakeSlot, Presence)> {
     let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
     // The card works on a thread of its own: a slow one never blocks the session.
     let wake_slot: WakeSlot = Arc::new(Mutex::new(None));
     let ccid = AsyncCcid::new(Identity::default(), card, wake_slot.clone())?;
     let device: Box<dyn UsbDevice> = match pcap {
-        Some(path) => {
+        Some(Pcap { path, secrets }) => {
             let file = std::fs::File::create(path)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?)
+            if secrets {
+                tracing::warn!(path = %path.display(), "--pcap-secrets: the capture holds PIN, PUK and management-key bytes");
+            }
+            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?.keep_secrets(secrets))
         }
         None => Box::new(ccid),
     };
@@ -175,7 +211,7 @@ pub const USBIP_BUSID: &str = "1-1";
 pub fn serve_usbip(
     addr: std::net::SocketAddr,
     card: Arc<Mutex<dyn Card>>,
-    pcap: Option<&std::path::Path>,
+    pcap: Option<Pcap<'_>>,
     security: crate::stream::Security,
 ) -> Result<()> {
     let exposed = !addr.ip().is_loopback();
@@ -202,23 +238,24 @@ pub fn serve_usbip(
     Ok(())
 }
 
-/// The commands that attach a reader exported over USB/IP at `addr`.
+/// The commands that attach a reader exported over USB/IP at `addr` (a wildcard address is
+/// shown as loopback, with a note: see [`crate::qemu::connect_ip`]).
 pub fn usbip_lines(addr: &std::net::SocketAddr) -> String {
-    format!(
+    let (ip, replaced) = crate::qemu::connect_ip(addr.ip());
+    let mut lines = format!(
         "usbip:   modprobe vhci-hcd; usbip list -r {ip} (port {port}); usbip attach -r {ip} -b {USBIP_BUSID}",
-        ip = addr.ip(),
         port = addr.port()
-    )
+    );
+    if replaced {
+        lines = format!("{}\n{lines}", crate::qemu::wildcard_note(addr.ip(), ip));
+    }
+    lines
 }
 
 /// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
 /// reader (and its card) outlive connections, so QEMU may restart. With `pcap`, every USB
 /// transfer is also written there as a usbmon capture.
-pub fn serve(
-    role: &Role,
-    card: Arc<Mutex<dyn Card>>,
-    pcap: Option<&std::path::Path>,
-) -> Result<()> {
+pub fn serve(role: &Role, card: Arc<Mutex<dyn Card>>, pcap: Option<Pcap<'_>>) -> Result<()> {
     let (addr, listener, client_tls, secure) = match role {
         Role::Listen(a, sec) => (a.clone(), Some(sec.bind(a)?), None, sec.tls.is_some()),
         Role::Connect(a, tls) => (a.clone(), None, tls.clone(), tls.is_some()),
@@ -279,4 +316,87 @@ pub fn serve(
             tracing::info!(%peer, "usbredir: QEMU gone: {why}");
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::{Installed, Version};
+
+    fn qemu(major: u32, minor: u32) -> Installed {
+        Installed {
+            version: Some(Version {
+                major,
+                minor,
+                micro: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn attach_lines_follow_the_qemu_version() {
+        let a = Addr::parse("127.0.0.1:4000").unwrap();
+        let old = attach_lines_for(&a, None, &qemu(7, 2));
+        assert!(
+            old.contains(
+                "QEMU:    -device qemu-xhci,id=xhci -chardev socket,id=vccid0,host=127.0.0.1,\
+                 port=4000,reconnect=2,nodelay=on -device usb-redir,chardev=vccid0,bus=xhci.0,\
+                 id=vccid0\n"
+            ),
+            "{old}"
+        );
+        assert!(old.starts_with("For QEMU 7.2.0"), "{old}");
+        let new = attach_lines_for(&a, None, &qemu(9, 2));
+        assert!(new.contains(",reconnect-ms=2000,nodelay=on "), "{new}");
+        assert!(!new.contains("reconnect=2,"), "{new}");
+        let none = attach_lines_for(&a, None, &Installed { version: None });
+        assert!(none.contains(",reconnect-ms=2000,"), "{none}");
+        assert!(none.starts_with("No qemu-system-x86_64 found"), "{none}");
+        for l in [&old, &new, &none] {
+            assert!(
+                l.contains("<controller type='usb' index='0' model='qemu-xhci'/>")
+                    && l.contains(
+                        "<redirdev bus='usb' type='tcp'>\n    <source mode='connect' \
+                         host='127.0.0.1' service='4000'>\n      \
+                         <reconnect enabled='yes' timeout='2'/>\n"
+                    ),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn attach_lines_for_unix_tls_and_wildcards() {
+        let u = Addr::parse("unix:/run/vccid/usb.sock").unwrap();
+        let l = attach_lines_for(
+            &u,
+            Some(std::path::Path::new("/etc/vccid/tls")),
+            &qemu(7, 2),
+        );
+        assert!(
+            l.contains(
+                "QEMU:    -object tls-creds-x509,id=vccid0tls,endpoint=client,dir=/etc/vccid/tls \
+                 -device qemu-xhci,id=xhci -chardev socket,id=vccid0,path=/run/vccid/usb.sock,\
+                 reconnect=2,tls-creds=vccid0tls "
+            ),
+            "{l}"
+        );
+        assert!(
+            l.contains("<redirdev bus='usb' type='unix'>")
+                && l.contains("<source mode='connect' path='/run/vccid/usb.sock' tls='yes'>"),
+            "{l}"
+        );
+        for (listen, shown) in [("0.0.0.0:4000", "127.0.0.1"), ("[::]:4000", "::1")] {
+            let l = attach_lines_for(&Addr::parse(listen).unwrap(), None, &qemu(7, 2));
+            assert!(l.contains(&format!("host={shown},port=4000")), "{l}");
+            assert!(l.contains(&format!("host='{shown}'")), "{l}");
+            assert!(!l.contains("0.0.0.0,") && !l.contains("host=::,"), "{l}");
+            assert!(l.contains("other machines use this host's address"), "{l}");
+        }
+        let u = usbip_lines(&"0.0.0.0:3240".parse().unwrap());
+        assert!(u.contains("usbip attach -r 127.0.0.1 -b 1-1"), "{u}");
+        assert!(u.contains("other machines use this host's address"), "{u}");
+        let u = usbip_lines(&"127.0.0.1:3240".parse().unwrap());
+        assert!(!u.contains("other machines"), "{u}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The program's errors: one line that says what is wrong and how to fix it, exit status 2.
 
 use std::process::Command;
+use testkit::CommandExt;
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 
@@ -14,12 +15,13 @@ fn fails_with_env(args: &[&str], env: &[(&str, &str)], words: &str) {
 
 /// Runs `program`; expects exit status 2 and one `NAME: error:` line containing `words`.
 fn program_fails_with(program: &str, name: &str, args: &[&str], env: &[(&str, &str)], words: &str) {
-    let o = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    // A deadline: a refusal that regresses into serving would otherwise run for ever.
+    let o = testkit::output(
+        Command::new(program).args(args).envs(env.iter().copied()),
+        std::time::Duration::from_secs(60),
+        &format!("{name} {args:?} to fail"),
+    )
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let line = err
@@ -179,7 +181,7 @@ fn piv_state_needs_a_data_directory_or_state_off() {
         .env_remove("XDG_DATA_HOME")
         .env_remove("VCCID_DATA_DIR")
         .stdin(std::process::Stdio::null())
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -190,5 +192,183 @@ fn piv_state_needs_a_data_directory_or_state_off() {
     fails_with(
         &["--card", "emulated,profile=cac,state=off"],
         "the CAC card keeps no state",
+    );
+}
+
+/// Every file under `dir` with its bytes: "nothing was changed" is this, before and after.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// vpcd at a free port where nothing listens: the card is built before any connection.
+fn unused_vpcd() -> String {
+    format!("127.0.0.1:{}", testkit::free_port().unwrap())
+}
+
+/// Starts vccid with `args`, waits (with a deadline) for its log line saying the emulated
+/// card is ready, then kills it; returns its log up to that line.
+fn card_starts(args: &[&str]) -> String {
+    use std::io::BufRead;
+    let mut child = Command::new(VCCID)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + testkit::TOOL_TIMEOUT;
+    let mut log = String::new();
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log += &line;
+                log.push('\n');
+                if line.contains("card ready") {
+                    break true;
+                }
+            }
+            // Its stderr closed (it exited) or the deadline passed.
+            Err(_) => break false,
+        }
+    };
+    testkit::kill(&mut child, "vccid").unwrap();
+    assert!(
+        ready,
+        "vccid {args:?} did not say its card is ready:\n{log}"
+    );
+    log
+}
+
+#[test]
+fn a_data_directory_is_made_by_init_and_a_damaged_card_is_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("typo").join("card");
+    let d = dir.to_str().unwrap();
+    // A --data-dir that does not exist is an error, and is not made.
+    fails_with(
+        &["--data-dir", d, "--vpcd", &unused_vpcd()],
+        &format!("data directory {d} does not exist; create it with `vccid init {d}`"),
+    );
+    assert!(!tmp.path().join("typo").exists());
+    // `vccid init DIR` makes it (0700) with the whole card and says what it made.
+    let o = Command::new(VCCID)
+        .args(["init", d])
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", testkit::text(&o));
+    for subject in ["CN=cert1", "CN=cert2", "CN=cert3", "CN=piv-ecc"] {
+        assert!(out.contains(subject), "{out}");
+    }
+    assert!(out.contains(&format!("{d}/default")), "{out}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    let made = files_under(&dir);
+    assert_eq!(made.len(), 8, "{:?}", made.keys());
+    // A second init refuses and changes nothing.
+    program_fails_with(VCCID, "vccid", &["init", d], &[], "already holds a card");
+    assert_eq!(files_under(&dir), made);
+    // The card it made serves, under both profiles, and keeps its keys.
+    card_starts(&["--data-dir", d, "--vpcd", &unused_vpcd()]);
+    card_starts(&[
+        "--data-dir",
+        d,
+        "--card",
+        "emulated,profile=piv,state=off",
+        "--vpcd",
+        &unused_vpcd(),
+    ]);
+    assert_eq!(files_under(&dir), made);
+    // One key lost: an error naming it; nothing is made over the old card.
+    let lost = dir.join("default").join("cert3.key.pem");
+    std::fs::remove_file(&lost).unwrap();
+    let before = files_under(&dir);
+    fails_with(
+        &["--data-dir", d, "--vpcd", &unused_vpcd()],
+        &lost.display().to_string(),
+    );
+    fails_with(
+        &["--data-dir", d, "--vpcd", &unused_vpcd()],
+        "restore the file from a backup",
+    );
+    assert_eq!(files_under(&dir), before);
+    assert!(!lost.exists());
+}
+
+#[test]
+fn create_makes_a_missing_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new");
+    card_starts(&[
+        "--create",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--vpcd",
+        &unused_vpcd(),
+    ]);
+    assert_eq!(files_under(&dir.join("default")).len(), 8);
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    testkit::openssl_identities(dir.path()).unwrap();
+    let key = dir.path().join("cert1.key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let d = dir.path().display();
+    fails_with(
+        &[
+            "--card",
+            &format!("emulated,backend=files,cert1={d}/cert1.crt.pem,key1={d}/cert1.key.pem"),
+            "--vpcd",
+            &unused_vpcd(),
+        ],
+        &format!(
+            "readable by others (mode 0644): chmod 600 {}",
+            key.display()
+        ),
+    );
+    // The default card's keys too.
+    let data = dir.path().join("data");
+    let o = Command::new(VCCID)
+        .args(["init", data.to_str().unwrap()])
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(o.status.success(), "{}", testkit::text(&o));
+    let key = data.join("default").join("cert2.key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    fails_with(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--vpcd",
+            &unused_vpcd(),
+        ],
+        &format!("chmod 600 {}", key.display()),
     );
 }

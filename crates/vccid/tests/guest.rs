@@ -9,10 +9,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::CommandExt;
 use testkit::{free_port, run, text};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
@@ -143,8 +144,7 @@ fn boot_with(devices: &[String], append: &str, mut on_wait: impl FnMut(&str)) ->
     }
     // Markers printed just before the guest powered off.
     dispatch(&mut waits_seen);
-    let _ = q.kill();
-    let _ = q.wait();
+    testkit::kill(&mut q, "the guest's QEMU").unwrap();
     let log =
         String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
     let mut results = HashMap::new();
@@ -244,8 +244,7 @@ fn default_card_in_guest(controller: &str) {
     let port = free_port().unwrap();
     let mut v = vccid_usbredir(port, "emulated", data.path());
     let g = boot(port, controller);
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
     assert_capture_has_the_guest_work(&data.path().join("usb.pcap"), 100);
 }
@@ -264,7 +263,7 @@ fn assert_capture_has_the_guest_work(pcap: &Path, apdus: usize) {
             "-e",
             "usbccid.bMessageType",
         ])
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .expect("tshark runs");
     let types = String::from_utf8_lossy(&o.stdout);
     let xfr = types.lines().filter(|l| l.trim() == "0x6f").count();
@@ -297,8 +296,7 @@ fn guest_signs_with_the_piv_ecc_key_over_usbredir() {
         "e2e.pin=123456 e2e.keyid=04 e2e.mech=ECDSA-SHA256",
         |_| {},
     );
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
     assert!(
         r("usb_reader").starts_with("1 id=08e6:4433"),
@@ -327,8 +325,7 @@ fn seed_nss_certificates_to_the_guest_and_back() {
     );
     let mut v = vccid_usbredir(port, &spec, db.path());
     let g = boot(port, "xhci");
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
 }
 
@@ -351,10 +348,8 @@ fn vscclient_card_through_vccid_passthru_to_the_guest() {
         .spawn()
         .unwrap();
     let g = boot(port, "xhci");
-    let _ = c.kill();
-    let _ = c.wait();
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut c, "vscclient").unwrap();
+    testkit::kill(&mut v, "vccid").unwrap();
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
 }
 
@@ -397,8 +392,7 @@ fn guest_sees_removal_and_reinsertion_and_a_4k_response() {
             let _ = writeln!(stdin, "{what}");
         }
     });
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
     assert_eq!(
         r("big_response"),
@@ -451,8 +445,7 @@ fn vscclient_card_in_qemus_own_usb_ccid_passthru() {
         .spawn()
         .unwrap();
     let g = boot_with(&devices, "e2e.apdus=100", |_| {});
-    let _ = c.kill();
-    let _ = c.wait();
+    testkit::kill(&mut c, "vscclient").unwrap();
     assert_guest_signed(&g, &db.path().join("cert1.crt.pem"));
 }
 
@@ -463,29 +456,66 @@ fn vscclient_card_in_qemus_own_usb_ccid_passthru() {
 /// ([`Relay::end_session`]): a virtio-serial port does not pass the guest's close on to the
 /// host, and vccid must see the importer leave as it would over TCP. Counts the bytes it
 /// carries, so an idle window can be checked for traffic.
+///
+/// Its threads never block without a deadline: accept and reads poll, and they end when the
+/// relay is dropped or after [`RELAY_LIFETIME`], whichever comes first.
 struct Relay {
     port: u16,
     upstream: Arc<Mutex<Option<(u64, TcpStream)>>>,
     bytes: Arc<AtomicU64>,
+    /// Whether QEMU's chardev has connected.
+    accepted: Arc<AtomicBool>,
+    /// Set on drop: the threads stop.
+    stop: Arc<AtomicBool>,
+}
+
+/// How long a relay serves at most: longer than a guest may run ([`boot_with`]'s 180 s).
+const RELAY_LIFETIME: Duration = Duration::from_secs(300);
+
+/// How often the relay's threads look at their stop flag and deadline.
+const RELAY_POLL: Duration = Duration::from_millis(100);
+
+/// Whether a socket error only means "nothing yet" (a non-blocking accept, a read timeout).
+fn not_yet(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    matches!(e.kind(), WouldBlock | TimedOut | Interrupted)
 }
 
 impl Relay {
     fn start(target: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let upstream: Arc<Mutex<Option<(u64, TcpStream)>>> = Arc::new(Mutex::new(None));
         let bytes = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let (up, count) = (upstream.clone(), bytes.clone());
+        let (seen, stop1) = (accepted.clone(), stop.clone());
+        let deadline = Instant::now() + RELAY_LIFETIME;
+        let live = move || !stop1.load(Ordering::SeqCst) && Instant::now() < deadline;
         std::thread::spawn(move || {
             let mut generation = 0u64;
-            for q in listener.incoming() {
-                let Ok(mut q) = q else { continue };
+            while live() {
+                let mut q = match listener.accept() {
+                    Ok((q, _)) => q,
+                    Err(e) if not_yet(&e) => {
+                        std::thread::sleep(RELAY_POLL);
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                seen.store(true, Ordering::SeqCst);
+                let _ = q.set_nonblocking(false);
+                let _ = q.set_read_timeout(Some(RELAY_POLL));
                 let _ = q.set_nodelay(true);
                 let mut buf = vec![0u8; 65536];
-                loop {
+                while live() {
                     let n = match q.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) => break,
                         Ok(n) => n,
+                        Err(e) if not_yet(&e) => continue,
+                        Err(_) => break,
                     };
                     count.fetch_add(n as u64, Ordering::SeqCst);
                     let mut slot = up.lock().unwrap();
@@ -496,10 +526,18 @@ impl Relay {
                         let _ = v.set_nodelay(true);
                         generation += 1;
                         let (mut from, mut to) = (v.try_clone().unwrap(), q.try_clone().unwrap());
+                        let _ = from.set_read_timeout(Some(RELAY_POLL));
                         let (up2, count2, mine) = (up.clone(), count.clone(), generation);
+                        let live2 = live.clone();
                         std::thread::spawn(move || {
                             let mut b = vec![0u8; 65536];
-                            while let Ok(n @ 1..) = from.read(&mut b) {
+                            while live2() {
+                                let n = match from.read(&mut b) {
+                                    Ok(0) => break,
+                                    Ok(n) => n,
+                                    Err(e) if not_yet(&e) => continue,
+                                    Err(_) => break,
+                                };
                                 count2.fetch_add(n as u64, Ordering::SeqCst);
                                 if to.write_all(&b[..n]).is_err() {
                                     break;
@@ -522,7 +560,14 @@ impl Relay {
             port,
             upstream,
             bytes,
+            accepted,
+            stop,
         }
+    }
+
+    /// Whether QEMU's chardev ever connected.
+    fn accepted(&self) -> bool {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The guest's importer has gone: close its connection to vccid.
@@ -530,6 +575,13 @@ impl Relay {
         if let Some((_, v)) = self.upstream.lock().unwrap().take() {
             let _ = v.shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.end_session();
     }
 }
 
@@ -586,10 +638,15 @@ fn guest_attaches_the_reader_over_usbip() {
             }
         },
     );
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
     let vlog = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        relay.accepted(),
+        "QEMU's virtio-serial chardev never connected to the relay on port {}:\n{}",
+        relay.port,
+        g.serial
+    );
     assert_eq!(r("usbip_list"), "\"08e6:4433 (0b/00/00)\"", "{}", g.serial);
     assert_eq!(r("usbip_attach"), "1 tries=1", "{}\n{vlog}", g.serial);
     assert_guest_signed(&g, &data.path().join("default/cert1.crt.pem"));
@@ -672,8 +729,7 @@ fn qemu_usb_redir_over_tls_and_a_wrong_ca_never_attaching() {
     // QEMU with another CA: it refuses our certificate, we refuse its; the reader never
     // attaches and vccid says so.
     let g = boot_with(&devices(&other), "e2e.usbwait=15", |_| {});
-    let _ = v.kill();
-    let _ = v.wait();
+    testkit::kill(&mut v, "vccid").unwrap();
     let vlog = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
         g.results.get("usb_reader").map(String::as_str),

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::process::ChildStdin;
 use std::time::Duration;
+use testkit::CommandExt;
 use testkit::{text, PrivatePcscd};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
@@ -54,7 +55,11 @@ fn relay() -> Relay {
 }
 
 fn tool(r: &Relay, program: &str, args: &[&str]) -> std::process::Output {
-    r.pcscd.command(program).args(args).output().unwrap()
+    r.pcscd
+        .command(program)
+        .args(args)
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap()
 }
 
 #[test]
@@ -89,6 +94,8 @@ fn vscclient_exit_removes_the_card_and_a_new_client_brings_it_back() {
     let log = r.pcscd.child_log("vccid");
     assert!(log.contains("VSCard client gone"), "{log}");
     // A second client (our default-identity card) connects to the same passthru host.
+    // A data directory given to vscclient must exist.
+    std::fs::create_dir_all(r.pcscd.dir.path().join("data")).unwrap();
     let mut client = r.pcscd.command(VSCCLIENT);
     client
         .args(["--card", "emulated", "--data-dir"])
@@ -172,6 +179,8 @@ fn vscclient_does_not_spin_when_stdin_and_the_host_are_gone() {
     let mut r = relay();
     r.pcscd.stop_child("vccid", "KILL");
     r.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    // A data directory given to vscclient must exist.
+    std::fs::create_dir_all(r.pcscd.dir.path().join("data2")).unwrap();
     let mut client = r.pcscd.command(VSCCLIENT);
     client
         .args(["--card", "emulated", "--data-dir"])
@@ -204,7 +213,7 @@ fn a_non_loopback_plaintext_listener_needs_the_explicit_flag_and_warns() {
             "--card",
             "passthru,listen=0.0.0.0:2003",
         ])
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", testkit::text(&o));
     assert!(

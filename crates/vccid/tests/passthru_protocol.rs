@@ -18,8 +18,9 @@ struct Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = testkit::kill(&mut self.child, "vccid") {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -166,8 +167,12 @@ fn apdus_relay_and_a_vanished_client_fails_the_pending_one() {
     c.send(f(0, Message::Atr(CAC_ATR.to_vec())));
     assert_eq!(c.recv(), err(0, ErrorCode::SUCCESS));
     // The card is present: vccid connects to (our fake) vpcd.
-    h.vpcd.set_nonblocking(false).unwrap();
-    let (mut v, _) = h.vpcd.accept().unwrap();
+    let (mut v, _) = testkit::accept_within(
+        &h.vpcd,
+        Duration::from_secs(20),
+        "vccid's vpcd connection (card present)",
+    )
+    .unwrap();
     v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(vpcd_ask(&mut v, &[0x04]).unwrap(), CAC_ATR.to_vec());
     // One APDU relayed both ways.

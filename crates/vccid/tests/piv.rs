@@ -4,6 +4,7 @@
 
 use std::process::Output;
 use std::time::Duration;
+use testkit::CommandExt;
 use testkit::{text, PrivatePcscd};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
@@ -38,6 +39,8 @@ impl Piv {
     }
     fn spawn_vccid(&mut self, log: &str) {
         let data = self.pcscd.dir.path().join("data");
+        // A data directory given to vccid must exist.
+        std::fs::create_dir_all(&data).unwrap();
         let mut cmd = self.pcscd.command(VCCID);
         cmd.args([
             "--vpcd",
@@ -78,7 +81,7 @@ impl Piv {
         self.pcscd
             .command(program)
             .args(args)
-            .output()
+            .output_within(testkit::TOOL_TIMEOUT)
             .expect("tool runs")
     }
     /// yubico-piv-tool on vpcd's reader (its default reader filter is "Yubikey").
@@ -485,7 +488,7 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
     let mut p = Piv {
         pcscd,
         card: "emulated,profile=piv".into(),
-        env: vec![("RUST_LOG".into(), "info,card::piv=trace".into())],
+        env: vec![("RUST_LOG".into(), "info,apdu=trace".into())],
         log: String::new(),
     };
     p.spawn_vccid("vccid");
@@ -511,7 +514,11 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
     // longer calls: Yubico/yubico-piv-tool#388): it fails before sending the card a signing
     // command. When it does, the card signs the certificate through ykcs11 instead, which
     // learns the new key from GET METADATA although 9D still holds cert3.
-    let signs = |p: &Piv| p.vccid_log().matches("apdu=00 87 14 9D").count();
+    let signs = |p: &Piv| {
+        p.vccid_log()
+            .matches("GENERAL AUTHENTICATE 9D ECCP384")
+            .count()
+    };
     let before = signs(&p);
     let o = p.ypt(&[
         "-a",
@@ -563,7 +570,7 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
     // OpenSSL checks the card's ECDSA signature on its own certificate.
     let v = std::process::Command::new("openssl")
         .args(["verify", "-CAfile", &path("cert.pem"), &path("cert.pem")])
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert!(text(&v).contains(": OK"), "{}", text(&v));
     // IMPORT KEY: a P-256 key made by OpenSSL into 9a, with its certificate.
@@ -697,7 +704,7 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
         ])
         .arg("--data-dir")
         .arg(p.data(""))
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -719,7 +726,7 @@ fn generate_certify_import_and_restart_keep_keys_certificates_and_pins() {
             "--data-dir",
         ])
         .arg(p.data(""))
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
@@ -789,7 +796,7 @@ fn cac_plus_piv_opensc_picks_piv_first_and_cac_when_told() {
     // The CAC applets of the same card, through OpenSC's cac driver.
     let mut cmd = p.pcscd.command("pkcs15-tool");
     cmd.arg("-D").env("OPENSC_DRIVER", "cac");
-    let o = cmd.output().unwrap();
+    let o = cmd.output_within(testkit::TOOL_TIMEOUT).unwrap();
     let t = ok(&p, &o, "pkcs15-tool -D (CAC)");
     assert!(t.contains("Manufacturer ID: Common Access Card"), "{t}");
     for label in [
@@ -806,7 +813,11 @@ fn cac_plus_piv_opensc_picks_piv_first_and_cac_when_told() {
     assert!(!t.contains("EC Key"), "the CAC side is RSA-only: {t}");
     let mut cmd = p.pcscd.command("opensc-tool");
     cmd.arg("-n").env("OPENSC_DRIVER", "cac");
-    let t = ok(&p, &cmd.output().unwrap(), "opensc-tool -n (CAC)");
+    let t = ok(
+        &p,
+        &cmd.output_within(testkit::TOOL_TIMEOUT).unwrap(),
+        "opensc-tool -n (CAC)",
+    );
     assert!(t.contains("Common Access Card"), "{t}");
     // Signatures from both sides with one key store: PIV 9A (OpenSC id 01), then the CAC ID
     // certificate's key (id 0001 in OpenSC's cac driver), each application with its own PIN

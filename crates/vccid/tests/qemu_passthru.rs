@@ -89,7 +89,12 @@ fn vscclient_session_with_qemu_passthru() {
     })
     .unwrap();
     writeln!(stdin, "exit").unwrap();
-    let st = client.wait().unwrap();
+    let st = testkit::wait_child(
+        &mut client,
+        Duration::from_secs(20),
+        "vscclient to exit on \"exit\"",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", vlog()));
     assert!(st.success(), "{st}");
     // ReaderRemove on connect (unclean-exit cleanup) and on exit: two detaches.
     wait_for("the final detach", Duration::from_secs(10), || {
@@ -126,8 +131,18 @@ fn vscclient_waits_for_qemu_and_exits_cleanly_on_sigterm() {
         )
     });
     // stdin is closed: the client neither spins nor exits; SIGTERM sends the goodbye.
-    let _ = Command::new("kill").arg(client.id().to_string()).status();
-    let st = client.wait().unwrap();
+    testkit::signal(&mut client, testkit::Signal::Term).unwrap();
+    let st = testkit::wait_child(
+        &mut client,
+        Duration::from_secs(20),
+        "vscclient to exit on SIGTERM",
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    });
     assert!(st.success(), "{st}");
     wait_for(
         "CardRemove and ReaderRemove",

@@ -47,7 +47,7 @@ fn qemu_attaches_the_reader_and_a_restart_reattaches() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("vccid.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let vccid = Command::new(VCCID)
+    let mut vccid = Command::new(VCCID)
         .args([
             "--data-dir",
             dir.path().to_str().unwrap(),
@@ -95,8 +95,9 @@ fn qemu_attaches_the_reader_and_a_restart_reattaches() {
         .unwrap();
     }
     assert_eq!(vlog().matches("usbredir guest hello").count(), 2);
-    let _ = Command::new("kill").arg(vccid.id().to_string()).status();
-    let out = vccid.wait_with_output().unwrap();
+    testkit::signal(&mut vccid, testkit::Signal::Term).unwrap();
+    let out = testkit::wait_output(vccid, Duration::from_secs(20), "vccid to exit on SIGTERM")
+        .unwrap_or_else(|e| panic!("{e}\nvccid:\n{}", vlog()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!(
@@ -144,8 +145,7 @@ fn vccid_connects_to_a_qemu_server_chardev_and_again_after_a_restart() {
         })
         .unwrap();
     }
-    let _ = vccid.kill();
-    let _ = vccid.wait();
+    testkit::kill(&mut vccid, "vccid").unwrap();
 }
 
 #[test]
@@ -196,8 +196,7 @@ fn vccid_connects_over_tls_to_qemus_tls_server_chardev() {
             std::fs::read_to_string(&bad_log).unwrap_or_default()
         )
     });
-    let _ = bad.kill();
-    let _ = bad.wait();
+    testkit::kill(&mut bad, "vccid (other CA)").unwrap();
     assert!(!q.stderr().contains("attaching"), "{}", q.stderr());
     // The right directory: the reader attaches over TLS.
     let (mut good, log) = start(&creds, "good");
@@ -215,6 +214,5 @@ fn vccid_connects_over_tls_to_qemus_tls_server_chardev() {
     });
     let usb = info_usb(&q);
     assert!(usb.contains("Product USB Redirection Device"), "{usb}");
-    let _ = good.kill();
-    let _ = good.wait();
+    testkit::kill(&mut good, "vccid").unwrap();
 }

@@ -7,10 +7,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use testkit::tls::{contains, Capture};
+use testkit::CommandExt;
 use testkit::{free_port, text, wait_for, PrivatePcscd, Qemu};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
+/// How long a child of these tests may take to exit once it should.
+const WAIT: Duration = Duration::from_secs(30);
 /// The CAC ATR, as it travels in VSC_ATR.
 const CAC_ATR: [u8; 15] = [
     0x3B, 0x7A, 0x18, 0x00, 0x00, 0x73, 0x66, 0x74, 0x65, 0x20, 0x63, 0x64, 0x31, 0x34, 0x34,
@@ -109,8 +112,10 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
         "{}",
         read(&log)
     );
-    let _ = Command::new("kill").arg(good.id().to_string()).status();
-    assert!(good.wait().unwrap().success());
+    testkit::signal(&mut good, testkit::Signal::Term).unwrap();
+    let st = testkit::wait_child(&mut good, WAIT, "vscclient to exit on SIGTERM")
+        .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
+    assert!(st.success(), "{st}\n{}", read(&log));
     wait_for("CardRemove", Duration::from_secs(10), || {
         qemu.stdout().contains("VSC_CardRemove")
     })
@@ -139,7 +144,8 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
     let mixed = dir.path().join("mixed");
     testkit::tls::mixed(&creds, &other, &mixed).unwrap();
     let (mut c, log) = vscclient(dir.path(), Some(&mixed), port, "other-ca");
-    let st = c.wait().unwrap();
+    let st = testkit::wait_child(&mut c, WAIT, "vscclient refused by QEMU to exit")
+        .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
     let l = read(&log);
     assert_eq!(st.code(), Some(2), "{l}");
     assert!(l.contains("refused our client certificate"), "{l}");
@@ -152,7 +158,13 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
     let expired = dir.path().join("expired");
     testkit::tls::expired_client(&creds, &expired).unwrap();
     let (mut c, log) = vscclient(dir.path(), Some(&expired), port, "expired");
-    assert_eq!(c.wait().unwrap().code(), Some(2), "{}", read(&log));
+    let st = testkit::wait_child(
+        &mut c,
+        WAIT,
+        "vscclient with an expired certificate to exit",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
+    assert_eq!(st.code(), Some(2), "{}", read(&log));
     assert!(
         read(&log).contains("refused our client certificate"),
         "{}",
@@ -160,7 +172,9 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
     );
     // Our side refuses a server whose CA we do not know.
     let (mut c, log) = vscclient(dir.path(), Some(&other), port, "unknown-server");
-    assert_eq!(c.wait().unwrap().code(), Some(2), "{}", read(&log));
+    let st = testkit::wait_child(&mut c, WAIT, "vscclient refusing the server to exit")
+        .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
+    assert_eq!(st.code(), Some(2), "{}", read(&log));
     assert!(
         read(&log).contains("invalid peer certificate"),
         "{}",
@@ -172,8 +186,7 @@ fn vscclient_over_tls_to_qemu_passthru_and_the_refusals() {
         read(&log).contains("does it expect TLS?")
     })
     .unwrap_or_else(|e| panic!("{e}: {}", read(&log)));
-    let _ = c.kill();
-    let _ = c.wait();
+    testkit::kill(&mut c, "vscclient").unwrap();
     assert_eq!(
         attaches(),
         before,
@@ -217,7 +230,7 @@ fn vscclient_and_vccid_passthru_over_mutual_tls_then_opensc() {
         .arg("--tls")
         .arg(&mixed)
         .arg(format!("127.0.0.1:{port}"));
-    let o = bad.output().unwrap();
+    let o = testkit::output(&mut bad, WAIT, "vscclient refused by vccid").unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("TLS"), "{}", text(&o));
     let mut client = pcscd.command(VSCCLIENT);
@@ -237,7 +250,11 @@ fn vscclient_and_vccid_passthru_over_mutual_tls_then_opensc() {
                 pcscd.child_log("vscclient")
             )
         });
-    let o = pcscd.command("pkcs15-tool").arg("-D").output().unwrap();
+    let o = pcscd
+        .command("pkcs15-tool")
+        .arg("-D")
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
     let listing = text(&o);
     assert_eq!(listing.matches("X.509 Certificate").count(), 3, "{listing}");
     assert!(listing.contains("[cert1]"), "{listing}");
@@ -293,6 +310,8 @@ fn tls_bad_input_closes_only_that_connection() {
     let garbage_peer = g.local_addr().unwrap();
     g.write_all(b"\x00\x00\x00\x00 this is no TLS record")
         .unwrap();
+    // Until vccid closes it (the log lines below say whether it refused the handshake).
+    g.set_read_timeout(Some(WAIT)).unwrap();
     let _ = g.read_to_end(&mut Vec::new());
     // Half a record, then gone.
     let mut h = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -322,8 +341,8 @@ fn tls_bad_input_closes_only_that_connection() {
     std::thread::sleep(Duration::from_millis(500));
     let _ = s.stdin.as_mut().unwrap().write_all(b"R\n");
     std::thread::sleep(Duration::from_millis(500));
-    let _ = s.kill();
-    let o = s.wait_with_output().unwrap();
+    testkit::signal(&mut s, testkit::Signal::Kill).unwrap();
+    let o = testkit::wait_output(s, WAIT, "openssl s_client after SIGKILL").unwrap();
     let s_out = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -340,8 +359,9 @@ fn tls_bad_input_closes_only_that_connection() {
     let mut hello = [0u8; 16];
     ok.read_exact(&mut hello).unwrap();
     assert_eq!(&hello[..4], &[0, 0, 0, 0], "a usbredir hello");
-    let _ = v.kill();
-    let printed = String::from_utf8_lossy(&v.wait_with_output().unwrap().stdout).into_owned();
+    testkit::signal(&mut v, testkit::Signal::Kill).unwrap();
+    let out = testkit::wait_output(v, WAIT, "vccid after SIGKILL").unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     // The printed QEMU and libvirt lines are the TLS ones.
     assert!(
         printed.contains("-object tls-creds-x509,id=vccid0tls,endpoint=client,dir=")

@@ -22,8 +22,9 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = testkit::kill(&mut self.child, "vccid --usbip") {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -263,8 +264,11 @@ fn the_reader_outlives_importers_and_bad_input_closes_only_its_connection() {
     let bad_version = {
         let mut c = TcpStream::connect(s.addr).unwrap();
         c.write_all(&apdu::hex::h("0106 8005 00000000")).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut c, &mut b).unwrap();
+        std::io::Read::read_to_end(&mut c, &mut b).unwrap_or_else(|e| {
+            panic!("waiting 10 s for vccid to close a wrong-version connection: {e}")
+        });
         assert!(b.is_empty(), "no reply to a wrong version");
         c.local_addr().unwrap()
     };
@@ -336,9 +340,25 @@ fn usbip_alongside_usbredir_one_card_two_readers() {
     let mut hello = [0u8; 16];
     std::io::Read::read_exact(&mut r, &mut hello).unwrap();
     assert_eq!(&hello[..4], &[0, 0, 0, 0]);
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    // The attach lines come after the listeners (vccid asks the installed QEMU its version
+    // first): read them as they come, with a deadline, then stop vccid.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(printed.contains("usbip attach -r 127.0.0.1 -b 1-1") && printed.contains("usb-redir")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => printed.push_str(&(l + "\n")),
+            Err(_) => break,
+        }
+    }
+    testkit::kill(&mut child, "vccid").unwrap();
     assert!(
         printed.contains("usbip attach -r 127.0.0.1 -b 1-1") && printed.contains("usb-redir"),
         "{printed}"

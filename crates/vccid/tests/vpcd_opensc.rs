@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+use testkit::CommandExt;
 use testkit::{run, text, PrivatePcscd, OPENSC_PKCS11};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
@@ -27,6 +28,8 @@ impl Setup {
     ) -> Setup {
         let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
         let data = pcscd.dir.path().join("data");
+        // A data directory given to vccid must exist.
+        std::fs::create_dir_all(&data).unwrap();
         let mut cmd = pcscd.command(VCCID);
         cmd.args(["--vpcd", "127.0.0.1:35963", "--card", card, "--data-dir"])
             .arg(&data);
@@ -57,7 +60,7 @@ impl Setup {
         self.pcscd
             .command(program)
             .args(args)
-            .output()
+            .output_within(testkit::TOOL_TIMEOUT)
             .expect("tool runs")
     }
 
@@ -336,7 +339,7 @@ fn remove_and_insert_commands_reach_pcscd() {
     use std::io::Write;
     let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
     let mut cmd = pcscd.command(VCCID);
-    cmd.args(["--vpcd", "127.0.0.1:35963", "--data-dir"])
+    cmd.args(["--vpcd", "127.0.0.1:35963", "--create", "--data-dir"])
         .arg(pcscd.dir.path().join("data"));
     let mut stdin = pcscd.spawn_with_stdin("vccid", cmd).unwrap();
     pcscd.wait_card(0, Duration::from_secs(20)).unwrap();
@@ -344,7 +347,13 @@ fn remove_and_insert_commands_reach_pcscd() {
     pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
     writeln!(stdin, "insert").unwrap();
     pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
-    let a = text(&pcscd.command("opensc-tool").arg("-a").output().unwrap());
+    let a = text(
+        &pcscd
+            .command("opensc-tool")
+            .arg("-a")
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap(),
+    );
     assert!(
         a.contains("3b:7a:18:00:00:73:66:74:65:20:63:64:31:34:34"),
         "{a}"
@@ -352,6 +361,12 @@ fn remove_and_insert_commands_reach_pcscd() {
     // End of input ends the command reader only: vccid keeps serving.
     drop(stdin);
     std::thread::sleep(Duration::from_millis(500));
-    let n = text(&pcscd.command("opensc-tool").arg("-n").output().unwrap());
+    let n = text(
+        &pcscd
+            .command("opensc-tool")
+            .arg("-n")
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap(),
+    );
     assert!(n.contains("Common Access Card (CAC)"), "{n}");
 }

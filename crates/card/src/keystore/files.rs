@@ -90,6 +90,47 @@ fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         .map_err(|e| file_err(path, format!("cannot read: {e}")))
 }
 
+/// Why a file or directory holding private keys must not be used as it is: group or others
+/// may read or write it (a key others can read is no longer private; one they can write can be
+/// replaced). `None` when only its owner may. Refused rather than fixed, as OpenSSH refuses an
+/// "UNPROTECTED PRIVATE KEY FILE": the user learns that the key may have been exposed.
+pub(crate) fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    let (read, write) = (mode & 0o044 != 0, mode & 0o022 != 0);
+    let how = match (read, write) {
+        (false, false) => return None,
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (true, true) => "readable and writable",
+    };
+    let fix = if meta.is_dir() { "700" } else { "600" };
+    Some(format!(
+        "{how} by others (mode {mode:04o}): chmod {fix} {}",
+        path.display()
+    ))
+}
+
+/// Reads a file that holds a private key, refusing it when others may read or write it.
+fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    // The mode of the file opened (fstat), not of whatever the name points to later.
+    let meta = f
+        .metadata()
+        .map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    if let Some(why) = exposed(path, &meta) {
+        return Err(file_err(path, why));
+    }
+    // Sized up front: a growing Vec would leave copies of the key in freed memory.
+    let len = usize::try_from(meta.len()).unwrap_or(0).min(1 << 20);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
+    f.read_to_end(&mut bytes)
+        .map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    Ok(bytes)
+}
+
 fn load_cert(path: &Path) -> Result<Vec<u8>, KeyError> {
     let bytes = read(path)?;
     match std::str::from_utf8(&bytes) {
@@ -103,7 +144,7 @@ fn load_cert(path: &Path) -> Result<Vec<u8>, KeyError> {
 }
 
 fn load_key(path: &Path) -> Result<Key, KeyError> {
-    let bytes = read(path)?;
+    let bytes = read_private(path)?;
     let der = match std::str::from_utf8(&bytes) {
         Ok(text) if text.contains("-----BEGIN ") => {
             let blocks = pem_blocks(text);
@@ -138,7 +179,7 @@ impl FileStore {
         let mut keys = Vec::new();
         for f in files {
             if f.is_pkcs12() {
-                let bytes = read(&f.cert)?;
+                let bytes = read_private(&f.cert)?;
                 let pw = f.password.as_deref().map_or("", String::as_str);
                 let (key, cert) =
                     RawRsa::from_pkcs12(&bytes, pw).map_err(|e| file_err(&f.cert, e))?;
@@ -230,6 +271,55 @@ mod tests {
         let e = FileStore::open(&[FileIdentity::new(missing, None)]).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
     }
+
+    #[test]
+    fn a_key_file_others_may_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["k".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k, both) = (
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+            dir.path().join("both.pem"),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(&both, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // The certificate is public: its mode is not looked at.
+        chmod(&c, 0o644);
+        for (mode, how) in [
+            (0o644, "readable by others (mode 0644)"),
+            (0o640, "readable by others (mode 0640)"),
+            (0o620, "writable by others (mode 0620)"),
+            (0o666, "readable and writable by others (mode 0666)"),
+        ] {
+            chmod(&k, mode);
+            let e = FileStore::open(&[FileIdentity::new(&c, Some(k.clone()))])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(how), "{e}");
+            assert!(e.contains(&format!("chmod 600 {}", k.display())), "{e}");
+            // A PEM file holding the certificate and the key is a key file.
+            chmod(&both, mode);
+            let e = FileStore::open(&[FileIdentity::new(&both, None)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("chmod 600 {}", both.display())), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            chmod(&k, mode);
+            chmod(&both, mode);
+            assert!(FileStore::open(&[FileIdentity::new(&c, Some(k.clone()))]).is_ok());
+            assert!(FileStore::open(&[FileIdentity::new(&both, None)]).is_ok());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -290,7 +380,16 @@ mod pkcs12_tests {
         let block = crate::keystore::testutil::pkcs1_sha256_block(b"p12", 256);
         assert_eq!(store.rsa_raw(0, &block).unwrap().len(), 256);
         f.password = Some(Zeroizing::new("wrong".into()));
-        let e = FileStore::open(&[f]).unwrap_err();
+        let e = FileStore::open(std::slice::from_ref(&f)).unwrap_err();
         assert!(e.to_string().contains("wrong password"), "{e}");
+        // A PKCS#12 file holds the key: one that others may read is refused.
+        use std::os::unix::fs::PermissionsExt;
+        f.password = Some(Zeroizing::new("lab".into()));
+        std::fs::set_permissions(&f.cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = FileStore::open(&[f]).unwrap_err().to_string();
+        assert!(
+            e.contains("readable by others (mode 0644): chmod 600"),
+            "{e}"
+        );
     }
 }

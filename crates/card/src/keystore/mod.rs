@@ -12,9 +12,10 @@ mod rawrsa;
 mod shared;
 
 pub use cardkey::{CardKey, KeyKind, PublicKey};
-pub use default::{default_data_dir, write_atomic, DefaultIdentities};
+pub use default::{certificate_subject, default_data_dir, write_atomic, DefaultIdentities};
+pub(crate) use files::exposed;
 pub use files::{FileIdentity, FileStore};
-pub use pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
+pub use pkcs11::{redact_pin_value, Pkcs11Config, Pkcs11Store, TokenSelector};
 pub use shared::SharedStore;
 
 use thiserror::Error;

@@ -99,7 +99,10 @@ impl Pkcs11Config {
     /// Parses an RFC 7512 PKCS#11 URI: path attributes `token`, `serial`, `slot-id`, `object`,
     /// `id`; query attributes `module-path`, `pin-value`, `pin-source` (a file).
     pub fn from_uri(uri: &str) -> Result<Self, KeyError> {
-        let bad = |why: String| KeyError::NotFound(format!("PKCS#11 URI {uri:?}: {why}"));
+        // Errors show the URI with its pin-value hidden (issue #13: no error shows a PIN).
+        let bad = |why: String| {
+            KeyError::NotFound(format!("PKCS#11 URI {:?}: {why}", redact_pin_value(uri)))
+        };
         let rest = uri
             .strip_prefix("pkcs11:")
             .ok_or_else(|| bad("does not start with pkcs11:".into()))?;
@@ -144,9 +147,10 @@ impl Pkcs11Config {
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             let (k, v) = attr
                 .split_once('=')
-                .ok_or_else(|| bad(format!("query {attr:?} has no '='")))?;
+                .ok_or_else(|| bad(format!("query {:?} has no '='", redact_pin_value(attr))))?;
             let v = String::from_utf8_lossy(
-                &percent_decode(v).ok_or_else(|| bad(format!("bad %-escape in {attr:?}")))?,
+                &percent_decode(v)
+                    .ok_or_else(|| bad(format!("bad %-escape in {:?}", redact_pin_value(attr))))?,
             )
             .into_owned();
             match k {
@@ -168,6 +172,23 @@ impl Pkcs11Config {
         }
         Ok(cfg)
     }
+}
+
+/// `text` with the value of every `pin-value=` (up to the next `&`, `;` or `,`) replaced by
+/// `***`, for messages that quote a PKCS#11 URI or a card specification holding one.
+pub fn redact_pin_value(text: &str) -> String {
+    const KEY: &str = "pin-value=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(KEY) {
+        let after = &rest[i + KEY.len()..];
+        let end = after.find(['&', ';', ',']).unwrap_or(after.len());
+        out.push_str(&rest[..i + KEY.len()]);
+        out.push_str("***");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
@@ -558,6 +579,20 @@ fn pkcs1_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_errors_hide_the_pin_value() {
+        assert_eq!(
+            redact_pin_value("pkcs11:token=a?pin-value=31415926&module-path=/m.so"),
+            "pkcs11:token=a?pin-value=***&module-path=/m.so"
+        );
+        assert_eq!(redact_pin_value("x,pin-value=1;y"), "x,pin-value=***;y");
+        let err = Pkcs11Config::from_uri("pkcs11:token=a?pin-value=31415926&bogus=1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("bogus") && !err.contains("31415926"), "{err}");
+    }
 
     #[test]
     fn uri_parsing() {

@@ -1154,13 +1154,8 @@ impl Card for PivCard {
         self.clear();
     }
     fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
-        let out = self.process(apdu);
-        tracing::trace!(
-            apdu = %apdu::hex::spaced(apdu),
-            response = %apdu::hex::spaced(&out),
-            "PIV APDU"
-        );
-        out
+        // No APDU bytes are logged here: card::Traced logs one redacted line per APDU.
+        self.process(apdu)
     }
     fn presence(&self) -> Presence {
         self.presence.clone()

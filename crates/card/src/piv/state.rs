@@ -144,6 +144,20 @@ fn pin_to(p: &PinState) -> PinV1 {
 pub fn lock(path: &Path) -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
     make_dir(path).map_err(|e| format!("cannot create its directory: {e}"))?;
+    // The directory too: others who may write it may replace the file (and the lock file
+    // lives there). Reading the directory shows names only, and a sticky directory (/tmp)
+    // lets nobody else rename or delete our files, so those are fine.
+    let dir = directory(path);
+    let meta = std::fs::metadata(dir).map_err(|e| format!("its directory: {e}"))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "its directory {d} is writable by others (mode {m:04o}), who could replace the \
+             state: chmod go-w {d}",
+            d = dir.display(),
+            m = mode & 0o7777
+        ));
+    }
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let file = std::fs::OpenOptions::new()
@@ -160,6 +174,13 @@ pub fn lock(path: &Path) -> Result<std::fs::File, String> {
         }
         Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
     }
+}
+
+/// The directory a state file is in (`.` for a bare file name).
+fn directory(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn make_dir(path: &Path) -> std::io::Result<()> {
@@ -283,6 +304,11 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
+        // It holds the PIN, the PUK, the management key and private keys.
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if let Some(why) = crate::keystore::exposed(path, &meta) {
+            return Err(format!("the file is {why}"));
+        }
         let mut bytes = Zeroizing::new(Vec::new());
         file.take(MAX_FILE + 1)
             .read_to_end(&mut bytes)
@@ -297,5 +323,58 @@ impl State {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         make_dir(path)?;
         crate::keystore::write_atomic(path, &self.to_bytes(), 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    }
+
+    #[test]
+    fn a_state_file_or_directory_others_may_read_or_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("piv");
+        let path = sub.join("card.json");
+        let state = State::parse(include_str!("testdata/state-v1.json").as_bytes()).unwrap();
+        state.save(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(State::load(&path).unwrap().as_ref(), Some(&state));
+        for (mode, how) in [
+            (0o644, "readable by others (mode 0644)"),
+            (0o660, "readable and writable by others (mode 0660)"),
+        ] {
+            chmod(&path, mode);
+            let e = State::load(&path).unwrap_err();
+            assert!(
+                e.contains(how) && e.contains(&format!("chmod 600 {}", path.display())),
+                "{e}"
+            );
+        }
+        chmod(&path, 0o600);
+        drop(lock(&path).unwrap());
+        for (mode, how) in [
+            (0o775, "writable by others (mode 0775)"),
+            (0o730, "writable by others (mode 0730)"),
+        ] {
+            chmod(&sub, mode);
+            let e = lock(&path).unwrap_err();
+            assert!(
+                e.contains(how) && e.contains(&format!("chmod go-w {}", sub.display())),
+                "{e}"
+            );
+        }
+        // Readable, or writable but sticky (as /tmp is): nobody else can replace the file.
+        for mode in [0o711, 0o755, 0o1777] {
+            chmod(&sub, mode);
+            assert!(lock(&path).is_ok(), "{mode:o}");
+        }
     }
 }

@@ -381,6 +381,8 @@ pub(super) fn ecc_card() -> (PivCard, Vec<u8>, Vec<u8>) {
         );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
+        // Private, or the key store refuses it.
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         files.push(crate::keystore::FileIdentity::new(c, Some(k)));
         points.push(key.public_key_raw().to_vec());
     }
@@ -464,6 +466,8 @@ fn the_cac_card_refuses_ec_keys() {
     let (c, k) = (dir.path().join("ec.crt"), dir.path().join("ec.key"));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
+    // Private, or the key store refuses it.
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let store = FileStore::open(&[crate::keystore::FileIdentity::new(c, Some(k))]).unwrap();
     let e =
         crate::cac::CacCard::new(Box::new(store), &crate::cac::CacConfig::default()).unwrap_err();

@@ -402,7 +402,16 @@ fn bad_state_files_are_reported_with_their_path_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = state_config(dir.path());
     let path = cfg.state.clone().unwrap();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Private, as vccid makes them (others' access is refused: see state.rs's tests).
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(path.parent().unwrap())
+        .unwrap();
+    std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&path)
+    .unwrap();
     let golden = include_str!("testdata/state-v1.json");
     for (content, why) in [
         (

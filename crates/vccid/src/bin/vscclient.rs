@@ -20,7 +20,7 @@ use vscard::client::{ClientEvent, ClientSession};
 
 /// Serve a smart card to a VSCard host (QEMU ccid-card-passthru, vccid --card passthru).
 #[derive(Parser, Debug)]
-#[command(name = "vscclient", version, about, long_about = None)]
+#[command(name = "vscclient", version, long_about = None)]
 struct Args {
     /// Emulate a CAC card with this NSS certificate nickname (repeatable), from the database
     /// in -e's db= (default /etc/pki/nssdb).
@@ -320,7 +320,17 @@ fn connection(shared: &Shared, mut stream: Stream) -> Ended {
                     continue;
                 }
             };
-            tracing::debug!(?frame.message, reader = frame.reader_id, "from host");
+            // An APDU's bytes may hold a PIN: its type and length only (card::Traced logs a
+            // redacted, decoded line for each at -d 11). The other messages carry no secret
+            // and are logged whole (QEMU's Init shows its version).
+            match &frame.message {
+                vscard::Message::Apdu(a) => tracing::debug!(
+                    reader = frame.reader_id,
+                    "from host: APDU, {} bytes",
+                    a.len()
+                ),
+                m => tracing::debug!(reader = frame.reader_id, "from host: {m:?}"),
+            }
             let (replies, events) = {
                 let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
                 g.0.on_frame(frame)
@@ -357,14 +367,19 @@ fn run(args: Args) -> Result<()> {
         None => Addr::parse(&args.host)?,
     };
     let (mut card, pcsc_reader): (Box<dyn Card>, Option<String>) = match card_spec(&args)? {
+        // Traced: with -d 11 and up, one decoded, redacted line per APDU.
         ClientCard::Emulated(spec) => (
-            Box::new(vccid::keys::emulated_card(&spec, args.data_dir.clone())?),
+            Box::new(card::Traced::new(vccid::keys::emulated_card(
+                &spec,
+                args.data_dir.clone(),
+            )?)),
             None,
         ),
         ClientCard::Hardware(reader) => {
-            let c = hostcard::HostCard::open(reader.as_deref())?;
+            // vscclient serves no PC/SC reader of its own, so none is excluded.
+            let c = hostcard::HostCard::open(reader.as_deref(), &[])?;
             let name = c.reader().to_string();
-            (Box::new(c), Some(name))
+            (Box::new(card::Traced::new(c)), Some(name))
         }
     };
     let presence = card.presence();
@@ -456,7 +471,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = vccid::parse_args("vscclient");
     vccid::init_logging(match args.debug {
         0 => 0,
         1..=10 => 1,

@@ -1,0 +1,170 @@
+//! [`Traced`]: a decorator that logs one decoded line per APDU at TRACE level (`vccid -vv`),
+//! through the one decoder of `apdu::describe`. The line names the command and its status word
+//! and never shows a data field: PIN, PUK and management-key bytes appear as `[N bytes
+//! redacted]` (issue #13: no log level ever shows them).
+
+use crate::{Card, Presence};
+use apdu::describe::Decoder;
+use std::time::Instant;
+
+/// Wraps a card; every `transmit` logs `SUMMARY (T ms)` at TRACE under the target `apdu`
+/// (so `RUST_LOG=info,apdu=trace` shows the exchanges alone).
+pub struct Traced<C> {
+    inner: C,
+    decoder: Decoder,
+}
+
+impl<C: Card> Traced<C> {
+    /// Wraps `inner`.
+    pub fn new(inner: C) -> Self {
+        Traced {
+            inner,
+            decoder: Decoder::new(),
+        }
+    }
+    /// The wrapped card.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+    /// The wrapped card, mutably.
+    pub fn inner_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+}
+
+impl<C: Card> Card for Traced<C> {
+    fn atr(&self) -> Vec<u8> {
+        self.inner.atr()
+    }
+    fn power_on(&mut self) -> Vec<u8> {
+        self.decoder.reset();
+        let atr = self.inner.power_on();
+        tracing::trace!(target: "apdu", "power on → ATR {}", apdu::hex::spaced(&atr));
+        atr
+    }
+    fn power_off(&mut self) {
+        self.decoder.reset();
+        tracing::trace!(target: "apdu", "power off");
+        self.inner.power_off()
+    }
+    fn reset(&mut self) -> Vec<u8> {
+        self.decoder.reset();
+        let atr = self.inner.reset();
+        tracing::trace!(target: "apdu", "reset → ATR {}", apdu::hex::spaced(&atr));
+        atr
+    }
+    fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        let started = Instant::now();
+        let out = self.inner.transmit(apdu);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if tracing::enabled!(target: "apdu", tracing::Level::TRACE) {
+            let line = self.decoder.exchange(apdu, &out);
+            tracing::trace!(target: "apdu", "{line} ({ms:.1} ms)");
+        } else {
+            self.decoder.observe(apdu, &out);
+        }
+        out
+    }
+    fn presence(&self) -> Presence {
+        self.inner.presence()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apdu::hex::h;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    /// A card answering 63 C2 to everything.
+    struct Wrong(Presence);
+    impl Card for Wrong {
+        fn atr(&self) -> Vec<u8> {
+            vec![0x3B, 0x00]
+        }
+        fn power_on(&mut self) -> Vec<u8> {
+            self.atr()
+        }
+        fn power_off(&mut self) {}
+        fn transmit(&mut self, _: &[u8]) -> Vec<u8> {
+            vec![0x63, 0xC2]
+        }
+        fn presence(&self) -> Presence {
+            self.0.clone()
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_decoded_line_per_apdu_without_the_pin() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber_like(writer);
+        let mut card = Traced::new(Wrong(Presence::new(true)));
+        tracing::subscriber::with_default(subscriber, || {
+            card.power_on();
+            let r = card.transmit(&h("00 20 00 80 08 33 31 34 31 35 39 32 36"));
+            assert_eq!(r, vec![0x63, 0xC2]);
+        });
+        let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("VERIFY")).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(
+            lines[0].contains("VERIFY PIN [8 bytes redacted] → 63C2 wrong PIN, 2 tries left ("),
+            "{log}"
+        );
+        for secret in ["31415926", "33 31 34 31", "33313431"] {
+            assert!(!log.contains(secret), "{secret} in {log}");
+        }
+    }
+
+    /// A minimal subscriber writing "LEVEL target: message" lines (tracing-subscriber is not a
+    /// dependency of this crate).
+    fn tracing_subscriber_like(w: Sink) -> impl tracing::Subscriber {
+        Lines(Mutex::new(w))
+    }
+    struct Lines(Mutex<Sink>);
+    struct Msg(String);
+    impl tracing::field::Visit for Msg {
+        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, " {}={v:?}", f.name());
+        }
+    }
+    impl tracing::Subscriber for Lines {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, e: &tracing::Event<'_>) {
+            let mut m = Msg(String::new());
+            e.record(&mut m);
+            let mut w = self.0.lock().unwrap();
+            let _ = writeln!(
+                w,
+                "{} {}:{}",
+                e.metadata().level(),
+                e.metadata().target(),
+                m.0
+            );
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+}
