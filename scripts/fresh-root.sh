@@ -220,6 +220,6 @@ RESULT=PASS
 [ "$RC" -eq 0 ] || RESULT=FAIL
 [ "$RC" -ne 124 ] && [ "$RC" -ne 137 ] || echo "fresh-root: timed out after $TIMEOUT s" | tee -a "$LOG"
 SUMMARY="fresh-root: $RESULT in $ELAPSED s on $(date -u +%Y-%m-%d) at $COMMIT"
-echo "$SUMMARY" | tee -a "$LOG" >"$ROOT/var/log/vccid-fresh-root.result"
+echo "$SUMMARY" | tee -a "$LOG" >"${LOG%.log}.result"
 echo "$SUMMARY"
 [ "$RC" -eq 0 ]

@@ -28,6 +28,11 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 echo "== cargo build --release (the README's run command, which a test runs, uses it)"
 cargo build --release -p vccid
 ls -l target/release/vccid target/release/vscclient
+# A lean binary is part of the product (issue #13: 53 MB with debug info).
+for b in vccid vscclient; do
+  size=$(stat -c %s "target/release/$b")
+  [ "$size" -lt 20000000 ] || { echo "target/release/$b is $size bytes (limit 20 MB)"; exit 1; }
+done
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test.log
 echo "== fuzz (15 s per target)"

@@ -1,4 +1,5 @@
-//! [`Traced`]: a decorator that logs one decoded line per APDU at TRACE level (`vccid -vv`),
+//! [`Traced`]: a decorator that logs one decoded line per APDU at TRACE level (`vccid -vv`;
+//! power, PIN, signing and card changes already at DEBUG, `-v`),
 //! through the one decoder of `apdu::describe`. The line names the command and its status word
 //! and never shows a data field: PIN, PUK and management-key bytes appear as `[N bytes
 //! redacted]` (issue #13: no log level ever shows them).
@@ -32,6 +33,26 @@ impl<C: Card> Traced<C> {
     }
 }
 
+/// The exchanges `-v` (DEBUG) shows: what authenticates, signs, decrypts or changes the
+/// card (ISO 7816-4 VERIFY with data, CHANGE REFERENCE DATA, RESET RETRY COUNTER, GENERAL
+/// AUTHENTICATE, GENERATE ASYMMETRIC KEY PAIR, PUT DATA; CAC SIGN/DECRYPT; YubiKey IMPORT KEY,
+/// SET MANAGEMENT KEY, SET PIN RETRIES, RESET), each once at the end of its chain. Reads and
+/// SELECTs are left to `-vv`.
+fn significant(apdu: &[u8]) -> bool {
+    let (Some(&cla), Some(&ins)) = (apdu.first(), apdu.get(1)) else {
+        return false;
+    };
+    if cla & 0x10 != 0 {
+        return false;
+    }
+    match ins {
+        // VERIFY without data only asks for the tries left.
+        0x20 => apdu.len() > 5,
+        0x24 | 0x2C | 0x87 | 0x47 | 0xDB | 0x42 | 0xFE | 0xFF | 0xFA | 0xFB => true,
+        _ => false,
+    }
+}
+
 impl<C: Card> Card for Traced<C> {
     fn atr(&self) -> Vec<u8> {
         self.inner.atr()
@@ -39,18 +60,18 @@ impl<C: Card> Card for Traced<C> {
     fn power_on(&mut self) -> Vec<u8> {
         self.decoder.reset();
         let atr = self.inner.power_on();
-        tracing::trace!(target: "apdu", "power on → ATR {}", apdu::hex::spaced(&atr));
+        tracing::debug!(target: "apdu", "power on → ATR {}", apdu::hex::spaced(&atr));
         atr
     }
     fn power_off(&mut self) {
         self.decoder.reset();
-        tracing::trace!(target: "apdu", "power off");
+        tracing::debug!(target: "apdu", "power off");
         self.inner.power_off()
     }
     fn reset(&mut self) -> Vec<u8> {
         self.decoder.reset();
         let atr = self.inner.reset();
-        tracing::trace!(target: "apdu", "reset → ATR {}", apdu::hex::spaced(&atr));
+        tracing::debug!(target: "apdu", "reset → ATR {}", apdu::hex::spaced(&atr));
         atr
     }
     fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
@@ -60,6 +81,9 @@ impl<C: Card> Card for Traced<C> {
         if tracing::enabled!(target: "apdu", tracing::Level::TRACE) {
             let line = self.decoder.exchange(apdu, &out);
             tracing::trace!(target: "apdu", "{line} ({ms:.1} ms)");
+        } else if significant(apdu) && tracing::enabled!(target: "apdu", tracing::Level::DEBUG) {
+            let line = self.decoder.exchange(apdu, &out);
+            tracing::debug!(target: "apdu", "{line} ({ms:.1} ms)");
         } else {
             self.decoder.observe(apdu, &out);
         }
@@ -127,6 +151,26 @@ mod tests {
         );
         for secret in ["31415926", "33 31 34 31", "33313431"] {
             assert!(!log.contains(secret), "{secret} in {log}");
+        }
+    }
+
+    #[test]
+    fn minus_v_shows_what_authenticates_signs_or_changes_the_card() {
+        for (apdu, shown) in [
+            ("00 20 00 80 08 31 32 33 34 35 36 37 38", true),
+            ("00 20 00 80", false),
+            ("00 A4 04 00 07 A0 00 00 00 79 01 00", false),
+            ("80 52 00 00 02 01 02", false),
+            ("90 42 00 00 02 00 01", false),
+            ("80 42 00 00 02 00 01", true),
+            ("00 87 07 9A 04 7C 02 82 00", true),
+            (
+                "00 24 00 80 10 31 32 33 34 35 36 37 38 31 32 33 34 35 36 37 38",
+                true,
+            ),
+            ("", false),
+        ] {
+            assert_eq!(significant(&h(apdu)), shown, "{apdu}");
         }
     }
 

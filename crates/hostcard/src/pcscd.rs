@@ -34,11 +34,18 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Establishes the first context here, so that pcscd runs (and vpcd listens) when this
-    /// returns; a pcscd that cannot be reached is an error the caller can report.
+    /// Tries the first context here, so that a socket-activated pcscd runs (and vpcd
+    /// listens) when this returns; a pcscd that is not running yet is retried on the keeper's
+    /// thread. Only a missing libpcsclite is an error.
     pub fn start() -> Result<Keeper, HostCardError> {
         let lib = lib()?;
-        let first = Context::new(&lib)?;
+        let first = match Context::new(&lib) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::info!("pcscd is not running ({e}); vccid will serve it when it starts");
+                None
+            }
+        };
         let thread = std::thread::Builder::new()
             .name("pcscd-keeper".into())
             .spawn(move || hold(lib, first))
@@ -49,9 +56,9 @@ impl Keeper {
 
 /// Sleeps in SCardGetStatusChange on the reader list (no polling: it returns only when a
 /// reader comes or goes, or when pcscd dies), re-establishing the context after pcscd restarts.
-fn hold(lib: Arc<Lib>, first: Context) {
+fn hold(lib: Arc<Lib>, first: Option<Context>) {
     let Ok(pnp) = CString::new(PNP) else { return };
-    let mut ctx = Some(first);
+    let mut ctx = first;
     let mut backoff = Duration::from_millis(100);
     loop {
         let c = match ctx.take() {

@@ -61,6 +61,17 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// How [`PrivatePcscd`] starts pcscd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `pcscd -f` at once.
+    Direct,
+    /// Debian's units: socket-activated, `--auto-exit`.
+    SocketActivated,
+    /// Not at all (yet).
+    Absent,
+}
+
 /// A private pcscd with vpcd's readers "Virtual PCD 00 00" (port 35963) and "... 00 01".
 pub struct PrivatePcscd {
     holder: Child,
@@ -79,7 +90,7 @@ impl PrivatePcscd {
     /// PCD": the namespace gets its own /etc/reader.conf.d (ykcs11 2.2.0 opens only readers
     /// whose names start with "Yubico", ykcs11/utils.c `is_yubico_reader`).
     pub fn start_named(friendly: Option<&str>) -> Result<Self> {
-        Self::start_with(friendly, false)
+        Self::start_with(friendly, Mode::Direct)
     }
 
     /// pcscd started as Debian's units start it: `pcscd.socket` listens on
@@ -88,10 +99,39 @@ impl PrivatePcscd {
     /// `systemd-socket-activate` plays pcscd.socket; until a client connects nothing listens on
     /// vpcd's port, which this checks before returning.
     pub fn start_socket_activated() -> Result<Self> {
-        Self::start_with(None, true)
+        Self::start_with(None, Mode::SocketActivated)
     }
 
-    fn start_with(friendly: Option<&str>, activated: bool) -> Result<Self> {
+    /// The namespaces with no pcscd in them yet, as on a machine where the user starts pcscd
+    /// after vccid; [`start_pcscd`](Self::start_pcscd) starts it.
+    pub fn start_without_pcscd() -> Result<Self> {
+        Self::start_with(None, Mode::Absent)
+    }
+
+    /// Starts `pcscd -f` in namespaces made by [`start_without_pcscd`](Self::start_without_pcscd)
+    /// and waits until vpcd listens.
+    pub fn start_pcscd(&mut self) -> Result<()> {
+        let mut cmd = self.command("pcscd");
+        cmd.arg("-f");
+        self.spawn("pcscd", cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = output(self.command("ss").arg("-ltn"), TOOL_TIMEOUT, "ss")?;
+            if String::from_utf8_lossy(&o.stdout).contains(":35963 ") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "vpcd never listened after pcscd started: {}",
+                    self.child_log("pcscd")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_with(friendly: Option<&str>, mode: Mode) -> Result<Self> {
+        let activated = mode == Mode::SocketActivated;
         for tool in [
             "pcscd",
             "unshare",
@@ -133,11 +173,13 @@ impl PrivatePcscd {
                 confdir.display()
             ));
         }
-        script.push_str(if activated {
-            "exec systemd-socket-activate -l /run/pcscd/pcscd.comm \
-             pcscd --foreground --auto-exit"
-        } else {
-            "exec pcscd -f"
+        script.push_str(match mode {
+            Mode::SocketActivated => {
+                "exec systemd-socket-activate -l /run/pcscd/pcscd.comm \
+                 pcscd --foreground --auto-exit"
+            }
+            Mode::Direct => "exec pcscd -f",
+            Mode::Absent => "exec sleep infinity",
         });
         let holder = Command::new("unshare")
             .args([
@@ -180,7 +222,10 @@ impl PrivatePcscd {
                     }
                     break;
                 }
-                if !activated && out.contains(":35963 ") {
+                if mode == Mode::Direct && out.contains(":35963 ") {
+                    break;
+                }
+                if mode == Mode::Absent {
                     break;
                 }
             }

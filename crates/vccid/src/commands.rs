@@ -46,7 +46,7 @@ pub fn spawn(presence: Presence) {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{reply}");
                     let _ = out.flush();
-                    tracing::info!("stdin: {reply}");
+                    tracing::debug!("stdin: {reply}");
                 }
             }
         });

@@ -333,15 +333,11 @@ fn run(args: Args) -> Result<()> {
                 .is_loopback()
                 .then(vccid::ready::wake_pcscd)
                 .flatten();
-            let (atr, present) = {
-                let c = card.lock().unwrap_or_else(|e| e.into_inner());
-                (c.atr(), c.presence().is_present())
-            };
+            if keeper.is_some() {
+                vccid::ready::announce_when_ready(card.clone());
+            }
             let client = vpcd::spawn(card, vpcd::ClientOptions::new(a))
                 .context("cannot start the vpcd client")?;
-            if keeper.is_some() && present {
-                vccid::ready::wait_for_pcscd(&atr);
-            }
             Some((client, keeper))
         }
         None => None,

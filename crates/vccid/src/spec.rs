@@ -279,7 +279,12 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         );
     }
     if let Some(k) = props.keys().next() {
-        bail!("unknown card property {k:?}");
+        bail!(
+            "unknown card property {k:?}; emulated takes profile=, pin=, puk= (PIV), \
+             pin-tries=, state= (PIV), backend= and the backend's own: db=, certN=, \
+             password-file= (certificates); certN=, keyN=, p12-password-file= (files); uri=, \
+             module=, token=, certN=, token-pin-file= (pkcs11)"
+        );
     }
     Ok(EmulatedSpec {
         backend,

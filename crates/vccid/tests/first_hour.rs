@@ -295,3 +295,71 @@ fn licence_and_no_placeholders() {
     }
     assert!(bad.is_empty(), "placeholder URLs in {bad:?}");
 }
+
+/// pcscd started by hand after vccid (a machine without socket activation): vccid waits for
+/// it, serves it, and says ready then.
+#[test]
+fn pcscd_started_after_vccid_still_gets_the_card_and_the_ready_line() {
+    let mut pcscd = PrivatePcscd::start_without_pcscd().expect("namespaces");
+    let data = pcscd.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut cmd = pcscd.command(VCCID);
+    cmd.args(["--vpcd", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
+        ));
+    let mut child = cmd.spawn().expect("vccid starts");
+    let lines = stdout_lines(&mut child);
+    // No pcscd: no ready line.
+    assert!(wait_line(&lines, "vccid: ready", Duration::from_secs(2)).is_err());
+    pcscd.start_pcscd().expect("pcscd starts");
+    let ready = wait_line(&lines, "vccid: ready", Duration::from_secs(30));
+    let log = std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default();
+    let o = testkit::output(
+        pcscd.command("opensc-tool").arg("-n"),
+        TOOL_TIMEOUT,
+        "opensc-tool -n",
+    )
+    .unwrap();
+    let _ = testkit::terminate(&mut child, Duration::from_secs(5), "vccid");
+    ready.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(
+        testkit::text(&o).contains("Common Access Card"),
+        "{}",
+        testkit::text(&o)
+    );
+}
+
+/// A passthru card is ready when its VSCard client has connected and pcscd shows the card.
+#[test]
+fn a_passthru_card_is_ready_once_its_client_connects() {
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd");
+    let mut cmd = pcscd.command(VCCID);
+    cmd.args(["--vpcd", "--card", "passthru,listen=127.0.0.1:2001"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
+        ));
+    let mut child = cmd.spawn().expect("vccid starts");
+    let lines = stdout_lines(&mut child);
+    assert!(wait_line(&lines, "vccid: ready", Duration::from_secs(2)).is_err());
+    let data = pcscd.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut client = pcscd.command(VSCCLIENT);
+    client
+        .args(["--card", "emulated", "--data-dir"])
+        .arg(&data)
+        .arg("127.0.0.1:2001");
+    pcscd.spawn("vscclient", client).unwrap();
+    let ready = wait_line(&lines, "vccid: ready", Duration::from_secs(30));
+    let _ = testkit::terminate(&mut child, Duration::from_secs(5), "vccid");
+    ready.unwrap_or_else(|e| {
+        panic!(
+            "{e}\nvccid:\n{}\nvscclient:\n{}",
+            std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default(),
+            pcscd.child_log("vscclient")
+        )
+    });
+}

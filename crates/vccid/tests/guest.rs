@@ -171,16 +171,13 @@ fn boot_with(devices: &[String], append: &str, mut on_wait: impl FnMut(&str)) ->
 }
 
 fn vccid_usbredir(port: u16, card: &str, data: &Path) -> Child {
-    Command::new(VCCID)
-        .args([
-            "--usbredir",
-            &format!("127.0.0.1:{port}"),
-            "--card",
-            card,
-            "--data-dir",
-        ])
-        .arg(data)
-        .arg("--pcap")
+    let mut cmd = Command::new(VCCID);
+    cmd.args(["--usbredir", &format!("127.0.0.1:{port}"), "--card", card]);
+    // Only an emulated card keeps identities (vccid refuses --data-dir for the others).
+    if card.starts_with("emulated") {
+        cmd.arg("--data-dir").arg(data);
+    }
+    cmd.arg("--pcap")
         .arg(data.join("usb.pcap"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -120,14 +120,20 @@ fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let meta = f
         .metadata()
         .map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-    if let Some(why) = exposed(path, &meta) {
-        return Err(file_err(path, why));
-    }
     // Sized up front: a growing Vec would leave copies of the key in freed memory.
     let len = usize::try_from(meta.len()).unwrap_or(0).min(1 << 20);
     let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
     f.read_to_end(&mut bytes)
         .map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    if let Some(why) = exposed(path, &meta) {
+        // A PEM file with no key in it (a certificate given without keyN=) needs the key, not
+        // a chmod: say that instead.
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains("-----BEGIN ") && !text.contains("PRIVATE KEY-----") {
+            return Err(file_err(path, NO_KEY));
+        }
+        return Err(file_err(path, why));
+    }
     Ok(bytes)
 }
 
@@ -142,6 +148,10 @@ fn load_cert(path: &Path) -> Result<Vec<u8>, KeyError> {
         _ => Ok(bytes.to_vec()),
     }
 }
+
+/// A PEM file without a private key where one was expected.
+const NO_KEY: &str = "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block: a certificate \
+                      file without its key needs keyN=KEYFILE beside certN=";
 
 fn load_key(path: &Path) -> Result<Key, KeyError> {
     let bytes = read_private(path)?;
@@ -160,12 +170,7 @@ fn load_key(path: &Path) -> Result<Key, KeyError> {
                     l == "PRIVATE KEY" || l == "RSA PRIVATE KEY" || l == "EC PRIVATE KEY"
                 })
                 .map(|(_, d)| d)
-                .ok_or_else(|| {
-                    file_err(
-                        path,
-                        "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
-                    )
-                })?
+                .ok_or_else(|| file_err(path, NO_KEY))?
         }
         _ => bytes,
     };
@@ -319,6 +324,12 @@ mod tests {
             assert!(FileStore::open(&[FileIdentity::new(&c, Some(k.clone()))]).is_ok());
             assert!(FileStore::open(&[FileIdentity::new(&both, None)]).is_ok());
         }
+        // A certificate alone, given without its key, as certificates usually are (0644): the
+        // advice is the missing key, not a chmod.
+        let e = FileStore::open(&[FileIdentity::new(&c, None)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keyN=KEYFILE") && !e.contains("chmod"), "{e}");
     }
 }
 

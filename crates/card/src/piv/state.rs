@@ -169,9 +169,11 @@ pub fn lock(path: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("cannot open its lock file: {e}"))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err("another vccid is serving this card (its lock file is held)".into())
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(
+            "another vccid is serving this card (its lock file is held): stop that one \
+                 first, or give this one its own state with state=FILE or state=off"
+                .into(),
+        ),
         Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
     }
 }
