@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::CommandExt;
 use testkit::{free_port, wait_for, which, Qemu};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
@@ -76,8 +77,7 @@ impl Vccid {
 
 impl Drop for Vccid {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = testkit::kill(&mut self.child, "vccid");
     }
 }
 
@@ -123,7 +123,7 @@ fn validate_domain(devices: &str) {
     let o = Command::new("virt-xml-validate")
         .arg(&file)
         .arg("domain")
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert!(
         o.status.success(),
@@ -137,7 +137,7 @@ fn validate_domain(devices: &str) {
 fn installed_reconnect() -> &'static str {
     let o = Command::new("qemu-system-x86_64")
         .arg("--version")
-        .output()
+        .output_within(testkit::TOOL_TIMEOUT)
         .expect("qemu-system-x86_64 is installed");
     let v = vccid::qemu::parse_version(&String::from_utf8_lossy(&o.stdout));
     assert!(v.is_some(), "{o:?}");

@@ -163,24 +163,16 @@ fn vccid_exit(p: Option<&PrivatePcscd>, args: &[&str]) -> (Option<i32>, String) 
         Some(p) => p.command(VCCID),
         None => std::process::Command::new(VCCID),
     };
-    let mut child = cmd
+    let child = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut status = None;
-    let waited = testkit::wait_for("vccid to exit", Duration::from_secs(20), || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if waited.is_err() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = testkit::wait_output(child, Duration::from_secs(20), "vccid to exit")
+        .unwrap_or_else(|e| panic!("{e}"));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    waited.unwrap_or_else(|e| panic!("{e}\n{err}"));
     (out.status.code(), err)
 }
 
