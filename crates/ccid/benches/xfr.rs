@@ -2,7 +2,7 @@
 //! instantly (issue target: at least 50,000/s), read as one transfer (xHCI) and as 64-byte
 //! packets (UHCI).
 
-use card::FixedCard;
+use card_api::FixedCard;
 use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT};
 use ccid::device::Ccid;
 use ccid::usb::{Transfer, UsbDevice};

@@ -5,7 +5,7 @@
 use crate::descriptors::{self, Identity, EP_BULK_OUT, EP_INTERRUPT_IN};
 use crate::reader::{CardAnswer, CardRequest, Reader};
 use crate::usb::{Setup, Transfer, UsbDevice};
-use card::Card;
+use card_api::Card;
 
 /// A CCID reader holding a card.
 pub struct Ccid {

@@ -585,7 +585,7 @@ impl Reader {
 
     /// Mirrors the card's insertions and removals: `seen` is the presence generation the
     /// reader last acted on.
-    pub fn sync_presence(&mut self, presence: &card::Presence, seen: &mut u64) {
+    pub fn sync_presence(&mut self, presence: &card_api::Presence, seen: &mut u64) {
         let (present, gen) = presence.snapshot();
         if gen != *seen {
             *seen = gen;

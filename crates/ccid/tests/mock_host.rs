@@ -2,7 +2,7 @@
 //! transcripts in spaced hex (CCID §6).
 
 use apdu::hex::{h, spaced};
-use card::{Card, Presence};
+use card_api::{Card, Presence};
 use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
 use ccid::device::Ccid;
 use ccid::usb::{Setup, Transfer, UsbDevice};

@@ -2,7 +2,7 @@
 //! `R <response length> <SW1SW2>` per command. The guest harness uses it for what OpenSC's
 //! tools refuse (an extended Le on a card whose driver does not claim extended APDUs).
 
-use card::Card;
+use card_api::Card;
 
 fn main() {
     let mut card = match hostcard::HostCard::open(None, &[]) {

@@ -1,4 +1,4 @@
-//! A real card through PC/SC as a [`card::Card`] (DESIGN.md: the host card). The reader is
+//! A real card through PC/SC as a [`card_api::Card`] (DESIGN.md: the host card). The reader is
 //! chosen by name (the first whose name contains the given text, case-insensitively) or is the
 //! first reader, never one the caller excludes (its own vpcd reader: relaying it would be a
 //! loop); a thread follows it with SCardGetStatusChange, so insertion and removal reach the
@@ -8,7 +8,7 @@
 mod pcsc;
 pub mod pcscd;
 
-use card::{Card, Presence};
+use card_api::{Card, Presence};
 use pcsc::{Context, Handle, Lib, PcscError};
 use std::ffi::CString;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! device does not support.
 
 use apdu::hex::h;
-use card::{Card, FixedCard, Presence};
+use card_api::{Card, FixedCard, Presence};
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
 use usbredir::codec::{encode, ty, Caps, Decoded, Decoder, Packet};

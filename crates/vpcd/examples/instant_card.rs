@@ -1,7 +1,7 @@
 //! A card that answers every APDU with 9000 at once: the baseline for pcscd+vpcd round trips
 //! (scripts/bench.sh). Usage: `instant_card [HOST:PORT]` (default 127.0.0.1:35964).
 
-use card::FixedCard;
+use card_api::FixedCard;
 use std::sync::{Arc, Mutex};
 
 fn main() {

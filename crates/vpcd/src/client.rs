@@ -8,7 +8,7 @@
 //! is most of a `pkcs15-tool -D`'s difference against libcacard's C loop (scripts/bench.sh).
 
 use crate::codec::{encode, Decoder, Request};
-use card::{Card, Presence};
+use card_api::{Card, Presence};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! answers, presence-driven disconnect and reconnect.
 
 use apdu::hex::h;
-use card::{Card, Presence};
+use card_api::{Card, Presence};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

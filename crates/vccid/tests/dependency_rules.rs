@@ -1,0 +1,126 @@
+//! The layering of ARCHITECTURE.md, enforced from `cargo metadata` so the shape cannot drift
+//! (issue #14): which crate may pull in what, through its normal (not dev) dependencies,
+//! directly or not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Every workspace crate's transitive normal dependencies, by name.
+fn closures() -> BTreeMap<String, BTreeSet<String>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let platform = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let o = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &platform])
+        .current_dir(&root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).expect("metadata is JSON");
+    let name: BTreeMap<&str, &str> = m["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let nodes: BTreeMap<&str, &serde_json::Value> = m["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve")
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let normal = |d: &serde_json::Value| {
+        d["dep_kinds"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["kind"].is_null()))
+    };
+    let mut out = BTreeMap::new();
+    for member in m["workspace_members"].as_array().expect("members") {
+        let id = member.as_str().unwrap();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![id];
+        while let Some(x) = todo.pop() {
+            for d in nodes[x]["deps"].as_array().unwrap() {
+                let pkg = d["pkg"].as_str().unwrap();
+                if normal(d) && seen.insert(pkg) {
+                    todo.push(pkg);
+                }
+            }
+        }
+        out.insert(
+            name[id].to_string(),
+            seen.iter().map(|p| name[p].to_string()).collect(),
+        );
+    }
+    out
+}
+
+fn forbid(c: &BTreeMap<String, BTreeSet<String>>, krate: &str, banned: &[&str], why: &str) {
+    let deps = c
+        .get(krate)
+        .unwrap_or_else(|| panic!("no crate {krate} in the workspace"));
+    let found: Vec<&&str> = banned.iter().filter(|b| deps.contains(**b)).collect();
+    assert!(found.is_empty(), "{krate} pulls in {found:?}: {why}");
+}
+
+/// Sockets, threads and async runtimes, crypto and TLS, serialisation: what a sans-IO crate
+/// must never pull in.
+const IO_CRYPTO_SERDE: &[&str] = &[
+    "tokio",
+    "mio",
+    "socket2",
+    "libc",
+    "aws-lc-rs",
+    "aws-lc-sys",
+    "ring",
+    "rustls",
+    "rcgen",
+    "cryptoki",
+    "libloading",
+    "serde",
+    "serde_json",
+];
+/// What belongs to the emulated card: applets, key stores, PKCS#11, AWS-LC.
+const CARD_INSIDES: &[&str] = &["card", "cryptoki", "aws-lc-rs", "aws-lc-sys", "rcgen"];
+const TRANSPORTS: &[&str] = &["ccid", "usbredir", "usbip", "vpcd", "vscard", "hostcard"];
+const PROGRAM_ONLY: &[&str] = &["anyhow", "clap", "tracing-subscriber"];
+
+#[test]
+fn the_layers_hold() {
+    let c = closures();
+    for k in ["apdu", "vscard", "card-api", "ccid"] {
+        forbid(
+            &c,
+            k,
+            IO_CRYPTO_SERDE,
+            "codecs and the reader model are sans-IO",
+        );
+    }
+    for k in ["ccid", "usbredir", "usbip", "vpcd", "hostcard"] {
+        forbid(
+            &c,
+            k,
+            CARD_INSIDES,
+            "transports see the Card trait (card-api), never an applet or a key store",
+        );
+    }
+    forbid(&c, "card", TRANSPORTS, "the card sees APDUs only");
+    for k in c.keys().filter(|k| k.as_str() != "vccid") {
+        forbid(
+            &c,
+            k,
+            PROGRAM_ONLY,
+            "only the programs parse command lines, install a subscriber or use anyhow",
+        );
+    }
+}
+
+/// The rules can fail: the program crate pulls in all of the above.
+#[test]
+fn the_check_sees_what_the_programs_pull_in() {
+    let c = closures();
+    let vccid = &c["vccid"];
+    for k in ["card", "tokio", "aws-lc-rs", "clap", "anyhow", "ccid"] {
+        assert!(vccid.contains(k), "vccid should depend on {k}: {vccid:?}");
+    }
+}
