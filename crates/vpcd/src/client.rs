@@ -104,9 +104,13 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
     });
     let watcher = {
         let (shared, presence, card) = (shared.clone(), presence.clone(), card.clone());
+        // The generation is read here, not on the new thread: a thread that starts late (a
+        // loaded machine) would otherwise take a removal that already happened as the state
+        // to wait from, and never close the connection.
+        let (_, seen) = presence.snapshot();
         std::thread::Builder::new()
             .name("vpcd-presence".into())
-            .spawn(move || watch_removal(&shared, &presence, &card))?
+            .spawn(move || watch_removal(&shared, &presence, &card, seen))?
     };
     let main = {
         let shared = shared.clone();
@@ -123,8 +127,7 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
 /// Closing the socket is how a vpcd card says "removed" (transports.md §3.2). The card lock is
 /// taken first: a command in flight (which holds it until its answer is written) is answered
 /// before the connection closes.
-fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard) {
-    let (_, mut seen) = presence.snapshot();
+fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard, mut seen: u64) {
     while !shared.stop.load(Ordering::SeqCst) {
         let (present, gen) = presence.wait_change(seen, Duration::from_millis(200));
         if gen != seen && !present {
