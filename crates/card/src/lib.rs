@@ -17,5 +17,5 @@ pub mod piv;
 mod traced;
 
 pub use card_api::{Card, FixedCard, Presence};
-pub use pin::{Pin, PinStatus, PinVerify};
+pub use pin::{Pin, PinStatus, PinVerify, Redacted};
 pub use traced::Traced;

@@ -1,7 +1,7 @@
 use zeroize::Zeroizing;
 
 /// A card PIN with a retry counter (ISO 7816-4 §7.5.6: 63Cx tries left, 6983 blocked).
-#[derive(Debug)]
+/// Its value is wiped when dropped or changed, and `Debug` shows the counters only.
 pub struct Pin {
     value: Zeroizing<Vec<u8>>,
     max_tries: u8,
@@ -26,6 +26,26 @@ pub enum PinVerify {
     Wrong(u8),
     /// Already blocked; nothing was compared.
     Blocked,
+}
+
+/// What `Debug` of a configuration shows in place of a secret (issue #14: no `{:?}` of a
+/// config or PIN prints it): `[redacted]`.
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pin")
+            .field("value", &Redacted)
+            .field("max_tries", &self.max_tries)
+            .field("tries_left", &self.tries_left)
+            .finish()
+    }
 }
 
 impl Pin {
@@ -99,5 +119,127 @@ mod tests {
         assert_eq!(p.verify(b""), PinVerify::Wrong(0));
         assert_eq!(p.status(), PinStatus::Blocked);
         assert_eq!(p.verify(b"1234"), PinVerify::Blocked);
+    }
+
+    /// Every way a `Debug` rendering could carry `secret`: as text, as a byte list
+    /// (`[57, 48, ...]`, `[0x39, ...]`), as hex with and without spaces.
+    fn assert_absent(what: &str, debug: &str, secret: &[u8]) {
+        let hex: Vec<String> = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let mut renderings = vec![
+            format!("{secret:?}"),
+            format!("{secret:02x?}"),
+            hex.concat(),
+            hex.concat().to_uppercase(),
+            hex.join(" "),
+            hex.join(" ").to_uppercase(),
+        ];
+        if let Ok(text) = std::str::from_utf8(secret) {
+            renderings.push(text.to_string());
+        }
+        for r in renderings {
+            assert!(
+                !debug.contains(&r),
+                "{what} shows a secret as {r:?}: {debug}"
+            );
+        }
+        assert!(
+            debug.contains("[redacted]"),
+            "{what} marks nothing redacted: {debug}"
+        );
+    }
+
+    /// Issue #14: no `{:?}` of a configuration or PIN type in this crate prints a PIN, PUK,
+    /// management key, token PIN, PKCS#12 password or private key.
+    #[test]
+    fn no_secret_in_debug_output() {
+        use crate::cac::CacConfig;
+        use crate::keystore::{FileIdentity, Pkcs11Config, TokenSelector};
+        use crate::piv::{ManagementKey, PinState, PivConfig, SavedKey, State, ALG_AES128};
+        use zeroize::Zeroizing;
+
+        const PIN: &[u8] = b"90210417";
+        const PUK: &[u8] = b"57721566";
+        const MGMT: &[u8] = b"\xA5\x5A\xC3\x3C\x96\x69\x0F\xF0\xA5\x5A\xC3\x3C\x96\x69\x0F\xF0";
+        const TOKEN_PIN: &str = "77665544";
+        const P12_PASSWORD: &str = "p12-secret-kumquat";
+        const KEY_DER: &[u8] = b"\x30\x82\xDE\xAD\xBE\xEF\xCA\xFE";
+
+        let mut pin = Pin::new(PIN, 3);
+        assert_absent("Pin", &format!("{pin:?}"), PIN);
+        pin.change(PUK);
+        assert_absent("Pin after change", &format!("{pin:?}"), PUK);
+
+        let cac = CacConfig {
+            pin: Zeroizing::new(PIN.to_vec()),
+            pin_tries: 3,
+        };
+        assert_absent("CacConfig", &format!("{cac:?}"), PIN);
+
+        let mgmt = ManagementKey::new(ALG_AES128, MGMT).expect("16 bytes is an AES-128 key");
+        let piv = PivConfig {
+            pin: Zeroizing::new(PIN.to_vec()),
+            puk: Zeroizing::new(PUK.to_vec()),
+            management_key: mgmt.clone(),
+            ..PivConfig::default()
+        };
+        let piv_debug = format!("{piv:?}");
+        for (what, secret) in [
+            ("PivConfig PIN", PIN),
+            ("PivConfig PUK", PUK),
+            ("PivConfig key", MGMT),
+        ] {
+            assert_absent(what, &piv_debug, secret);
+        }
+        // The non-secret fields still show.
+        assert!(piv_debug.contains("pin_tries: 3"), "{piv_debug}");
+
+        let pkcs11 = Pkcs11Config {
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            init_reserved: None,
+            token: TokenSelector::Label("t".into()),
+            pin: Some(Zeroizing::new(TOKEN_PIN.into())),
+            labels: Vec::new(),
+            id: None,
+        };
+        assert_absent("Pkcs11Config", &format!("{pkcs11:?}"), TOKEN_PIN.as_bytes());
+
+        let mut file = FileIdentity::new("id.p12", None);
+        file.password = Some(Zeroizing::new(P12_PASSWORD.into()));
+        assert_absent(
+            "FileIdentity",
+            &format!("{file:?}"),
+            P12_PASSWORD.as_bytes(),
+        );
+
+        let pin_state = |v: &[u8]| PinState {
+            value: Zeroizing::new(v.to_vec()),
+            tries: 3,
+            left: 3,
+        };
+        let key = SavedKey {
+            alg: 0x11,
+            origin: 1,
+            pin_policy: 2,
+            touch_policy: 1,
+            der: Zeroizing::new(KEY_DER.to_vec()),
+        };
+        assert_absent("SavedKey", &format!("{key:?}"), KEY_DER);
+        let state = State {
+            card: "c".into(),
+            pin: pin_state(PIN),
+            puk: pin_state(PUK),
+            management_key: mgmt,
+            objects: Default::default(),
+            keys: [(0x9A, key)].into_iter().collect(),
+        };
+        let state_debug = format!("{state:?}");
+        for (what, secret) in [
+            ("State PIN", PIN),
+            ("State PUK", PUK),
+            ("State management key", MGMT),
+            ("State private key", KEY_DER),
+        ] {
+            assert_absent(what, &state_debug, secret);
+        }
     }
 }

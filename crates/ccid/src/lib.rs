@@ -8,6 +8,10 @@
 //!   the interrupt endpoint, class requests (Abort). Card work leaves the model as
 //!   [`reader::CardRequest`]s and comes back through [`reader::Reader::card_answer`], so a slow
 //!   card never blocks it and the model stays free of threads and clocks (DESIGN.md).
+//! * [`port`]: [`port::CardPort`], how the reader reaches its slot's card (answers, presence,
+//!   time-extension ticks), and [`port::InlinePort`], which runs the card synchronously.
+//! * [`device`]: [`device::Ccid`], THE reader as a [`usb::UsbDevice`]: the reader model and a
+//!   card port; the one implementation every transport, test, fuzz target and bench drives.
 //! * [`usb`]: the [`usb::UsbDevice`] trait that transports (usbredir, USB/IP) drive.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,5 +20,6 @@ pub mod descriptors;
 pub mod device;
 pub mod message;
 pub mod pcap;
+pub mod port;
 pub mod reader;
 pub mod usb;

@@ -163,7 +163,7 @@ impl UrbSession {
         while i < self.pending.len() {
             let p = self.pending[i];
             // `input` itself, not `ready`: a device may learn of new data only when asked
-            // (AsyncCcid collects its card's answer there).
+            // (ccid's reader collects its card port's answers there).
             if blocked.contains(&p.ep) {
                 i += 1;
                 continue;

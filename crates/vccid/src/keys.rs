@@ -197,7 +197,7 @@ fn piv_config(
             if v.is_empty() || v.len() > 8 {
                 anyhow::bail!("{what}= must be 1 to 8 characters (PIV pads them to 8 bytes)");
             }
-            *field = v.as_bytes().to_vec();
+            *field = zeroize::Zeroizing::new(v.as_bytes().to_vec());
         }
     }
     if let Some(t) = spec.pin_tries {

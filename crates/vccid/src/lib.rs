@@ -1,7 +1,7 @@
 //! The pieces the `vccid` and `vscclient` programs share: card specifications, key stores,
 //! stdin commands, streams, the passthru card, libcacard's option strings.
 
-pub mod async_ccid;
+pub mod card_port;
 pub mod commands;
 pub mod emul_args;
 pub mod expiry;

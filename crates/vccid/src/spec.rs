@@ -52,8 +52,9 @@ pub enum StateSpec {
     File(PathBuf),
 }
 
-/// A parsed `--card emulated,...` value.
-#[derive(Debug, Clone)]
+/// A parsed `--card emulated,...` value. The PIN and PUK are wiped when dropped, and `Debug`
+/// leaves them out (issue #14).
+#[derive(Clone)]
 pub struct EmulatedSpec {
     /// Where the keys are.
     pub backend: Backend,
@@ -62,11 +63,25 @@ pub struct EmulatedSpec {
     /// `state=FILE|off` (PIV); default: a file per card under the data directory.
     pub state: Option<StateSpec>,
     /// The PIV PUK (`puk=`, default 12345678).
-    pub puk: Option<String>,
+    pub puk: Option<Zeroizing<String>>,
     /// The card PIN.
-    pub pin: Option<String>,
+    pub pin: Option<Zeroizing<String>>,
     /// Tries before the PIN blocks.
     pub pin_tries: Option<u8>,
+}
+
+impl std::fmt::Debug for EmulatedSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Backend's Debug is safe: Pkcs11Config and FileIdentity redact their own secrets.
+        f.debug_struct("EmulatedSpec")
+            .field("backend", &self.backend)
+            .field("profile", &self.profile)
+            .field("state", &self.state)
+            .field("puk", &self.puk.as_ref().map(|_| card::Redacted))
+            .field("pin", &self.pin.as_ref().map(|_| card::Redacted))
+            .field("pin_tries", &self.pin_tries)
+            .finish()
+    }
 }
 
 /// A parsed `--card` value.
@@ -174,14 +189,17 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
 
 /// Parses the properties of `emulated`.
 pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpec> {
-    let pin = props.remove("pin");
+    // The secrets leave the map first, into types that wipe them, so that no error return
+    // below drops a copy unwiped (issue #14). A PKCS#11 URI may carry pin-value=.
+    let pin = props.remove("pin").map(Zeroizing::new);
+    let puk = props.remove("puk").map(Zeroizing::new);
+    let uri = props.remove("uri").map(Zeroizing::new);
     let profile = match props.remove("profile").as_deref() {
         None | Some("cac") => Profile::Cac,
         Some("piv") => Profile::Piv,
         Some("cac+piv") => Profile::CacPiv,
         Some(other) => bail!("unknown profile {other:?}; expected cac, piv or cac+piv"),
     };
-    let puk = props.remove("puk");
     if puk.is_some() && !profile.has_piv() {
         bail!("puk= applies to profile=piv and cac+piv only");
     }
@@ -239,8 +257,8 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
             )
         }
         Some("pkcs11") => {
-            let mut cfg = match props.remove("uri") {
-                Some(uri) => Pkcs11Config::from_uri(&uri).map_err(|e| anyhow!("{e}"))?,
+            let mut cfg = match &uri {
+                Some(uri) => Pkcs11Config::from_uri(uri).map_err(|e| anyhow!("{e}"))?,
                 None => {
                     let module = props
                         .remove("module")
@@ -269,6 +287,9 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         ),
         Some(other) => bail!("unknown backend {other:?}; expected default, certificates, files or pkcs11"),
     };
+    if uri.is_some() && !matches!(backend, Backend::Pkcs11(..)) {
+        bail!("uri= applies to backend=pkcs11 only");
+    }
     if props.contains_key("pin-value") {
         // RFC 7512's pin-value belongs in a PKCS#11 URI's query; as a card property it would
         // only be another way to put a PIN where `ps` shows it.
@@ -358,7 +379,7 @@ mod tests {
             }
             b => panic!("{b:?}"),
         }
-        assert_eq!(s.pin.as_deref(), Some("1234"));
+        assert_eq!(s.pin.as_deref().map(String::as_str), Some("1234"));
         assert!(matches!(
             emulated("emulated").unwrap().backend,
             Backend::Default
@@ -399,6 +420,10 @@ mod tests {
             ("emulated,pin", "no '='"),
             ("emulated,pin=1,pin=2", "twice"),
             ("emulated,backend=files,cert1=a,key2=b", "key2 has no cert2"),
+            (
+                "emulated,uri=pkcs11:token=t?module-path=/m",
+                "backend=pkcs11 only",
+            ),
         ] {
             let e = parse(spec).unwrap_err().to_string();
             assert!(e.contains(words), "{spec}: {e}");
@@ -410,7 +435,7 @@ mod tests {
         assert_eq!(emulated("emulated").unwrap().profile, Profile::Cac);
         let p = emulated("emulated,profile=piv,pin=654321,puk=87654321").unwrap();
         assert_eq!(
-            (p.profile, p.puk.as_deref()),
+            (p.profile, p.puk.as_deref().map(String::as_str)),
             (Profile::Piv, Some("87654321"))
         );
         let p = emulated("emulated,profile=cac+piv,state=off").unwrap();
@@ -432,5 +457,36 @@ mod tests {
             let e = emulated(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    /// Issue #14: `{:?}` of a parsed card specification shows no PIN, PUK, token PIN (from a
+    /// PKCS#11 URI's pin-value) or PKCS#12 password.
+    #[test]
+    fn no_secret_in_debug_output() {
+        const PIN: &str = "90210417";
+        const PUK: &str = "57721566";
+        const TOKEN_PIN: &str = "77665544";
+        const P12_PASSWORD: &str = "p12-secret-kumquat";
+        let check = |what: &str, debug: String, secrets: &[&str]| {
+            for s in secrets {
+                assert!(!debug.contains(s), "{what} shows {s:?}: {debug}");
+            }
+            assert!(
+                debug.contains("[redacted]"),
+                "{what} marks nothing redacted: {debug}"
+            );
+        };
+        let spec = parse(&format!("emulated,profile=cac+piv,pin={PIN},puk={PUK}")).unwrap();
+        check("CardSpec", format!("{spec:?}"), &[PIN, PUK]);
+        let e = emulated(&format!(
+            "emulated,backend=pkcs11,pin={PIN},uri=pkcs11:token=t?module-path=/m&pin-value={TOKEN_PIN}"
+        ))
+        .unwrap();
+        check("EmulatedSpec (pkcs11)", format!("{e:?}"), &[PIN, TOKEN_PIN]);
+        let mut e = emulated("emulated,backend=files,cert1=/a.p12").unwrap();
+        if let Backend::Files(files, _) = &mut e.backend {
+            files[0].password = Some(Zeroizing::new(P12_PASSWORD.into()));
+        }
+        check("EmulatedSpec (files)", format!("{e:?}"), &[P12_PASSWORD]);
     }
 }

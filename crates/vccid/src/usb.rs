@@ -1,11 +1,12 @@
 //! The card in a CCID reader: `--usbredir` exports it to QEMU's `-device usb-redir`,
 //! `--usbip` to any Linux kernel's vhci-hcd (`usbip attach`).
 
-use crate::async_ccid::{AsyncCcid, WakeSlot};
+use crate::card_port::{ThreadedPort, WakeSlot};
 use crate::stream::Addr;
 use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
+use ccid::device::Ccid;
 use ccid::pcap::PcapDevice;
 use ccid::usb::UsbDevice;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,9 +184,11 @@ fn reader_device(
     pcap: Option<Pcap<'_>>,
 ) -> Result<(Box<dyn UsbDevice>, WakeSlot, Presence)> {
     let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
-    // The card works on a thread of its own: a slow one never blocks the session.
+    // THE reader (the one the tests, fuzz targets and benches drive), its card on a thread of
+    // its own: a slow one never blocks the session.
     let wake_slot: WakeSlot = Arc::new(Mutex::new(None));
-    let ccid = AsyncCcid::new(Identity::default(), card, wake_slot.clone())?;
+    let port = ThreadedPort::spawn(card, wake_slot.clone())?;
+    let ccid = Ccid::with_port(Identity::default(), port);
     let device: Box<dyn UsbDevice> = match pcap {
         Some(Pcap { path, secrets }) => {
             let file = std::fs::File::create(path)

@@ -33,8 +33,8 @@ mod ins {
 /// bytes; libcacard has no bound at all).
 const MAX_CRYPT_INPUT: usize = 1024;
 
-/// Card-level settings.
-#[derive(Debug, Clone)]
+/// Card-level settings. `Debug` leaves the PIN out (issue #14).
+#[derive(Clone)]
 pub struct CacConfig {
     /// The PIN VERIFY checks (ASCII digits; CAC pads to 8 bytes with FF, which are stripped).
     pub pin: zeroize::Zeroizing<Vec<u8>>,
@@ -47,6 +47,15 @@ impl CacConfig {
     pub const DEFAULT_PIN: &'static str = "12345678";
     /// The documented default number of tries.
     pub const DEFAULT_TRIES: u8 = 3;
+}
+
+impl std::fmt::Debug for CacConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacConfig")
+            .field("pin", &crate::Redacted)
+            .field("pin_tries", &self.pin_tries)
+            .finish()
+    }
 }
 
 impl Default for CacConfig {

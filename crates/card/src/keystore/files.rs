@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// One identity's files: the certificate, and the key (or `None` when the certificate file also
-/// holds the key, as a PEM file with both blocks or a PKCS#12 file does).
-#[derive(Debug, Clone)]
+/// holds the key, as a PEM file with both blocks or a PKCS#12 file does). `Debug` leaves the
+/// password out (issue #14).
+#[derive(Clone)]
 pub struct FileIdentity {
     /// Certificate file (PEM or DER), or a PKCS#12 file (.p12/.pfx).
     pub cert: PathBuf,
@@ -18,6 +19,16 @@ pub struct FileIdentity {
     pub key: Option<PathBuf>,
     /// The password of a PKCS#12 file.
     pub password: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileIdentity")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("password", &self.password.as_ref().map(|_| crate::Redacted))
+            .finish()
+    }
 }
 
 impl FileIdentity {

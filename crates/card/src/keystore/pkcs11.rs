@@ -26,8 +26,8 @@ pub enum TokenSelector {
     SlotId(u64),
 }
 
-/// How to open a PKCS#11 key store.
-#[derive(Debug, Clone)]
+/// How to open a PKCS#11 key store. `Debug` leaves the PIN out (issue #14).
+#[derive(Clone)]
 pub struct Pkcs11Config {
     /// The module (shared library) to load.
     pub module: PathBuf,
@@ -43,6 +43,19 @@ pub struct Pkcs11Config {
     pub labels: Vec<String>,
     /// Only certificates with this CKA_ID (from an RFC 7512 `id=`).
     pub id: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("init_reserved", &self.init_reserved)
+            .field("token", &self.token)
+            .field("pin", &self.pin.as_ref().map(|_| crate::Redacted))
+            .field("labels", &self.labels)
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 /// Where Debian and Fedora put NSS's softokn.
@@ -148,18 +161,21 @@ impl Pkcs11Config {
             let (k, v) = attr
                 .split_once('=')
                 .ok_or_else(|| bad(format!("query {:?} has no '='", redact_pin_value(attr))))?;
-            let v = String::from_utf8_lossy(
-                &percent_decode(v)
+            // A value may be the PIN (pin-value): every copy of it is wiped (issue #14).
+            let decoded = Zeroizing::new(
+                percent_decode(v)
                     .ok_or_else(|| bad(format!("bad %-escape in {:?}", redact_pin_value(attr))))?,
-            )
-            .into_owned();
+            );
+            let v = Zeroizing::new(String::from_utf8_lossy(&decoded).into_owned());
             match k {
-                "module-path" => cfg.module = PathBuf::from(v),
-                "pin-value" => cfg.pin = Some(Zeroizing::new(v)),
+                "module-path" => cfg.module = PathBuf::from(v.as_str()),
+                "pin-value" => cfg.pin = Some(v),
                 "pin-source" => {
                     let path = v.strip_prefix("file:").unwrap_or(&v);
-                    let pin = std::fs::read_to_string(path)
-                        .map_err(|e| bad(format!("pin-source {path}: {e}")))?;
+                    let pin = Zeroizing::new(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| bad(format!("pin-source {path}: {e}")))?,
+                    );
                     cfg.pin = Some(Zeroizing::new(
                         pin.trim_end_matches(['\n', '\r']).to_string(),
                     ));

@@ -20,8 +20,8 @@ pub const VERSION: u32 = 1;
 /// The largest state file read (24 certificates of 16 KiB, hex-encoded, with room).
 const MAX_FILE: u64 = 2 * 1024 * 1024;
 
-/// A PIN or PUK: its padded value and counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A PIN or PUK: its padded value and counters. `Debug` leaves the value out (issue #14).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PinState {
     /// The 8-byte value, FF-padded.
     pub value: Zeroizing<Vec<u8>>,
@@ -31,8 +31,18 @@ pub struct PinState {
     pub left: u8,
 }
 
-/// A key the card holds itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Debug for PinState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinState")
+            .field("value", &crate::Redacted)
+            .field("tries", &self.tries)
+            .field("left", &self.left)
+            .finish()
+    }
+}
+
+/// A key the card holds itself. `Debug` leaves the private key out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SavedKey {
     /// Algorithm identifier (SP 800-78-4 Table 6-2).
     pub alg: u8,
@@ -44,6 +54,18 @@ pub struct SavedKey {
     pub touch_policy: u8,
     /// The private key, PKCS#8 or PKCS#1 DER.
     pub der: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SavedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedKey")
+            .field("alg", &self.alg)
+            .field("origin", &self.origin)
+            .field("pin_policy", &self.pin_policy)
+            .field("touch_policy", &self.touch_policy)
+            .field("der", &crate::Redacted)
+            .finish()
+    }
 }
 
 /// Everything the card persists.

@@ -4,8 +4,9 @@
 
 use super::tests::{card, identities, sign, sw, tx, SELECT, VERIFY_OK};
 use super::*;
-use crate::keystore::FileStore;
+use crate::keystore::{EcCurve, FileStore, PublicKey};
 use apdu::hex::{h, spaced};
+use std::collections::BTreeMap;
 
 /// Decrypts one block with the management key, by a cipher other than the card's
 /// (aws-lc-rs for AES, RustCrypto for 3DES), as a host would.

@@ -17,9 +17,11 @@ use std::time::Duration;
 use vccid::spec::{self, Backend, CardSpec, EmulatedSpec};
 use vccid::stream::{write_frames, Addr, Stream};
 use vscard::client::{ClientEvent, ClientSession};
+use zeroize::Zeroizing;
 
 /// Serve a smart card to a VSCard host (QEMU ccid-card-passthru, vccid --card passthru).
-#[derive(Parser, Debug)]
+/// No `Debug`: it would print the PIN (issue #14).
+#[derive(Parser)]
 #[command(name = "vscclient", version, long_about = None)]
 struct Args {
     /// Emulate a CAC card with this NSS certificate nickname (repeatable), from the database
@@ -54,8 +56,8 @@ struct Args {
     pcsc_reader: Option<String>,
 
     /// The emulated card's PIN (default 12345678).
-    #[arg(long, value_name = "PIN")]
-    pin: Option<String>,
+    #[arg(long, value_name = "PIN", value_parser = secret_arg)]
+    pin: Option<Zeroizing<String>>,
 
     /// Where vccid's default identities are kept (for --card emulated).
     #[arg(long, value_name = "DIR")]
@@ -83,6 +85,11 @@ struct Args {
     /// The port (omit for HOST:PORT or unix:PATH).
     #[arg(value_name = "PORT")]
     port: Option<String>,
+}
+
+/// A secret argument, kept in a type that wipes it when dropped.
+fn secret_arg(s: &str) -> Result<Zeroizing<String>, std::convert::Infallible> {
+    Ok(Zeroizing::new(s.to_string()))
 }
 
 /// The card and the connection state, shared by the socket reader, stdin and signals.
