@@ -105,6 +105,15 @@ fn the_layers_hold() {
         );
     }
     forbid(&c, "card", TRANSPORTS, "the card sees APDUs only");
+    // Slots sit between the cards and the transports: they see the Card trait only, and bring
+    // no sockets or runtimes (the transports do).
+    for (banned, why) in [
+        (IO_CRYPTO_SERDE, "slots and the registry have no I/O"),
+        (CARD_INSIDES, "slots hold any Card, never the applets"),
+        (TRANSPORTS, "transports serve slots, not the reverse"),
+    ] {
+        forbid(&c, "slot", banned, why);
+    }
     for k in c.keys().filter(|k| k.as_str() != "vccid") {
         forbid(
             &c,

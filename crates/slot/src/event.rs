@@ -1,0 +1,93 @@
+use crate::lock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+
+/// How many events a subscriber may leave unread before further events to it are dropped
+/// (and counted, [`crate::Registry::dropped_events`]).
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// Something that happened to a slot or a card. Carries ids, status words and timings only:
+/// never APDU data, which may hold PINs and keys (ARCHITECTURE.md, "Invariants").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A slot (reader) was created.
+    ReaderAdded(String),
+    /// A slot (reader) was removed; its card, if any, was ejected first (its `CardEjected`
+    /// comes before this).
+    ReaderRemoved(String),
+    /// A card went into a slot.
+    CardInserted {
+        /// The card.
+        card: String,
+        /// The slot.
+        slot: String,
+    },
+    /// A card left a slot (ejected, moved away, its slot or the card itself removed).
+    CardEjected {
+        /// The card.
+        card: String,
+        /// The slot it left.
+        slot: String,
+    },
+    /// A transport reports a host connected to the slot.
+    HostConnected {
+        /// The slot.
+        slot: String,
+        /// Who: an address, a socket path, a bus id; whatever the transport knows.
+        peer: String,
+    },
+    /// A transport reports the host went away.
+    HostDisconnected {
+        /// The slot.
+        slot: String,
+        /// Who, as in `HostConnected`.
+        peer: String,
+    },
+    /// A command APDU was answered through the slot's handle.
+    ApduDone {
+        /// The slot.
+        slot: String,
+        /// The instruction byte (0 if the command was shorter than 2 bytes).
+        ins: u8,
+        /// The status word answered (0 if the response was shorter than 2 bytes).
+        sw: u16,
+        /// How long the card took, in microseconds.
+        micros: u64,
+    },
+}
+
+/// The subscribers. Sending never blocks: a card answering a host must not wait for a slow
+/// reader of events (a UI, a log), so each subscriber has a bounded queue, and what does not fit
+/// is dropped and counted.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    subscribers: Mutex<Vec<SyncSender<Event>>>,
+    dropped: AtomicU64,
+}
+
+impl Hub {
+    pub(crate) fn subscribe(&self, capacity: usize) -> Receiver<Event> {
+        let (tx, rx) = sync_channel(capacity);
+        lock(&self.subscribers).push(tx);
+        rx
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        tracing::trace!(?event, "slot event");
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            // The receiver is gone: forget the subscriber rather than fill a dead queue.
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
