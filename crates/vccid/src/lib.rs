@@ -1,6 +1,7 @@
 //! The pieces the `vccid` and `vscclient` programs share: card specifications, key stores,
 //! stdin commands, streams, the passthru card, libcacard's option strings.
 
+pub mod addr;
 pub mod card_port;
 pub mod commands;
 pub mod emul_args;

@@ -1,10 +1,14 @@
 //! Byte streams for the network links: TCP (with TCP_NODELAY, every message in one write) or a
 //! Unix socket (created 0600), either one optionally under TLS ([`crate::tls`]). Addresses are
-//! `HOST:PORT` or `unix:PATH`.
+//! `HOST:PORT` or `unix:PATH` ([`Addr`], from [`crate::addr`]).
+//!
+//! The dependencies point one way: this module uses [`crate::tls`], whose [`TlsStream`] is
+//! generic over the stream under it ([`tls::Transport`], implemented here for [`Stream`]), so
+//! `tls` knows nothing of this module.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -13,48 +17,8 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::addr::Addr;
 use crate::tls::{self, TlsStream};
-
-/// Where to listen or connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Addr {
-    /// TCP.
-    Tcp(SocketAddr),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
-
-impl Addr {
-    /// `unix:PATH` or `HOST:PORT`.
-    pub fn parse(s: &str) -> Result<Addr> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            return Ok(Addr::Unix(PathBuf::from(p)));
-        }
-        let a = s
-            .to_socket_addrs()
-            .with_context(|| format!("bad address {s:?} (expected HOST:PORT or unix:PATH)"))?
-            .next()
-            .ok_or_else(|| anyhow!("address {s:?} resolves to nothing"))?;
-        Ok(Addr::Tcp(a))
-    }
-
-    /// Whether only this machine can reach it.
-    pub fn is_local(&self) -> bool {
-        match self {
-            Addr::Tcp(a) => a.ip().is_loopback(),
-            Addr::Unix(_) => true,
-        }
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Addr::Tcp(a) => write!(f, "{a}"),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// A connected stream.
 #[derive(Debug)]
@@ -64,7 +28,7 @@ pub enum Stream {
     /// Unix.
     Unix(UnixStream),
     /// TLS over one of the others.
-    Tls(TlsStream),
+    Tls(TlsStream<Stream>),
 }
 
 impl Stream {
@@ -136,6 +100,28 @@ impl Stream {
             Stream::Unix(_) => "unix peer".into(),
             Stream::Tls(s) => format!("{} (TLS)", s.raw().peer()),
         }
+    }
+}
+
+/// What TLS needs from the stream under it: the inherent methods above, and reads and writes
+/// through shared handles (the links read on one thread and write on another).
+impl tls::Transport for Stream {
+    fn read_shared(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self;
+        s.read(buf)
+    }
+    fn write_shared(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut s = self;
+        s.write(buf)
+    }
+    fn shutdown(&self) {
+        Stream::shutdown(self)
+    }
+    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        Stream::set_timeouts(self, t)
+    }
+    fn peer(&self) -> String {
+        Stream::peer(self)
     }
 }
 
@@ -406,4 +392,174 @@ pub fn write_frames(stream: &mut Stream, frames: &[vscard::Frame]) -> io::Result
         stream.write_all(&bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! TLS over these streams and listeners ([`crate::tls`] itself knows no streams).
+    use super::*;
+    use crate::tls::{
+        init, TlsOptions, CA_CERT, CLIENT_CERT, CLIENT_KEY, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+    };
+
+    fn dir() -> (tempfile::TempDir, TlsOptions) {
+        let d = tempfile::tempdir().unwrap();
+        init(
+            d.path(),
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            30,
+            false,
+        )
+        .unwrap();
+        let o = TlsOptions {
+            dir: d.path().to_path_buf(),
+            verify_peer: true,
+            server_name: None,
+        };
+        (d, o)
+    }
+
+    fn tls_listener(o: &TlsOptions) -> (Listener, Addr) {
+        let sec = ListenSecurity {
+            tls: Some(o.server_config().unwrap()),
+            plaintext: Security::Plaintext,
+        };
+        let l = sec.bind(&Addr::parse("127.0.0.1:0").unwrap()).unwrap();
+        let a = l.local_addr();
+        (l, a)
+    }
+
+    #[test]
+    fn mutual_tls_round_trips_with_a_reader_and_a_writer_on_two_threads() {
+        let (_d, o) = dir();
+        let (l, addr) = tls_listener(&o);
+        let server = std::thread::spawn(move || {
+            let mut s = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            // Echo each message from another handle, as the links do.
+            let mut buf = vec![0u8; 70000];
+            let mut total = 0;
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break total;
+                }
+                total += n;
+                w.write_all(&buf[..n]).unwrap();
+            }
+        });
+        let c = TlsClient::new(&o, &addr).unwrap();
+        let mut s = Stream::connect_with(&addr, Some(&c)).unwrap();
+        let mut r = s.try_clone().unwrap();
+        // 65 KiB crosses several records and rustls's 16 KiB plaintext limit.
+        let big: Vec<u8> = (0..65544u32).map(|i| i as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 65544 + 5];
+            r.read_exact(&mut got).unwrap();
+            got
+        });
+        s.write_all(&big).unwrap();
+        s.write_all(b"hello").unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..65544], &big[..]);
+        assert_eq!(&got[65544..], b"hello");
+        s.shutdown();
+        assert_eq!(server.join().unwrap(), 65544 + 5);
+    }
+
+    #[test]
+    fn wrong_ca_no_certificate_and_garbage_are_refused() {
+        let (_d, o) = dir();
+        let (_d2, other) = dir();
+        let (l, addr) = tls_listener(&o);
+        // A client whose CA does not know the server: refused on our side.
+        let e =
+            Stream::connect_with(&addr, Some(&TlsClient::new(&other, &addr).unwrap())).unwrap_err();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        // A client certificate from another CA, trusting the right server: the server
+        // refuses it (in TLS 1.3 the client sees that on its first read).
+        let mixed = tempfile::tempdir().unwrap();
+        for f in [CLIENT_CERT, CLIENT_KEY] {
+            std::fs::copy(other.dir.join(f), mixed.path().join(f)).unwrap();
+        }
+        std::fs::copy(o.dir.join(CA_CERT), mixed.path().join(CA_CERT)).unwrap();
+        let m = TlsOptions {
+            dir: mixed.path().to_path_buf(),
+            ..o.clone()
+        };
+        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&m, &addr).unwrap())) {
+            Err(e) => e,
+            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
+        };
+        assert!(refused.contains("alert"), "{refused}");
+        // No client certificate at all.
+        let none = tempfile::tempdir().unwrap();
+        std::fs::copy(o.dir.join(CA_CERT), none.path().join(CA_CERT)).unwrap();
+        let n = TlsOptions {
+            dir: none.path().to_path_buf(),
+            ..o.clone()
+        };
+        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&n, &addr).unwrap())) {
+            Err(e) => e,
+            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
+        };
+        assert!(refused.contains("alert"), "{refused}");
+        // Plaintext garbage: the handshake fails and only that connection closes.
+        let mut g = std::net::TcpStream::connect(match &addr {
+            Addr::Tcp(a) => *a,
+            Addr::Unix(_) => unreachable!(),
+        })
+        .unwrap();
+        g.write_all(b"VSCD\0\0\0\0 not a TLS record at all")
+            .unwrap();
+        let mut b = Vec::new();
+        let _ = g.read_to_end(&mut b);
+        // After all that, a good client still gets through.
+        let c = TlsClient::new(&o, &addr).unwrap();
+        let accepted = std::thread::spawn(move || l.accept().map(|s| s.peer()));
+        let s = Stream::connect_with(&addr, Some(&c)).unwrap();
+        assert!(accepted.join().unwrap().unwrap().contains("TLS"));
+        drop(s);
+    }
+
+    #[test]
+    fn stalled_handshakes_are_bounded_and_time_out() {
+        let (_d, o) = dir();
+        let (l, addr) = tls_listener(&o);
+        let a = match &addr {
+            Addr::Tcp(a) => *a,
+            Addr::Unix(_) => unreachable!(),
+        };
+        let c = TlsClient::new(&o, &addr).unwrap();
+        // Connections that never speak hold a handshake slot each; past the bound, a new
+        // connection is closed on arrival.
+        let mut stalled: Vec<_> = (0..MAX_HANDSHAKES)
+            .map(|_| std::net::TcpStream::connect(a).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let e = Stream::connect_with(&addr, Some(&c)).unwrap_err();
+        assert!(e.contains("TLS handshake"), "{e}");
+        // Each stalled handshake is dropped after HANDSHAKE_TIMEOUT.
+        let t = std::time::Instant::now();
+        let first = &mut stalled[0];
+        first
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(first.read(&mut [0u8; 8]).unwrap_or(0), 0);
+        assert!(t.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(4));
+        // Then a good client gets through.
+        let accepted = std::thread::spawn(move || l.accept().is_ok());
+        Stream::connect_with(&addr, Some(&c)).unwrap();
+        assert!(accepted.join().unwrap());
+    }
+
+    #[test]
+    fn plaintext_binds_off_loopback_need_the_explicit_flag() {
+        let any = Addr::parse("0.0.0.0:0").unwrap();
+        let e = Listener::bind(&any, Security::Plaintext).unwrap_err();
+        assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
+        Listener::bind(&any, Security::InsecurePlaintext).unwrap();
+        Listener::bind(&Addr::parse("127.0.0.1:0").unwrap(), Security::Plaintext).unwrap();
+    }
 }

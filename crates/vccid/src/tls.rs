@@ -7,7 +7,9 @@
 //! [`TlsStream`] is a blocking stream that can be cloned: the links read on one thread and
 //! write on another, so the rustls state sits behind a mutex, TCP reads happen without it,
 //! and writes are serialised by a second lock taken first (one TLS record per message, in
-//! order, and a reader never waits for a slow writer).
+//! order, and a reader never waits for a slow writer). It is generic over the stream under it
+//! ([`Transport`]), so this module does not depend on the `stream` module: that one implements
+//! `Transport` for its TCP and Unix streams and wraps a `TlsStream` in its `Stream`.
 
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::stream::Stream;
+use crate::addr::Addr;
 
 /// QEMU's file names in a `tls-creds-x509` directory.
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -122,11 +124,11 @@ impl TlsOptions {
     }
 
     /// The name to verify for a connection to `addr`.
-    pub fn server_name_for(&self, addr: &crate::stream::Addr) -> Result<ServerName<'static>> {
+    pub fn server_name_for(&self, addr: &Addr) -> Result<ServerName<'static>> {
         let name = match (&self.server_name, addr) {
             (Some(n), _) => n.clone(),
-            (None, crate::stream::Addr::Tcp(a)) => a.ip().to_string(),
-            (None, crate::stream::Addr::Unix(_)) => "localhost".into(),
+            (None, Addr::Tcp(a)) => a.ip().to_string(),
+            (None, Addr::Unix(_)) => "localhost".into(),
         };
         ServerName::try_from(name.clone()).map_err(|_| anyhow!("bad TLS server name {name:?}"))
     }
@@ -161,16 +163,51 @@ struct State {
     eof: bool,
 }
 
-/// A TLS connection over a TCP or Unix stream; clones share it.
-pub struct TlsStream {
-    raw: Arc<Stream>,
+/// What a [`TlsStream`] needs from the byte stream under it (a TCP or Unix stream): reads and
+/// writes through a shared reference, as `&TcpStream` allows (the reader of one handle blocks
+/// in a read while another handle writes), a way to wake that reader, the handshake's
+/// timeouts, and the peer for logs.
+pub trait Transport {
+    /// Reads what has arrived, blocking until something has (0 at the end).
+    fn read_shared(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes some of `buf` (as [`Write::write`]).
+    fn write_shared(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Shuts both directions (wakes a reader blocked on another handle).
+    fn shutdown(&self);
+    /// Read and write timeouts (`None`: block).
+    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()>;
+    /// The peer, for logs.
+    fn peer(&self) -> String;
+}
+
+/// A shared handle as `Read + Write`, for rustls's `complete_io` and `write_tls`.
+struct Shared<'a, S>(&'a S);
+
+impl<S: Transport> Read for Shared<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_shared(buf)
+    }
+}
+
+impl<S: Transport> Write for Shared<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_shared(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TLS connection over a TCP or Unix stream `S`; clones share it.
+pub struct TlsStream<S> {
+    raw: Arc<S>,
     state: Arc<Mutex<State>>,
     write_lock: Arc<Mutex<()>>,
     /// This handle's buffer for socket reads (made on its first read).
     chunk: Vec<u8>,
 }
 
-impl Clone for TlsStream {
+impl<S> Clone for TlsStream<S> {
     fn clone(&self) -> Self {
         TlsStream {
             raw: self.raw.clone(),
@@ -181,7 +218,7 @@ impl Clone for TlsStream {
     }
 }
 
-impl std::fmt::Debug for TlsStream {
+impl<S: Transport> std::fmt::Debug for TlsStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TlsStream({})", self.raw.peer())
     }
@@ -204,11 +241,11 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
-impl TlsStream {
-    fn handshake(raw: Stream, conn: rustls::Connection) -> io::Result<TlsStream> {
+impl<S: Transport> TlsStream<S> {
+    fn handshake(raw: S, conn: rustls::Connection) -> io::Result<TlsStream<S>> {
         raw.set_timeouts(Some(HANDSHAKE_TIMEOUT))?;
         let mut conn = conn;
-        let mut io = &raw;
+        let mut io = Shared(&raw);
         while conn.is_handshaking() {
             match conn.complete_io(&mut io) {
                 Ok((0, 0)) if conn.is_handshaking() => {
@@ -239,23 +276,23 @@ impl TlsStream {
     }
 
     /// The server side of a handshake on an accepted stream.
-    pub fn accept(raw: Stream, config: Arc<rustls::ServerConfig>) -> io::Result<TlsStream> {
+    pub fn accept(raw: S, config: Arc<rustls::ServerConfig>) -> io::Result<TlsStream<S>> {
         let conn = rustls::ServerConnection::new(config).map_err(invalid)?;
         Self::handshake(raw, conn.into())
     }
 
     /// The client side of a handshake on a connected stream.
     pub fn connect(
-        raw: Stream,
+        raw: S,
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
-    ) -> io::Result<TlsStream> {
+    ) -> io::Result<TlsStream<S>> {
         let conn = rustls::ClientConnection::new(config, name).map_err(invalid)?;
         Self::handshake(raw, conn.into())
     }
 
     /// The underlying stream (for timeouts and the peer's address).
-    pub fn raw(&self) -> &Stream {
+    pub fn raw(&self) -> &S {
         &self.raw
     }
 
@@ -281,11 +318,11 @@ impl TlsStream {
                 s.conn.write_tls(&mut out)?;
             }
         }
-        (&*self.raw).write_all(&out)
+        Shared(&*self.raw).write_all(&out)
     }
 }
 
-impl Read for TlsStream {
+impl<S: Transport> Read for TlsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.chunk.is_empty() {
             // One TLS record (16 KiB of plaintext plus overhead) per socket read at most.
@@ -331,7 +368,7 @@ impl Read for TlsStream {
             }
             drop(s);
             // Block on the socket without holding the state: writers go on meanwhile.
-            let n = (&*self.raw).read(&mut self.chunk)?;
+            let n = Shared(&*self.raw).read(&mut self.chunk)?;
             let mut s = self.lock();
             if n == 0 {
                 s.eof = true;
@@ -342,7 +379,7 @@ impl Read for TlsStream {
     }
 }
 
-impl Write for TlsStream {
+impl<S: Transport> Write for TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::with_capacity(buf.len() + 64);
@@ -367,7 +404,7 @@ impl Write for TlsStream {
                 }
             }
         }
-        (&*self.raw).write_all(&out)?;
+        Shared(&*self.raw).write_all(&out)?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -491,7 +528,6 @@ pub fn usage_lines_for(dir: &Path, host: &str, qemu: &crate::qemu::Installed) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::{Addr, ListenSecurity, Listener, Security, TlsClient};
     use std::os::unix::fs::PermissionsExt;
 
     fn dir() -> (tempfile::TempDir, TlsOptions) {
@@ -510,16 +546,6 @@ mod tests {
             server_name: None,
         };
         (d, o)
-    }
-
-    fn tls_listener(o: &TlsOptions) -> (Listener, Addr) {
-        let sec = ListenSecurity {
-            tls: Some(o.server_config().unwrap()),
-            plaintext: Security::Plaintext,
-        };
-        let l = sec.bind(&Addr::parse("127.0.0.1:0").unwrap()).unwrap();
-        let a = l.local_addr();
-        (l, a)
     }
 
     #[test]
@@ -542,139 +568,6 @@ mod tests {
         let e = init(d.path(), &["localhost".into()], &[], 30, false).unwrap_err();
         assert!(e.to_string().contains("--force"), "{e}");
         init(d.path(), &["localhost".into()], &[], 30, true).unwrap();
-    }
-
-    #[test]
-    fn mutual_tls_round_trips_with_a_reader_and_a_writer_on_two_threads() {
-        let (_d, o) = dir();
-        let (l, addr) = tls_listener(&o);
-        let server = std::thread::spawn(move || {
-            let mut s = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            // Echo each message from another handle, as the links do.
-            let mut buf = vec![0u8; 70000];
-            let mut total = 0;
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                if n == 0 {
-                    break total;
-                }
-                total += n;
-                w.write_all(&buf[..n]).unwrap();
-            }
-        });
-        let c = TlsClient::new(&o, &addr).unwrap();
-        let mut s = Stream::connect_with(&addr, Some(&c)).unwrap();
-        let mut r = s.try_clone().unwrap();
-        // 65 KiB crosses several records and rustls's 16 KiB plaintext limit.
-        let big: Vec<u8> = (0..65544u32).map(|i| i as u8).collect();
-        let reader = std::thread::spawn(move || {
-            let mut got = vec![0u8; 65544 + 5];
-            r.read_exact(&mut got).unwrap();
-            got
-        });
-        s.write_all(&big).unwrap();
-        s.write_all(b"hello").unwrap();
-        let got = reader.join().unwrap();
-        assert_eq!(&got[..65544], &big[..]);
-        assert_eq!(&got[65544..], b"hello");
-        s.shutdown();
-        assert_eq!(server.join().unwrap(), 65544 + 5);
-    }
-
-    #[test]
-    fn wrong_ca_no_certificate_and_garbage_are_refused() {
-        let (_d, o) = dir();
-        let (_d2, other) = dir();
-        let (l, addr) = tls_listener(&o);
-        // A client whose CA does not know the server: refused on our side.
-        let e =
-            Stream::connect_with(&addr, Some(&TlsClient::new(&other, &addr).unwrap())).unwrap_err();
-        assert!(e.contains("invalid peer certificate"), "{e}");
-        // A client certificate from another CA, trusting the right server: the server
-        // refuses it (in TLS 1.3 the client sees that on its first read).
-        let mixed = tempfile::tempdir().unwrap();
-        for f in [CLIENT_CERT, CLIENT_KEY] {
-            std::fs::copy(other.dir.join(f), mixed.path().join(f)).unwrap();
-        }
-        std::fs::copy(o.dir.join(CA_CERT), mixed.path().join(CA_CERT)).unwrap();
-        let m = TlsOptions {
-            dir: mixed.path().to_path_buf(),
-            ..o.clone()
-        };
-        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&m, &addr).unwrap())) {
-            Err(e) => e,
-            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
-        };
-        assert!(refused.contains("alert"), "{refused}");
-        // No client certificate at all.
-        let none = tempfile::tempdir().unwrap();
-        std::fs::copy(o.dir.join(CA_CERT), none.path().join(CA_CERT)).unwrap();
-        let n = TlsOptions {
-            dir: none.path().to_path_buf(),
-            ..o.clone()
-        };
-        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&n, &addr).unwrap())) {
-            Err(e) => e,
-            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
-        };
-        assert!(refused.contains("alert"), "{refused}");
-        // Plaintext garbage: the handshake fails and only that connection closes.
-        let mut g = std::net::TcpStream::connect(match &addr {
-            Addr::Tcp(a) => *a,
-            Addr::Unix(_) => unreachable!(),
-        })
-        .unwrap();
-        g.write_all(b"VSCD\0\0\0\0 not a TLS record at all")
-            .unwrap();
-        let mut b = Vec::new();
-        let _ = g.read_to_end(&mut b);
-        // After all that, a good client still gets through.
-        let c = TlsClient::new(&o, &addr).unwrap();
-        let accepted = std::thread::spawn(move || l.accept().map(|s| s.peer()));
-        let s = Stream::connect_with(&addr, Some(&c)).unwrap();
-        assert!(accepted.join().unwrap().unwrap().contains("TLS"));
-        drop(s);
-    }
-
-    #[test]
-    fn stalled_handshakes_are_bounded_and_time_out() {
-        let (_d, o) = dir();
-        let (l, addr) = tls_listener(&o);
-        let a = match &addr {
-            Addr::Tcp(a) => *a,
-            Addr::Unix(_) => unreachable!(),
-        };
-        let c = TlsClient::new(&o, &addr).unwrap();
-        // Connections that never speak hold a handshake slot each; past the bound, a new
-        // connection is closed on arrival.
-        let mut stalled: Vec<_> = (0..MAX_HANDSHAKES)
-            .map(|_| std::net::TcpStream::connect(a).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let e = Stream::connect_with(&addr, Some(&c)).unwrap_err();
-        assert!(e.contains("TLS handshake"), "{e}");
-        // Each stalled handshake is dropped after HANDSHAKE_TIMEOUT.
-        let t = std::time::Instant::now();
-        let first = &mut stalled[0];
-        first
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(first.read(&mut [0u8; 8]).unwrap_or(0), 0);
-        assert!(t.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(4));
-        // Then a good client gets through.
-        let accepted = std::thread::spawn(move || l.accept().is_ok());
-        Stream::connect_with(&addr, Some(&c)).unwrap();
-        assert!(accepted.join().unwrap());
-    }
-
-    #[test]
-    fn plaintext_binds_off_loopback_need_the_explicit_flag() {
-        let any = Addr::parse("0.0.0.0:0").unwrap();
-        let e = Listener::bind(&any, Security::Plaintext).unwrap_err();
-        assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
-        Listener::bind(&any, Security::InsecurePlaintext).unwrap();
-        Listener::bind(&Addr::parse("127.0.0.1:0").unwrap(), Security::Plaintext).unwrap();
     }
 
     #[test]
