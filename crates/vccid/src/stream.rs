@@ -398,27 +398,10 @@ pub fn write_frames(stream: &mut Stream, frames: &[vscard::Frame]) -> io::Result
 mod tests {
     //! TLS over these streams and listeners ([`crate::tls`] itself knows no streams).
     use super::*;
+    use crate::tls::tests::dir;
     use crate::tls::{
-        init, TlsOptions, CA_CERT, CLIENT_CERT, CLIENT_KEY, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+        TlsOptions, CA_CERT, CLIENT_CERT, CLIENT_KEY, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
     };
-
-    fn dir() -> (tempfile::TempDir, TlsOptions) {
-        let d = tempfile::tempdir().unwrap();
-        init(
-            d.path(),
-            &["localhost".into()],
-            &["127.0.0.1".parse().unwrap()],
-            30,
-            false,
-        )
-        .unwrap();
-        let o = TlsOptions {
-            dir: d.path().to_path_buf(),
-            verify_peer: true,
-            server_name: None,
-        };
-        (d, o)
-    }
 
     fn tls_listener(o: &TlsOptions) -> (Listener, Addr) {
         let sec = ListenSecurity {

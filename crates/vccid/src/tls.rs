@@ -526,11 +526,12 @@ pub fn usage_lines_for(dir: &Path, host: &str, qemu: &crate::qemu::Installed) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn dir() -> (tempfile::TempDir, TlsOptions) {
+    /// A fresh `tls init` directory and the options that use it (also for stream.rs's tests).
+    pub(crate) fn dir() -> (tempfile::TempDir, TlsOptions) {
         let d = tempfile::tempdir().unwrap();
         init(
             d.path(),

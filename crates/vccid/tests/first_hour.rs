@@ -36,24 +36,36 @@ fn wait_line(rx: &mpsc::Receiver<String>, what: &str, timeout: Duration) -> Resu
     }
 }
 
+/// vccid in `pcscd`'s namespaces with `args`: its stdout as lines, its log in `vccid.log` of
+/// the scratch directory (a data directory `data` there is made and passed for emulated cards).
+fn vccid_in(pcscd: &PrivatePcscd, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut cmd = pcscd.command(VCCID);
+    cmd.args(args);
+    if !args.iter().any(|a| a.starts_with("passthru")) {
+        let data = pcscd.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        cmd.arg("--data-dir").arg(&data);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(
+        std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
+    ));
+    let mut child = cmd.spawn().expect("vccid starts");
+    let lines = stdout_lines(&mut child);
+    (child, lines)
+}
+
+fn vccid_log(pcscd: &PrivatePcscd) -> String {
+    std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default()
+}
+
 /// With pcscd socket-activated and asleep, the first `opensc-tool -n` after vccid says it is
 /// ready finds the card (before, nothing listened on vpcd's port until a PC/SC client came,
 /// and that first client found "Card not present").
 fn first_check_after_ready(card: &str, expect: &str) {
     let pcscd = PrivatePcscd::start_socket_activated().expect("socket-activated pcscd");
-    let data = pcscd.dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut cmd = pcscd.command(VCCID);
-    cmd.args(["--vpcd", "--card", card, "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
-        ));
-    let mut child = cmd.spawn().expect("vccid starts");
-    let lines = stdout_lines(&mut child);
+    let (mut child, lines) = vccid_in(&pcscd, &["--vpcd", "--card", card]);
     let ready = wait_line(&lines, "vccid: ready", Duration::from_secs(30));
-    let log = || std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default();
+    let log = || vccid_log(&pcscd);
     let ready = ready.unwrap_or_else(|e| panic!("{e}\nvccid:\n{}\npcscd:\n{}", log(), pcscd.log()));
     assert!(ready.contains("Virtual PCD 00 00"), "{ready}");
     let o = testkit::output(
@@ -301,22 +313,12 @@ fn licence_and_no_placeholders() {
 #[test]
 fn pcscd_started_after_vccid_still_gets_the_card_and_the_ready_line() {
     let mut pcscd = PrivatePcscd::start_without_pcscd().expect("namespaces");
-    let data = pcscd.dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut cmd = pcscd.command(VCCID);
-    cmd.args(["--vpcd", "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
-        ));
-    let mut child = cmd.spawn().expect("vccid starts");
-    let lines = stdout_lines(&mut child);
+    let (mut child, lines) = vccid_in(&pcscd, &["--vpcd"]);
     // No pcscd: no ready line.
     assert!(wait_line(&lines, "vccid: ready", Duration::from_secs(2)).is_err());
     pcscd.start_pcscd().expect("pcscd starts");
     let ready = wait_line(&lines, "vccid: ready", Duration::from_secs(30));
-    let log = std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default();
+    let log = vccid_log(&pcscd);
     let o = testkit::output(
         pcscd.command("opensc-tool").arg("-n"),
         TOOL_TIMEOUT,
@@ -336,14 +338,10 @@ fn pcscd_started_after_vccid_still_gets_the_card_and_the_ready_line() {
 #[test]
 fn a_passthru_card_is_ready_once_its_client_connects() {
     let mut pcscd = PrivatePcscd::start().expect("private pcscd");
-    let mut cmd = pcscd.command(VCCID);
-    cmd.args(["--vpcd", "--card", "passthru,listen=127.0.0.1:2001"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(pcscd.dir.path().join("vccid.log")).unwrap(),
-        ));
-    let mut child = cmd.spawn().expect("vccid starts");
-    let lines = stdout_lines(&mut child);
+    let (mut child, lines) = vccid_in(
+        &pcscd,
+        &["--vpcd", "--card", "passthru,listen=127.0.0.1:2001"],
+    );
     assert!(wait_line(&lines, "vccid: ready", Duration::from_secs(2)).is_err());
     let data = pcscd.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -358,7 +356,7 @@ fn a_passthru_card_is_ready_once_its_client_connects() {
     ready.unwrap_or_else(|e| {
         panic!(
             "{e}\nvccid:\n{}\nvscclient:\n{}",
-            std::fs::read_to_string(pcscd.dir.path().join("vccid.log")).unwrap_or_default(),
+            vccid_log(&pcscd),
             pcscd.child_log("vscclient")
         )
     });
