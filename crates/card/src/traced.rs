@@ -48,7 +48,9 @@ fn significant(apdu: &[u8]) -> bool {
     match ins {
         // VERIFY without data only asks for the tries left.
         0x20 => apdu.len() > 5,
-        0x24 | 0x2C | 0x87 | 0x47 | 0xDB | 0x42 | 0xFE | 0xFF | 0xFA | 0xFB => true,
+        // CAC SIGN/DECRYPT chains with P1 = 80 ("more follows"), not with the CLA bit.
+        0x42 => apdu.get(2) != Some(&0x80),
+        0x24 | 0x2C | 0x87 | 0x47 | 0xDB | 0xFE | 0xFF | 0xFA | 0xFB => true,
         _ => false,
     }
 }
@@ -163,6 +165,7 @@ mod tests {
             ("80 52 00 00 02 01 02", false),
             ("90 42 00 00 02 00 01", false),
             ("80 42 00 00 02 00 01", true),
+            ("80 42 80 00 02 00 01", false),
             ("00 87 07 9A 04 7C 02 82 00", true),
             (
                 "00 24 00 80 10 31 32 33 34 35 36 37 38 31 32 33 34 35 36 37 38",
