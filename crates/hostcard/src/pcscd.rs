@@ -101,16 +101,17 @@ pub fn wait_for_card(atr: &[u8], timeout: Duration) -> Result<String, HostCardEr
     let deadline = Instant::now() + timeout;
     let pnp = CString::new(PNP).map_err(|e| HostCardError::Library(e.to_string()))?;
     loop {
-        let names = match ctx.readers() {
+        let names: Vec<String> = match ctx.readers() {
             Ok(r) => r,
             Err(PcscError(E_NO_READERS)) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        let mut watch: Vec<(CString, Dword)> = names
-            .iter()
-            .filter_map(|n| CString::new(n.as_str()).ok())
-            .map(|n| (n, 0))
-            .collect();
+        // `names[i]` and the i-th state below describe the same reader: a name C cannot carry
+        // (pcsc-lite never gives one) is left out of both.
+        let (names, mut watch): (Vec<String>, Vec<(CString, Dword)>) = names
+            .into_iter()
+            .filter_map(|n| CString::new(n.as_str()).ok().map(|c| (n, (c, 0))))
+            .unzip();
         watch.push((pnp.clone(), 0));
         // Current state "unaware": the call returns at once with every reader's state.
         let now = ctx.wait_changes(&watch, 0)?;

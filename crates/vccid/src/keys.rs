@@ -225,8 +225,10 @@ fn state_text(cfg: &PivConfig) -> String {
     }
 }
 
-fn labels(keys: &dyn KeyStore) -> Vec<String> {
-    keys.identities().iter().map(|i| i.label.clone()).collect()
+/// The store's identities, for the log: "cert1.crt.pem, cert2.crt.pem, ...".
+fn labels(keys: &dyn KeyStore) -> String {
+    let names: Vec<&str> = keys.identities().iter().map(|i| i.label.as_str()).collect();
+    names.join(", ")
 }
 
 /// The CAC applets' view of a store: its RSA identities (the CAC card is RSA-only).
@@ -268,14 +270,14 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let cfg = piv_config(spec, keys.as_ref(), dir)?;
             let names = labels(keys.as_ref());
             let card = PivCard::new(keys, &cfg)?;
-            tracing::info!(certificates = %names.join(", "), serial = card.serial(), state = %state_text(&cfg), "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
+            tracing::info!(certificates = %names, serial = card.serial(), state = %state_text(&cfg), "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
             Ok(EmulatedCard::Piv(Box::new(card)))
         }
         Profile::Cac => {
             let (rsa, _) = cac_view(keys)?;
             let names = labels(rsa.as_ref());
             let card = CacCard::new(rsa, &cac_config(spec)?)?;
-            tracing::info!(certificates = %names.join(", "), "CAC card ready");
+            tracing::info!(certificates = %names, "CAC card ready");
             Ok(EmulatedCard::Cac(card))
         }
         Profile::CacPiv => {
@@ -284,7 +286,7 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let (cac_names, piv_names) = (labels(rsa.as_ref()), labels(&shared));
             let cac = CacCard::new(rsa, &cac_config(spec)?)?;
             let piv = PivCard::new(Box::new(shared), &cfg)?;
-            tracing::info!(cac = %cac_names.join(", "), piv = %piv_names.join(", "), serial = piv.serial(), state = %state_text(&cfg), "CAC+PIV card ready (SELECT picks the application)");
+            tracing::info!(cac = %cac_names, piv = %piv_names, serial = piv.serial(), state = %state_text(&cfg), "CAC+PIV card ready (SELECT picks the application)");
             Ok(EmulatedCard::Dual(Box::new(DualCard::new(cac, piv))))
         }
     }

@@ -238,7 +238,7 @@ fn run(args: Args) -> Result<()> {
         vccid::keys::create_data_dir(dir)?;
     }
     // --reader applies to --card hardware only (checked before anything starts).
-    vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
+    let hardware_reader = vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
     let tls = args.tls.as_ref().map(|dir| vccid::tls::TlsOptions {
         dir: dir.clone(),
         verify_peer: !args.tls_no_verify_peer,
@@ -290,7 +290,7 @@ fn run(args: Args) -> Result<()> {
         }
         CardSpec::Hardware { .. } => {
             // Our own vpcd reader is never a candidate: relaying it would be a loop.
-            let reader = vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
+            let reader = hardware_reader;
             let own =
                 vccid::hardware::own_readers(vpcd_addr, &vccid::hardware::host_vpcd_entries());
             Arc::new(Mutex::new(card::Traced::new(
