@@ -1,35 +1,39 @@
-//! The CCID reader on arbitrary bulk-OUT packets (split on 0xFF 0xFE), with card answers,
-//! interrupt and bulk-IN reads in between: total, and memory bounded by dwMaxCCIDMessageLength.
+//! THE reader (`ccid::device::Ccid`, the `UsbDevice` every transport drives) with two slots, on
+//! arbitrary bulk-OUT packets (split on 0xFE), with cards removed and inserted and interrupt
+//! and bulk-IN reads in between: total, and memory bounded by dwMaxCCIDMessageLength.
 #![no_main]
-use ccid::descriptors::Identity;
-use ccid::reader::{CardAnswer, CardRequest, Reader, MAX_MESSAGE};
-use ccid::usb::Transfer;
+use card_api::{Card, FixedCard};
+use ccid::descriptors::{Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
+use ccid::device::Ccid;
+use ccid::port::InlinePort;
+use ccid::usb::{Transfer, UsbDevice};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut r = Reader::new(Identity::default(), true);
+    let a = FixedCard::new(&[0x3B, 0x00], &[0x90, 0x00]);
+    // A card whose response lacks SW1 SW2: the reader must fail the command, not panic.
+    let b = FixedCard::new(&[0x3B, 0x00], &[0x90]);
+    let presence = [a.presence(), b.presence()];
+    let mut d = Ccid::with_ports(
+        Identity::default(),
+        vec![InlinePort::new(Box::new(a)), InlinePort::new(Box::new(b))],
+    );
     for (i, p) in data.split(|b| *b == 0xFE).enumerate() {
-        match r.bulk_out(p) {
-            Ok(Some(CardRequest::PowerOn)) => r.card_answer(CardAnswer::Atr(vec![0x3B, 0x00])),
-            Ok(Some(CardRequest::Transmit(a))) => r.card_answer(if a.len() % 2 == 0 {
-                CardAnswer::Response(vec![0x90, 0x00])
-            } else {
-                CardAnswer::Failed
-            }),
-            _ => {}
-        }
+        let _ = d.out(EP_BULK_OUT, p);
         match i % 4 {
-            0 => r.card_removed(),
-            1 => r.card_inserted(),
-            2 => r.time_extension(),
+            0 => {
+                presence[i % 2].set(false);
+            }
+            1 => {
+                presence[i % 2].set(true);
+            }
             _ => {}
         }
-        let _ = r.interrupt_in(i % 3);
+        let _ = d.input(EP_INTERRUPT_IN, i % 3);
         let mut n = 0;
-        while let Transfer::Done(_) = r.bulk_in(if i % 2 == 0 { 64 } else { 65554 }) {
+        while let Transfer::Done(_) = d.input(EP_BULK_IN, if i % 2 == 0 { 64 } else { 65554 }) {
             n += 1;
             assert!(n < 100_000);
         }
     }
-    let _ = MAX_MESSAGE;
 });

@@ -58,10 +58,18 @@ pub fn device(id: &Identity) -> Vec<u8> {
     d
 }
 
-/// The CCID class descriptor (CCID §5.1, 54 bytes).
+/// The CCID class descriptor (CCID §5.1, 54 bytes) of a one-slot reader.
 pub fn ccid_class() -> Vec<u8> {
+    ccid_class_for(1)
+}
+
+/// The CCID class descriptor of a reader with `slots` slots (1 to 16): bMaxSlotIndex is
+/// `slots - 1`, and every slot may be busy at once (bMaxCCIDBusySlots), since each slot's card
+/// has its own port.
+pub fn ccid_class_for(slots: u8) -> Vec<u8> {
+    let slots = slots.clamp(1, 16);
     let mut d = vec![0x36, 0x21, 0x10, 0x01]; // bLength, CCID functional, bcdCCID 1.10
-    d.push(0x00); // bMaxSlotIndex: one slot
+    d.push(slots - 1); // bMaxSlotIndex
     d.push(0x07); // bVoltageSupport: 5 V, 3 V, 1.8 V
     d.extend_from_slice(&3u32.to_le_bytes()); // dwProtocols: T=0 and T=1 (differs: QEMU says T=0)
     d.extend_from_slice(&0x0FA0u32.to_le_bytes()); // dwDefaultClock 4 MHz
@@ -79,18 +87,23 @@ pub fn ccid_class() -> Vec<u8> {
     d.push(0xFF); // bClassEnvelope
     d.extend_from_slice(&0u16.to_le_bytes()); // wLcdLayout: none
     d.push(0x00); // bPINSupport: none (differs: QEMU claims verification it does not do)
-    d.push(0x01); // bMaxCCIDBusySlots
+    d.push(slots); // bMaxCCIDBusySlots
     d
 }
 
 /// The configuration descriptor set: configuration, interface, CCID class, three endpoints
-/// (93 bytes).
+/// (93 bytes), of a one-slot reader.
 pub fn configuration() -> Vec<u8> {
+    configuration_for(1)
+}
+
+/// The configuration descriptor set of a reader with `slots` slots (1 to 16).
+pub fn configuration_for(slots: u8) -> Vec<u8> {
     // bmAttributes 0xE0 (self-powered, remote wake-up), 100 mA, as QEMU.
     let mut d = vec![0x09, 0x02, 0x5D, 0x00, 0x01, 0x01, 0x00, 0xE0, 0x32];
     // Interface 0: three endpoints, class 0x0B (Smart Card), iInterface 4.
     d.extend_from_slice(&[0x09, 0x04, 0x00, 0x00, 0x03, 0x0B, 0x00, 0x00, 0x04]);
-    d.extend(ccid_class());
+    d.extend(ccid_class_for(slots));
     let [lo, hi] = MAX_PACKET.to_le_bytes();
     // Interrupt IN, bInterval 255 ms (QEMU's; usbredir needs it non-zero).
     d.extend_from_slice(&[0x07, 0x05, EP_INTERRUPT_IN, 0x03, lo, hi, 0xFF]);
@@ -140,6 +153,11 @@ mod tests {
             ))
         );
         assert_eq!(ccid_class().len(), 54);
+        // Two slots: bMaxSlotIndex 1 (offset 4) and bMaxCCIDBusySlots 2 (offset 53).
+        let two = ccid_class_for(2);
+        assert_eq!((two[4], two[53]), (1, 2));
+        assert_eq!(configuration_for(2)[18 + 4], 1);
+        assert_eq!(configuration_for(2).len(), 93);
         assert_eq!(string(&Identity::default(), 0), Some(h("04 03 09 04")));
         assert_eq!(
             string(&Identity::default(), 4).unwrap()[..6],

@@ -57,8 +57,52 @@ enum Work {
 #[derive(Debug, Clone, Copy)]
 struct Busy {
     work: Work,
-    slot: u8,
     seq: u8,
+}
+
+/// Largest number of slots a reader may have: bmSlotICCState of a NotifySlotChange carries two
+/// bits per slot (CCID §6.3.1), and 16 slots keep it within the interrupt endpoint's 8 bytes
+/// while staying within what libccid drives per device (CCID_DRIVER_MAX_READERS).
+pub const MAX_SLOTS: usize = 16;
+
+/// One slot's card state (CCID §6.1: each slot has its own card, power, parameters and
+/// outstanding command; bSeq and the bulk pipes are the reader's).
+#[derive(Debug)]
+struct SlotState {
+    present: bool,
+    powered: bool,
+    atr: Vec<u8>,
+    /// The change bit of bmSlotICCState, reported by the next NotifySlotChange.
+    changed: bool,
+    busy: Option<Busy>,
+    /// Extended APDU chaining (wLevelParameter 1/3 then 2).
+    chain: Vec<u8>,
+    protocol: u8,
+    params: Vec<u8>,
+}
+
+impl SlotState {
+    fn new(present: bool) -> SlotState {
+        SlotState {
+            present,
+            powered: false,
+            atr: Vec::new(),
+            changed: present,
+            busy: None,
+            chain: Vec::new(),
+            protocol: 0,
+            params: T0_DEFAULT.to_vec(),
+        }
+    }
+
+    /// bmICCStatus: 0 present and active, 1 present and inactive, 2 absent.
+    fn icc(&self) -> u8 {
+        match (self.present, self.powered) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, _) => 2,
+        }
+    }
 }
 
 /// The CCID reader state.
@@ -72,24 +116,30 @@ pub struct Reader {
     queue: VecDeque<Vec<u8>>,
     sending: Option<(Vec<u8>, usize)>,
     zlp_due: bool,
-    present: bool,
-    powered: bool,
-    atr: Vec<u8>,
-    /// Interrupt IN: a NotifySlotChange is due; the change bit of the slot.
+    /// Interrupt IN: a NotifySlotChange is due.
     notify: bool,
-    changed: bool,
-    busy: Option<Busy>,
-    /// Extended APDU chaining (wLevelParameter 1/3 then 2).
-    chain: Vec<u8>,
-    protocol: u8,
-    params: Vec<u8>,
-    /// bSeq of a class ABORT request awaiting its bulk Abort (CCID §5.3.1).
-    abort_seq: Option<u8>,
+    slots: Vec<SlotState>,
+    /// bSlot and bSeq of a class ABORT request awaiting its bulk Abort (CCID §5.3.1).
+    abort_seq: Option<(u8, u8)>,
 }
 
 impl Reader {
-    /// A reader, with or without a card in it.
+    /// A one-slot reader, with or without a card in it.
     pub fn new(id: Identity, card_present: bool) -> Reader {
+        Reader::with_slots(id, &[card_present])
+    }
+
+    /// A reader with one slot per entry of `present` (at least 1, at most [`MAX_SLOTS`]; the
+    /// count is clamped to that range), each with or without a card.
+    pub fn with_slots(id: Identity, present: &[bool]) -> Reader {
+        let mut slots: Vec<SlotState> = present
+            .iter()
+            .take(MAX_SLOTS)
+            .map(|p| SlotState::new(*p))
+            .collect();
+        if slots.is_empty() {
+            slots.push(SlotState::new(false));
+        }
         Reader {
             id,
             configuration: 0,
@@ -97,15 +147,8 @@ impl Reader {
             queue: VecDeque::new(),
             sending: None,
             zlp_due: false,
-            present: card_present,
-            powered: false,
-            atr: Vec::new(),
-            notify: card_present,
-            changed: card_present,
-            busy: None,
-            chain: Vec::new(),
-            protocol: 0,
-            params: T0_DEFAULT.to_vec(),
+            notify: slots.iter().any(|s| s.present),
+            slots,
             abort_seq: None,
         }
     }
@@ -115,13 +158,18 @@ impl Reader {
         &self.id
     }
 
-    /// bmICCStatus: 0 present and active, 1 present and inactive, 2 absent.
-    fn icc(&self) -> u8 {
-        match (self.present, self.powered) {
-            (true, true) => 0,
-            (true, false) => 1,
-            (false, _) => 2,
-        }
+    /// The number of slots (bMaxSlotIndex + 1).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The configuration descriptor set of this reader (its bMaxSlotIndex).
+    pub fn configuration_descriptor(&self) -> Vec<u8> {
+        descriptors::configuration_for(self.slots.len() as u8)
+    }
+
+    fn icc(&self, slot: u8) -> u8 {
+        self.slots.get(usize::from(slot)).map_or(2, SlotState::icc)
     }
 
     fn push(&mut self, msg: Vec<u8>) {
@@ -132,13 +180,17 @@ impl Reader {
     /// XfrBlock and Secure; Parameters for the parameter commands; Escape; DataRate; else
     /// SlotStatus).
     fn fail(&mut self, h: &Header, err: u8) {
-        let st = status(self.icc(), true);
+        let st = status(self.icc(h.slot), true);
+        let protocol = self
+            .slots
+            .get(usize::from(h.slot))
+            .map_or(0, |s| s.protocol);
         let msg = match h.msg_type {
             pc::ICC_POWER_ON | pc::XFR_BLOCK | pc::SECURE => {
                 reply(rdr::DATA_BLOCK, h.slot, h.seq, st, err, 0, &[])
             }
             pc::GET_PARAMETERS | pc::RESET_PARAMETERS | pc::SET_PARAMETERS => {
-                reply(rdr::PARAMETERS, h.slot, h.seq, st, err, self.protocol, &[])
+                reply(rdr::PARAMETERS, h.slot, h.seq, st, err, protocol, &[])
             }
             pc::ESCAPE => reply(rdr::ESCAPE, h.slot, h.seq, st, err, 0, &[]),
             pc::SET_DATA_RATE => reply(rdr::DATA_RATE, h.slot, h.seq, st, err, 0, &[0; 8]),
@@ -152,7 +204,7 @@ impl Reader {
             rdr::SLOT_STATUS,
             h.slot,
             h.seq,
-            status(self.icc(), false),
+            status(self.icc(h.slot), false),
             0,
             0,
             &[],
@@ -160,22 +212,23 @@ impl Reader {
         self.push(msg);
     }
 
-    fn parameters(&mut self, h: &Header) {
+    fn parameters(&mut self, h: &Header, s: usize) {
         let msg = reply(
             rdr::PARAMETERS,
             h.slot,
             h.seq,
-            status(self.icc(), false),
+            status(self.slots[s].icc(), false),
             0,
-            self.protocol,
-            &self.params.clone(),
+            self.slots[s].protocol,
+            &self.slots[s].params,
         );
         self.push(msg);
     }
 
     /// A bulk-OUT transfer (or one packet of it). A transfer whose length is
-    /// a multiple of 64 may continue; a shorter one ends the message.
-    pub fn bulk_out(&mut self, data: &[u8]) -> Result<Option<CardRequest>, Stall> {
+    /// a multiple of 64 may continue; a shorter one ends the message. A complete command that
+    /// needs the card returns the slot (bSlot) and what its card must do.
+    pub fn bulk_out(&mut self, data: &[u8]) -> Result<Option<(u8, CardRequest)>, Stall> {
         if self.queue.len() >= MAX_QUEUED {
             tracing::warn!("CCID: {MAX_QUEUED} replies unread; refusing more commands");
             return Err(Stall);
@@ -232,35 +285,43 @@ impl Reader {
             return Err(Stall);
         }
         let msg = std::mem::take(&mut self.out);
-        Ok(self.dispatch(&h, &msg[HEADER..]))
+        Ok(self.dispatch(&h, &msg[HEADER..]).map(|r| (h.slot, r)))
     }
 
     fn dispatch(&mut self, h: &Header, data: &[u8]) -> Option<CardRequest> {
-        if h.slot != 0 {
+        let s = usize::from(h.slot);
+        if s >= self.slots.len() {
+            // CCID §6.2.6: bError 5 (the offset of bSlot) for a slot that does not exist.
+            tracing::debug!(
+                slot = h.slot,
+                "CCID: command for a slot that does not exist"
+            );
             self.fail(h, error::SLOT_NOT_EXIST);
             return None;
         }
         if h.msg_type == pc::ABORT {
-            // CCID §5.3.1: the bulk Abort ends the command being aborted.
-            if let Some(b) = self.busy.take() {
-                tracing::info!(seq = b.seq, "CCID: command aborted");
+            // CCID §5.3.1: the bulk Abort ends the command being aborted in its slot.
+            if let Some(b) = self.slots[s].busy.take() {
+                tracing::info!(slot = h.slot, seq = b.seq, "CCID: command aborted");
                 let msg = reply(
                     rdr::DATA_BLOCK,
-                    b.slot,
+                    h.slot,
                     b.seq,
-                    status(self.icc(), true),
+                    status(self.slots[s].icc(), true),
                     error::CMD_ABORTED,
                     0,
                     &[],
                 );
                 self.push(msg);
             }
-            self.chain.clear();
-            self.abort_seq = None;
+            self.slots[s].chain.clear();
+            if self.abort_seq.is_some_and(|(slot, _)| slot == h.slot) {
+                self.abort_seq = None;
+            }
             self.slot_status(h);
             return None;
         }
-        if self.busy.is_some() && h.msg_type != pc::GET_SLOT_STATUS {
+        if self.slots[s].busy.is_some() && h.msg_type != pc::GET_SLOT_STATUS {
             self.fail(h, error::CMD_SLOT_BUSY);
             return None;
         }
@@ -269,12 +330,11 @@ impl Reader {
             pc::ICC_POWER_ON => {
                 if !len_must_be(0) {
                     self.fail(h, error::BAD_DWLENGTH);
-                } else if !self.present {
+                } else if !self.slots[s].present {
                     self.fail(h, error::ICC_MUTE);
                 } else {
-                    self.busy = Some(Busy {
+                    self.slots[s].busy = Some(Busy {
                         work: Work::PowerOn,
-                        slot: h.slot,
                         seq: h.seq,
                     });
                     return Some(CardRequest::PowerOn);
@@ -285,9 +345,10 @@ impl Reader {
                     self.fail(h, error::BAD_DWLENGTH);
                     return None;
                 }
-                let was = self.powered;
-                self.powered = false;
-                self.chain.clear();
+                let slot = &mut self.slots[s];
+                let was = slot.powered;
+                slot.powered = false;
+                slot.chain.clear();
                 self.slot_status(h);
                 if was {
                     return Some(CardRequest::PowerOff);
@@ -301,33 +362,33 @@ impl Reader {
                 }
             }
             pc::XFR_BLOCK => {
-                if !(self.present && self.powered) {
+                if !(self.slots[s].present && self.slots[s].powered) {
                     self.fail(h, error::ICC_MUTE);
                     return None;
                 }
                 // wLevelParameter (CCID §6.1.4, extended APDU level): 0 = a whole APDU,
                 // 1 = begins, 3 = continues (more follow), 2 = ends, 0x10 = empty continue.
                 let level = u16::from_le_bytes([h.specific[1], h.specific[2]]);
+                let slot = &mut self.slots[s];
                 match level {
                     0x0000 => {
-                        self.chain.clear();
-                        self.busy = Some(Busy {
+                        slot.chain.clear();
+                        slot.busy = Some(Busy {
                             work: Work::Xfr,
-                            slot: h.slot,
                             seq: h.seq,
                         });
                         return Some(CardRequest::Transmit(data.to_vec()));
                     }
                     0x0001 | 0x0003 => {
                         if level == 0x0001 {
-                            self.chain.clear();
+                            slot.chain.clear();
                         }
-                        self.chain.extend_from_slice(data);
+                        slot.chain.extend_from_slice(data);
                         let msg = reply(
                             rdr::DATA_BLOCK,
                             h.slot,
                             h.seq,
-                            status(self.icc(), false),
+                            status(slot.icc(), false),
                             0,
                             0x10,
                             &[],
@@ -335,11 +396,10 @@ impl Reader {
                         self.push(msg);
                     }
                     0x0002 => {
-                        self.chain.extend_from_slice(data);
-                        let apdu = std::mem::take(&mut self.chain);
-                        self.busy = Some(Busy {
+                        slot.chain.extend_from_slice(data);
+                        let apdu = std::mem::take(&mut slot.chain);
+                        slot.busy = Some(Busy {
                             work: Work::Xfr,
-                            slot: h.slot,
                             seq: h.seq,
                         });
                         return Some(CardRequest::Transmit(apdu));
@@ -347,21 +407,21 @@ impl Reader {
                     _ => self.fail(h, 8), // offset of wLevelParameter
                 }
             }
-            pc::GET_PARAMETERS => self.parameters(h),
+            pc::GET_PARAMETERS => self.parameters(h, s),
             pc::RESET_PARAMETERS => {
                 if !len_must_be(0) {
                     self.fail(h, error::BAD_DWLENGTH);
                 } else {
-                    self.protocol = 0;
-                    self.params = T0_DEFAULT.to_vec();
-                    self.parameters(h);
+                    self.slots[s].protocol = 0;
+                    self.slots[s].params = T0_DEFAULT.to_vec();
+                    self.parameters(h, s);
                 }
             }
             pc::SET_PARAMETERS => match (h.specific[0], h.length) {
                 (0, 5) | (1, 7) => {
-                    self.protocol = h.specific[0];
-                    self.params = data.to_vec();
-                    self.parameters(h);
+                    self.slots[s].protocol = h.specific[0];
+                    self.slots[s].params = data.to_vec();
+                    self.parameters(h, s);
                 }
                 (0 | 1, _) => self.fail(h, error::BAD_DWLENGTH),
                 _ => self.fail(h, error::PROTOCOL_INVALID),
@@ -377,7 +437,7 @@ impl Reader {
                         rdr::DATA_RATE,
                         h.slot,
                         h.seq,
-                        status(self.icc(), false),
+                        status(self.slots[s].icc(), false),
                         0,
                         0,
                         &v,
@@ -394,38 +454,45 @@ impl Reader {
         None
     }
 
-    /// The card's answer to the outstanding request. A late answer (after an Abort or a
-    /// removal) is dropped.
-    pub fn card_answer(&mut self, answer: CardAnswer) {
-        let Some(b) = self.busy.take() else {
-            tracing::debug!("CCID: card answer with nothing outstanding; dropped");
+    /// The answer of `slot`'s card to its outstanding request. A late answer (after an Abort
+    /// or a removal), or one for a slot that does not exist, is dropped.
+    pub fn card_answer(&mut self, slot: u8, answer: CardAnswer) {
+        let Some(st) = self.slots.get_mut(usize::from(slot)) else {
+            tracing::debug!(
+                slot,
+                "CCID: card answer for a slot that does not exist; dropped"
+            );
+            return;
+        };
+        let Some(b) = st.busy.take() else {
+            tracing::debug!(slot, "CCID: card answer with nothing outstanding; dropped");
             return;
         };
         let msg = match (b.work, answer) {
             (Work::PowerOn, CardAnswer::Atr(atr)) if !atr.is_empty() => {
-                self.powered = true;
-                self.protocol = atr_protocol(&atr);
-                self.params = if self.protocol == 1 {
+                st.powered = true;
+                st.protocol = atr_protocol(&atr);
+                st.params = if st.protocol == 1 {
                     T1_DEFAULT.to_vec()
                 } else {
                     T0_DEFAULT.to_vec()
                 };
-                self.atr = atr;
+                st.atr = atr;
                 reply(
                     rdr::DATA_BLOCK,
-                    b.slot,
+                    slot,
                     b.seq,
-                    status(self.icc(), false),
+                    status(st.icc(), false),
                     0,
                     0,
-                    &self.atr,
+                    &st.atr,
                 )
             }
             (Work::Xfr, CardAnswer::Response(r)) if r.len() >= 2 => reply(
                 rdr::DATA_BLOCK,
-                b.slot,
+                slot,
                 b.seq,
-                status(self.icc(), false),
+                status(st.icc(), false),
                 0,
                 0,
                 &r,
@@ -439,12 +506,12 @@ impl Reader {
                     }
                     CardAnswer::Failed => "the card or its link failed",
                 };
-                tracing::warn!("CCID: the card failed the command: {what}");
+                tracing::warn!(slot, "CCID: the card failed the command: {what}");
                 reply(
                     rdr::DATA_BLOCK,
-                    b.slot,
+                    slot,
                     b.seq,
-                    status(self.icc(), true),
+                    status(st.icc(), true),
                     error::ICC_MUTE,
                     0,
                     &[],
@@ -454,15 +521,18 @@ impl Reader {
         self.push(msg);
     }
 
-    /// While the card works: a time-extension DataBlock (CCID §6.2.7, bStatus 0x80, bError =
-    /// BWI multiplier 1) so the host keeps waiting. Call it about once a second.
-    pub fn time_extension(&mut self) {
-        if let Some(b) = self.busy {
+    /// While `slot`'s card works: a time-extension DataBlock (CCID §6.2.7, bStatus 0x80,
+    /// bError = BWI multiplier 1) so the host keeps waiting. Call it about once a second.
+    pub fn time_extension(&mut self, slot: u8) {
+        let Some(st) = self.slots.get(usize::from(slot)) else {
+            return;
+        };
+        if let Some(b) = st.busy {
             let msg = reply(
                 rdr::DATA_BLOCK,
-                b.slot,
+                slot,
                 b.seq,
-                TIME_EXTENSION | self.icc(),
+                TIME_EXTENSION | st.icc(),
                 1,
                 0,
                 &[],
@@ -471,35 +541,44 @@ impl Reader {
         }
     }
 
-    /// Whether a card request is outstanding.
-    pub fn is_busy(&self) -> bool {
-        self.busy.is_some()
+    /// Whether a card request of `slot` is outstanding.
+    pub fn is_busy(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(|s| s.busy.is_some())
     }
 
-    /// A card was inserted: NotifySlotChange `50 03`; it stays unpowered until IccPowerOn.
-    pub fn card_inserted(&mut self) {
-        if !self.present {
-            self.changed = true;
+    /// A card was inserted in `slot`: NotifySlotChange with its present and changed bits; it
+    /// stays unpowered until IccPowerOn.
+    pub fn card_inserted(&mut self, slot: u8) {
+        let Some(st) = self.slots.get_mut(usize::from(slot)) else {
+            return;
+        };
+        if !st.present {
+            st.changed = true;
         }
-        self.present = true;
-        self.powered = false;
+        st.present = true;
+        st.powered = false;
         self.notify = true;
     }
 
-    /// The card was removed: NotifySlotChange `50 02`, and an outstanding command is answered
-    /// (failed, ICC mute) instead of being left to hang.
-    pub fn card_removed(&mut self) {
-        if self.present {
-            self.changed = true;
+    /// The card of `slot` was removed: NotifySlotChange, and an outstanding command is
+    /// answered (failed, ICC mute) instead of being left to hang.
+    pub fn card_removed(&mut self, slot: u8) {
+        let Some(st) = self.slots.get_mut(usize::from(slot)) else {
+            return;
+        };
+        if st.present {
+            st.changed = true;
         }
-        self.present = false;
-        self.powered = false;
-        self.chain.clear();
+        st.present = false;
+        st.powered = false;
+        st.chain.clear();
         self.notify = true;
-        if let Some(b) = self.busy.take() {
+        if let Some(b) = st.busy.take() {
             let msg = reply(
                 rdr::DATA_BLOCK,
-                b.slot,
+                slot,
                 b.seq,
                 status(2, true),
                 error::ICC_MUTE,
@@ -546,18 +625,26 @@ impl Reader {
         self.zlp_due || self.sending.is_some() || !self.queue.is_empty()
     }
 
-    /// Interrupt IN from EP 0x81: NotifySlotChange `50 <bmSlotICCState>` when due, else pending.
+    /// Interrupt IN from EP 0x81: NotifySlotChange `50 <bmSlotICCState>` when due, else
+    /// pending. bmSlotICCState has two bits per slot, slot 0 in the low bits of the first
+    /// byte: present, then changed (CCID §6.3.1); one byte per four slots.
     pub fn interrupt_in(&mut self, max: usize) -> Transfer {
         if !self.notify {
             return Transfer::Pending;
         }
-        if max < 2 {
+        let len = 1 + self.slots.len().div_ceil(4);
+        if max < len {
             return Transfer::Stall;
         }
-        let state = u8::from(self.present) | (u8::from(self.changed) << 1);
+        let mut msg = vec![0u8; len];
+        msg[0] = rdr::NOTIFY_SLOT_CHANGE;
+        for (i, st) in self.slots.iter_mut().enumerate() {
+            let bits = u8::from(st.present) | (u8::from(st.changed) << 1);
+            msg[1 + i / 4] |= bits << (2 * (i % 4));
+            st.changed = false;
+        }
         self.notify = false;
-        self.changed = false;
-        Transfer::Done(vec![rdr::NOTIFY_SLOT_CHANGE, state])
+        Transfer::Done(msg)
     }
 
     /// Whether an interrupt IN would complete now.
@@ -583,20 +670,6 @@ impl Reader {
         }
     }
 
-    /// Mirrors the card's insertions and removals: `seen` is the presence generation the
-    /// reader last acted on.
-    pub fn sync_presence(&mut self, presence: &card_api::Presence, seen: &mut u64) {
-        let (present, gen) = presence.snapshot();
-        if gen != *seen {
-            *seen = gen;
-            if present {
-                self.card_inserted();
-            } else {
-                self.card_removed();
-            }
-        }
-    }
-
     /// A control transfer: the standard requests a device answers itself and the CCID class
     /// requests (CCID §5.3).
     pub fn control(&mut self, s: &Setup, _data: &[u8]) -> Transfer {
@@ -609,7 +682,7 @@ impl Reader {
             // GET_DESCRIPTOR
             (0x80, 0x06) => match (s.value >> 8) as u8 {
                 1 => cut(descriptors::device(&self.id)),
-                2 => cut(descriptors::configuration()),
+                2 => cut(self.configuration_descriptor()),
                 3 => descriptors::string(&self.id, s.value as u8).map_or(Transfer::Stall, cut),
                 _ => Transfer::Stall,
             },
@@ -630,8 +703,8 @@ impl Reader {
             (0x01, 0x0B) if s.value == 0 && s.index == 0 => Transfer::Done(vec![]),
             (0x81, 0x0A) if s.index == 0 => cut(vec![0]),
             // CCID class ABORT (§5.3.1): wValue = bSeq << 8 | bSlot; the bulk Abort follows.
-            (0x21, 0x01) if s.value & 0xFF == 0 => {
-                self.abort_seq = Some((s.value >> 8) as u8);
+            (0x21, 0x01) if usize::from(s.value & 0xFF) < self.slots.len() => {
+                self.abort_seq = Some(((s.value & 0xFF) as u8, (s.value >> 8) as u8));
                 Transfer::Done(vec![])
             }
             // GET_CLOCK_FREQUENCIES / GET_DATA_RATES (§5.3.2, §5.3.3): the one of each.
@@ -644,19 +717,21 @@ impl Reader {
         }
     }
 
-    /// A USB bus reset: transfers and the outstanding command are dropped (the card's late
-    /// answer will be ignored); the slot state is announced again.
+    /// A USB bus reset: transfers and the outstanding commands are dropped (the cards' late
+    /// answers will be ignored); the slots' states are announced again.
     pub fn reset(&mut self) {
         self.out.clear();
         self.queue.clear();
         self.sending = None;
         self.zlp_due = false;
-        self.busy = None;
-        self.chain.clear();
         self.abort_seq = None;
-        self.powered = false;
-        self.notify = self.present;
-        self.changed = self.present;
+        for st in &mut self.slots {
+            st.busy = None;
+            st.chain.clear();
+            st.powered = false;
+            st.changed = st.present;
+        }
+        self.notify = self.slots.iter().any(|s| s.present);
     }
 }
 
@@ -690,9 +765,9 @@ mod tests {
         let mut r = Reader::new(Identity::default(), true);
         assert_eq!(
             r.bulk_out(&h("62 00000000 00 01 000000")),
-            Ok(Some(CardRequest::PowerOn))
+            Ok(Some((0, CardRequest::PowerOn)))
         );
-        r.card_answer(CardAnswer::Atr(h("3B 02 14 50")));
+        r.card_answer(0, CardAnswer::Atr(h("3B 02 14 50")));
         assert_eq!(
             next(&mut r),
             spaced(&h("80 04000000 00 01 00 00 00 3B021450"))
@@ -705,10 +780,10 @@ mod tests {
         let mut r = powered();
         assert_eq!(
             r.bulk_out(&h("6F 04000000 00 02 000000 00A40400")),
-            Ok(Some(CardRequest::Transmit(h("00A40400"))))
+            Ok(Some((0, CardRequest::Transmit(h("00A40400")))))
         );
         assert_eq!(next(&mut r), "Pending");
-        r.time_extension();
+        r.time_extension(0);
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 02 80 01 00")));
         // A second command while the card works: CMD_SLOT_BUSY; GetSlotStatus still answers.
         assert_eq!(
@@ -718,10 +793,10 @@ mod tests {
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 03 40 E0 00")));
         assert_eq!(r.bulk_out(&h("65 00000000 00 04 000000")), Ok(None));
         assert_eq!(next(&mut r), spaced(&h("81 00000000 00 04 00 00 00")));
-        r.card_answer(CardAnswer::Response(h("90 00")));
+        r.card_answer(0, CardAnswer::Response(h("90 00")));
         assert_eq!(next(&mut r), spaced(&h("80 02000000 00 02 00 00 00 9000")));
         // An answer with nothing outstanding is dropped.
-        r.card_answer(CardAnswer::Response(h("90 00")));
+        r.card_answer(0, CardAnswer::Response(h("90 00")));
         assert_eq!(next(&mut r), "Pending");
     }
 
@@ -740,18 +815,18 @@ mod tests {
         assert_eq!(r.bulk_out(&h("72 00000000 00 05 000000")), Ok(None));
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 05 40 FF 00")));
         assert_eq!(next(&mut r), spaced(&h("81 00000000 00 05 00 00 00")));
-        r.card_answer(CardAnswer::Response(h("90 00")));
+        r.card_answer(0, CardAnswer::Response(h("90 00")));
         assert_eq!(
             next(&mut r),
             "Pending",
             "the aborted command's late answer is dropped"
         );
         r.bulk_out(&h("6F 04000000 00 06 000000 00A40400")).unwrap();
-        r.card_answer(CardAnswer::Failed);
+        r.card_answer(0, CardAnswer::Failed);
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 06 40 FE 00")));
         // Removal answers the outstanding command instead of leaving the host waiting.
         r.bulk_out(&h("6F 04000000 00 07 000000 00A40400")).unwrap();
-        r.card_removed();
+        r.card_removed(0);
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 07 42 FE 00")));
         assert_eq!(r.interrupt_in(2), Transfer::Done(h("50 02")));
     }
@@ -765,7 +840,7 @@ mod tests {
         next(&mut r);
         assert_eq!(
             r.bulk_out(&h("6F 01000000 00 0A 000200 44")),
-            Ok(Some(CardRequest::Transmit(h("00 11 22 33 44"))))
+            Ok(Some((0, CardRequest::Transmit(h("00 11 22 33 44")))))
         );
         assert_eq!(r.bulk_out(&h("6F 01000000 00 0B 000000 44")), Ok(None));
         assert_eq!(next(&mut r), spaced(&h("80 00000000 00 0B 40 E0 00")));
@@ -784,7 +859,7 @@ mod tests {
         r.bulk_out(&h("6F 04000000 00 02 000000 00A40400")).unwrap();
         r.reset();
         assert_eq!(r.interrupt_in(2), Transfer::Done(h("50 03")));
-        r.card_answer(CardAnswer::Response(h("90 00")));
+        r.card_answer(0, CardAnswer::Response(h("90 00")));
         assert_eq!(next(&mut r), "Pending");
     }
 
@@ -794,7 +869,7 @@ mod tests {
             let mut r = Reader::new(Identity::default(), true);
             for p in packets {
                 if let Ok(Some(_)) = r.bulk_out(&p) {
-                    r.card_answer(CardAnswer::Response(vec![0x90, 0x00]));
+                    r.card_answer(0, CardAnswer::Response(vec![0x90, 0x00]));
                 }
                 prop_assert!(r.out.len() <= MAX_MESSAGE);
                 while let Transfer::Done(_) = r.bulk_in(64) {}

@@ -231,10 +231,11 @@ fn bad_input_gets_stall_or_a_slot_error() {
         hst.xfer("65 00000000 00 02 000000"),
         spaced(&h("81 00000000 00 02 01 00 00"))
     );
-    // bSlot 1 does not exist; dwLength must be 0 for PowerOn.
+    // bSlot 1 does not exist (bError 5, SLOT_NOT_EXIST; bmICCStatus 2: a slot that does not
+    // exist holds no card); dwLength must be 0 for PowerOn.
     assert_eq!(
         hst.xfer("65 00000000 01 03 000000"),
-        spaced(&h("81 00000000 01 03 41 05 00"))
+        spaced(&h("81 00000000 01 03 42 05 00"))
     );
     assert_eq!(
         hst.xfer("62 01000000 00 04 000000 00"),
