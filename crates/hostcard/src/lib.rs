@@ -9,6 +9,7 @@ mod pcsc;
 pub mod pcscd;
 
 use card_api::{Card, Presence};
+pub use pcsc::LibraryError;
 use pcsc::{Context, Handle, Lib, PcscError};
 use std::ffi::CString;
 use std::sync::{Arc, Mutex};
@@ -17,11 +18,15 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, thiserror::Error)]
 pub enum HostCardError {
     /// libpcsclite could not be loaded.
-    #[error("{0}")]
-    Library(String),
+    #[error(transparent)]
+    Library(#[from] LibraryError),
     /// A PC/SC call failed.
-    #[error("{0}")]
+    // Transparent, not "{0}" with a source: `{:#}` would print the code twice.
+    #[error(transparent)]
     Pcsc(#[from] PcscError),
+    /// The thread that follows pcscd could not be started.
+    #[error("{0}")]
+    Thread(std::io::Error),
     /// No reader is a candidate: none matches, or every match is excluded.
     #[error("no PC/SC reader {wanted}; {readers}")]
     NoReader {
@@ -109,7 +114,7 @@ impl HostCard {
         std::thread::Builder::new()
             .name("pcsc-watch".into())
             .spawn(move || watch(watcher, &name, &p, &a))
-            .map_err(|e| HostCardError::Library(e.to_string()))?;
+            .map_err(HostCardError::Thread)?;
         // Wait briefly for the first state, so a card that is in shows as present at once.
         let (_, gen) = presence.snapshot();
         if gen == 0 {
@@ -272,6 +277,29 @@ mod tests {
         "Virtual PCD 00 01",
         "Gemalto PC Twin Reader 01 00",
     ];
+
+    #[test]
+    fn library_and_pcsc_errors_print_once() {
+        use std::error::Error;
+        // SAFETY: no library of this name exists, so nothing is loaded or run.
+        let missing = unsafe { libloading::Library::new("libvccid-test-absent.so.1") };
+        let e = HostCardError::from(LibraryError::Open(missing.err().unwrap()));
+        assert!(
+            e.to_string().starts_with(
+                "cannot load libpcsclite.so.1 (install libpcsclite1 and pcscd): \
+                 libvccid-test-absent.so.1"
+            ),
+            "{e}"
+        );
+        // `{:#}` (vccid's error output) walks the sources: none, so the text shows once.
+        assert!(e.source().is_none());
+        let e = HostCardError::from(PcscError(0x8010_001D));
+        assert_eq!(
+            e.to_string(),
+            "PC/SC error 0x8010001D (pcscd is not running)"
+        );
+        assert!(e.source().is_none());
+    }
 
     #[test]
     fn own_reader_is_never_chosen_even_when_listed_first() {

@@ -111,6 +111,17 @@ fn code_name(c: u32) -> &'static str {
     }
 }
 
+/// Why libpcsclite could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// The library is not installed (or not loadable).
+    #[error("cannot load libpcsclite.so.1 (install libpcsclite1 and pcscd): {0}")]
+    Open(libloading::Error),
+    /// The library lacks a PC/SC function.
+    #[error("libpcsclite: {0}")]
+    Symbol(libloading::Error),
+}
+
 fn check(rv: Long) -> Result<(), PcscError> {
     if rv == 0 {
         Ok(())
@@ -121,16 +132,14 @@ fn check(rv: Long) -> Result<(), PcscError> {
 
 impl Lib {
     /// Loads libpcsclite.so.1.
-    pub fn load() -> Result<Arc<Lib>, String> {
+    pub fn load() -> Result<Arc<Lib>, LibraryError> {
         // SAFETY: loading pcsc-lite runs its (trivial) initialisers; the symbols are looked up
         // with the signatures pcsclite.h declares for this platform.
         unsafe {
-            let lib = libloading::Library::new("libpcsclite.so.1").map_err(|e| {
-                format!("cannot load libpcsclite.so.1 (install libpcsclite1 and pcscd): {e}")
-            })?;
+            let lib = libloading::Library::new("libpcsclite.so.1").map_err(LibraryError::Open)?;
             macro_rules! sym {
                 ($name:literal) => {
-                    *lib.get($name).map_err(|e| format!("libpcsclite: {e}"))?
+                    *lib.get($name).map_err(LibraryError::Symbol)?
                 };
             }
             Ok(Arc::new(Lib {

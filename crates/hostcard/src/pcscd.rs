@@ -10,12 +10,12 @@
 
 use crate::pcsc::{Context, Dword, Lib, PcscError, STATE_CHANGED, STATE_PRESENT};
 use crate::HostCardError;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// pcsc-lite's pseudo reader whose state changes when a reader comes or goes.
-const PNP: &str = "\\\\?PnP?\\Notification";
+const PNP: &CStr = c"\\\\?PnP?\\Notification";
 /// SCARD_INFINITE.
 const INFINITE: u32 = 0xFFFF_FFFF;
 /// SCARD_E_NO_READERS_AVAILABLE: no reader at all, which is a state, not a failure.
@@ -49,7 +49,7 @@ impl Keeper {
         let thread = std::thread::Builder::new()
             .name("pcscd-keeper".into())
             .spawn(move || hold(lib, first))
-            .map_err(|e| HostCardError::Library(e.to_string()))?;
+            .map_err(HostCardError::Thread)?;
         Ok(Keeper { _thread: thread })
     }
 }
@@ -57,7 +57,7 @@ impl Keeper {
 /// Sleeps in SCardGetStatusChange on the reader list (no polling: it returns only when a
 /// reader comes or goes, or when pcscd dies), re-establishing the context after pcscd restarts.
 fn hold(lib: Arc<Lib>, first: Option<Context>) {
-    let Ok(pnp) = CString::new(PNP) else { return };
+    let pnp = PNP.to_owned();
     let mut ctx = first;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -99,7 +99,7 @@ pub fn wait_for_card(atr: &[u8], timeout: Duration) -> Result<String, HostCardEr
     let lib = lib()?;
     let ctx = Context::new(&lib)?;
     let deadline = Instant::now() + timeout;
-    let pnp = CString::new(PNP).map_err(|e| HostCardError::Library(e.to_string()))?;
+    let pnp = PNP.to_owned();
     loop {
         let names: Vec<String> = match ctx.readers() {
             Ok(r) => r,

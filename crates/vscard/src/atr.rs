@@ -4,17 +4,40 @@
 
 use crate::wire::MAX_ATR;
 
+/// Why an ATR is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AtrError {
+    /// More bytes than VSC_ATR carries.
+    #[error("ATR longer than {MAX_ATR} bytes")]
+    TooLong,
+    /// No bytes at all.
+    #[error("empty ATR")]
+    Empty,
+    /// TS is neither direct (3B) nor inverse (3F) convention.
+    #[error("TS is neither 3B nor 3F")]
+    Ts,
+    /// TS alone.
+    #[error("ATR has no T0")]
+    NoT0,
+    /// A TD byte announces interface bytes that are missing.
+    #[error("ATR shorter than its interface bytes")]
+    ShortInterface,
+    /// The historical bytes or TCK are missing.
+    #[error("ATR shorter than its interface and historical bytes")]
+    Short,
+}
+
 /// `Ok(())` when `atr` holds TS, T0, every interface byte its TD chain announces, the
 /// historical bytes and TCK when a protocol other than T=0 is indicated; otherwise why not.
-pub fn check(atr: &[u8]) -> Result<(), &'static str> {
+pub fn check(atr: &[u8]) -> Result<(), AtrError> {
     if atr.len() > MAX_ATR {
-        return Err("ATR longer than 40 bytes");
+        return Err(AtrError::TooLong);
     }
-    let (&ts, rest) = atr.split_first().ok_or("empty ATR")?;
+    let (&ts, rest) = atr.split_first().ok_or(AtrError::Empty)?;
     if ts != 0x3B && ts != 0x3F {
-        return Err("TS is neither 3B nor 3F");
+        return Err(AtrError::Ts);
     }
-    let &t0 = rest.first().ok_or("ATR has no T0")?;
+    let &t0 = rest.first().ok_or(AtrError::NoT0)?;
     let historical = usize::from(t0 & 0x0F);
     let mut y = t0 >> 4;
     let mut idx = 2;
@@ -24,7 +47,7 @@ pub fn check(atr: &[u8]) -> Result<(), &'static str> {
         if y & 0x08 == 0 {
             break;
         }
-        let &td = atr.get(idx).ok_or("ATR shorter than its interface bytes")?;
+        let &td = atr.get(idx).ok_or(AtrError::ShortInterface)?;
         idx += 1;
         if td & 0x0F != 0 {
             tck = true;
@@ -33,7 +56,7 @@ pub fn check(atr: &[u8]) -> Result<(), &'static str> {
     }
     let need = idx + historical + usize::from(tck);
     if atr.len() < need {
-        return Err("ATR shorter than its interface and historical bytes");
+        return Err(AtrError::Short);
     }
     Ok(())
 }
@@ -68,5 +91,17 @@ mod tests {
         assert!(check(&h("3B 80 01")).is_err(), "T=1 needs TCK");
         assert_eq!(check(&h("3B 80 01 81")), Ok(()));
         assert!(check(&[0x3B; 41]).is_err());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert_eq!(check(&[]), Err(AtrError::Empty));
+        assert_eq!(check(&[0x3B; 41]), Err(AtrError::TooLong));
+        assert_eq!(AtrError::TooLong.to_string(), "ATR longer than 40 bytes");
+        assert_eq!(check(&h("3B 80")), Err(AtrError::ShortInterface));
+        assert_eq!(
+            AtrError::Short.to_string(),
+            "ATR shorter than its interface and historical bytes"
+        );
     }
 }

@@ -41,8 +41,8 @@ impl std::fmt::Debug for CardKey {
     }
 }
 
-fn bad(why: impl Into<String>) -> KeyError {
-    KeyError::BadInput(why.into())
+fn bad(why: impl std::fmt::Display) -> KeyError {
+    KeyError::BadInput(why.to_string())
 }
 
 impl CardKey {

@@ -65,10 +65,10 @@ impl std::fmt::Debug for FileStore {
     }
 }
 
-fn file_err(path: &Path, why: impl Into<String>) -> KeyError {
+fn file_err(path: &Path, why: impl std::fmt::Display) -> KeyError {
     KeyError::File {
         path: path.display().to_string(),
-        why: why.into(),
+        why: why.to_string(),
     }
 }
 

@@ -54,21 +54,20 @@ impl EcCurve {
 }
 
 /// The curve and the uncompressed public point of a DER certificate's EC key (RFC 5480).
-pub fn ec_public_key(cert_der: &[u8]) -> Result<(EcCurve, Vec<u8>), String> {
+pub fn ec_public_key(cert_der: &[u8]) -> Result<(EcCurve, Vec<u8>), CertError> {
     ec_key_of(&cert_spki(cert_der)?)
 }
 
 /// The subject public key of a DER certificate (RFC 5280 §4.1).
-fn cert_spki(cert_der: &[u8]) -> Result<x509_cert::spki::SubjectPublicKeyInfoOwned, String> {
+fn cert_spki(cert_der: &[u8]) -> Result<x509_cert::spki::SubjectPublicKeyInfoOwned, CertError> {
     use der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(CertError::NotDer)?;
     Ok(cert.tbs_certificate().subject_public_key_info().clone())
 }
 
 fn ec_key_of(
     spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
-) -> Result<(EcCurve, Vec<u8>), String> {
+) -> Result<(EcCurve, Vec<u8>), CertError> {
     const EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
     const P256: der::asn1::ObjectIdentifier =
@@ -76,10 +75,7 @@ fn ec_key_of(
     const P384: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
     if spki.algorithm.oid != EC_PUBLIC_KEY {
-        return Err(format!(
-            "key algorithm {} is neither RSA nor EC",
-            spki.algorithm.oid
-        ));
+        return Err(CertError::NeitherRsaNorEc(spki.algorithm.oid));
     }
     let curve = spki
         .algorithm
@@ -89,12 +85,12 @@ fn ec_key_of(
     let curve = match curve {
         Some(c) if c == P256 => EcCurve::P256,
         Some(c) if c == P384 => EcCurve::P384,
-        other => return Err(format!("EC curve {other:?} is neither P-256 nor P-384")),
+        other => return Err(CertError::Curve(other)),
     };
     let point = spki
         .subject_public_key
         .as_bytes()
-        .ok_or("public key bit string has unused bits")?;
+        .ok_or(CertError::UnusedBits)?;
     Ok((curve, point.to_vec()))
 }
 
@@ -104,7 +100,7 @@ impl Identity {
         let label = label.into();
         let modulus_bits = rsa_modulus_bits(&cert_der).map_err(|why| KeyError::Certificate {
             label: label.clone(),
-            why,
+            why: why.to_string(),
         })?;
         Ok(Identity {
             label,
@@ -119,9 +115,9 @@ impl Identity {
         cert_der: Vec<u8>,
     ) -> Result<Self, KeyError> {
         let label = label.into();
-        let err = |why| KeyError::Certificate {
+        let err = |why: CertError| KeyError::Certificate {
             label: label.clone(),
-            why,
+            why: why.to_string(),
         };
         let spki = cert_spki(&cert_der).map_err(err)?;
         if let Ok(modulus_bits) = rsa_bits_of(&spki) {
@@ -182,6 +178,45 @@ pub enum KeyError {
     Unsupported(&'static str),
 }
 
+/// Why a certificate's public key is not one the cards take (RFC 5280 §4.1, RFC 8017 A.1.1,
+/// RFC 5480). Each message names the part that is wrong, as a user sees it after the file name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CertError {
+    /// The bytes do not decode as a certificate.
+    #[error("not a DER X.509 certificate: {0}")]
+    NotDer(der::Error),
+    /// An RSA or EC key was expected, and the key is neither.
+    #[error("key algorithm {0} is neither RSA nor EC")]
+    NeitherRsaNorEc(der::asn1::ObjectIdentifier),
+    /// An RSA key was expected.
+    #[error("key algorithm {0} is not RSA (the CAC card is RSA-only)")]
+    NotRsa(der::asn1::ObjectIdentifier),
+    /// An EC key on another curve than P-256 and P-384 (or with no named curve).
+    #[error("EC curve {0:?} is neither P-256 nor P-384")]
+    Curve(Option<der::asn1::ObjectIdentifier>),
+    /// The subjectPublicKey BIT STRING does not hold whole bytes.
+    #[error("public key bit string has unused bits")]
+    UnusedBits,
+    /// The RSAPublicKey does not decode as BER-TLV.
+    #[error("RSAPublicKey: {0}")]
+    RsaPublicKey(apdu::ber::TlvError),
+    /// The modulus inside the RSAPublicKey does not decode as BER-TLV.
+    #[error("RSA modulus: {0}")]
+    RsaModulus(apdu::ber::TlvError),
+    /// The RSAPublicKey does not start with SEQUENCE { INTEGER.
+    #[error("RSAPublicKey is not SEQUENCE {{ INTEGER, ... }}")]
+    NotSequence,
+    /// The RSAPublicKey lacks the modulus or the exponent.
+    #[error("RSAPublicKey is not SEQUENCE {{ n, e }}")]
+    NotModulusAndExponent,
+    /// A zero modulus.
+    #[error("RSA modulus is zero")]
+    ZeroModulus,
+    /// A modulus size the cards do not take.
+    #[error("RSA modulus of {0} bits (the card takes 1024..4096)")]
+    ModulusSize(usize),
+}
+
 /// Certificates and the raw RSA private-key operation on their keys.
 pub trait KeyStore: Send {
     /// The identities, in card order (PKI applet 0, 1, ...).
@@ -204,7 +239,7 @@ pub trait KeyStore: Send {
 
 /// The RSA modulus size in bits of a DER certificate's subject public key (RFC 5280 §4.1,
 /// RFC 8017 A.1.1). Errors for anything but an RSA key.
-pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, String> {
+pub fn rsa_modulus_bits(cert_der: &[u8]) -> Result<usize, CertError> {
     rsa_bits_of(&cert_spki(cert_der)?)
 }
 
@@ -234,17 +269,17 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
 }
 
 /// The RSA public key (modulus, exponent) of a DER certificate.
-pub fn rsa_public_key(cert_der: &[u8]) -> Result<PublicKey, String> {
+pub fn rsa_public_key(cert_der: &[u8]) -> Result<PublicKey, CertError> {
     let spki = cert_spki(cert_der)?;
     rsa_bits_of(&spki)?;
     let key = spki
         .subject_public_key
         .as_bytes()
-        .ok_or("public key bit string has unused bits")?;
-    let (seq, _) = apdu::ber::parse_one(key).map_err(|e| format!("RSAPublicKey: {e}"))?;
+        .ok_or(CertError::UnusedBits)?;
+    let (seq, _) = apdu::ber::parse_one(key).map_err(CertError::RsaPublicKey)?;
     let mut ints = apdu::ber::iter(seq.value).filter_map(Result::ok);
     let (Some(n), Some(e)) = (ints.next(), ints.next()) else {
-        return Err("RSAPublicKey is not SEQUENCE { n, e }".into());
+        return Err(CertError::NotModulusAndExponent);
     };
     let strip = |v: &[u8]| v[v.iter().take_while(|b| **b == 0).count()..].to_vec();
     Ok(PublicKey::Rsa {
@@ -253,35 +288,30 @@ pub fn rsa_public_key(cert_der: &[u8]) -> Result<PublicKey, String> {
     })
 }
 
-fn rsa_bits_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<usize, String> {
+fn rsa_bits_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<usize, CertError> {
     const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
         der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
     if spki.algorithm.oid != RSA_ENCRYPTION {
-        return Err(format!(
-            "key algorithm {} is not RSA (the CAC card is RSA-only)",
-            spki.algorithm.oid
-        ));
+        return Err(CertError::NotRsa(spki.algorithm.oid));
     }
     let key = spki
         .subject_public_key
         .as_bytes()
-        .ok_or("public key bit string has unused bits")?;
-    let (seq, _) = apdu::ber::parse_one(key).map_err(|e| format!("RSAPublicKey: {e}"))?;
-    let (n, _) = apdu::ber::parse_one(seq.value).map_err(|e| format!("RSA modulus: {e}"))?;
+        .ok_or(CertError::UnusedBits)?;
+    let (seq, _) = apdu::ber::parse_one(key).map_err(CertError::RsaPublicKey)?;
+    let (n, _) = apdu::ber::parse_one(seq.value).map_err(CertError::RsaModulus)?;
     if seq.tag != 0x30 || n.tag != 0x02 {
-        return Err("RSAPublicKey is not SEQUENCE { INTEGER, ... }".into());
+        return Err(CertError::NotSequence);
     }
     let n = n.value;
     let skip = n.iter().take_while(|b| **b == 0).count();
     let n = &n[skip..];
     let bits = match n.first() {
         Some(b) => n.len() * 8 - b.leading_zeros() as usize,
-        None => return Err("RSA modulus is zero".into()),
+        None => return Err(CertError::ZeroModulus),
     };
     if !(1024..=4096).contains(&bits) {
-        return Err(format!(
-            "RSA modulus of {bits} bits (the card takes 1024..4096)"
-        ));
+        return Err(CertError::ModulusSize(bits));
     }
     Ok(bits)
 }
@@ -300,6 +330,40 @@ mod tests {
         );
         assert!(super::ecdsa_raw_to_der(&[0; 63]).is_err());
         assert!(super::ecdsa_raw_to_der(&[]).is_err());
+    }
+
+    #[test]
+    fn certificate_errors_say_what_is_wrong() {
+        use super::{ec_public_key, rsa_modulus_bits, rsa_public_key, CertError};
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["k".to_string()]).unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let e = rsa_modulus_bits(b"junk").unwrap_err();
+        assert!(matches!(e, CertError::NotDer(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("not a DER X.509 certificate: "),
+            "{e}"
+        );
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            rsa_public_key(&p256).unwrap_err().to_string(),
+            "key algorithm 1.2.840.10045.2.1 is not RSA (the CAC card is RSA-only)"
+        );
+        assert!(ec_public_key(&p256).is_ok());
+        let e = ec_public_key(&cert(&rcgen::PKCS_ECDSA_P521_SHA512)).unwrap_err();
+        assert!(matches!(e, CertError::Curve(Some(_))), "{e:?}");
+        assert!(e.to_string().ends_with("is neither P-256 nor P-384"), "{e}");
+        let ed25519 = cert(&rcgen::PKCS_ED25519);
+        assert_eq!(
+            ec_public_key(&ed25519).unwrap_err().to_string(),
+            "key algorithm 1.3.101.112 is neither RSA nor EC"
+        );
+        assert_eq!(
+            CertError::ModulusSize(512).to_string(),
+            "RSA modulus of 512 bits (the card takes 1024..4096)"
+        );
     }
 }
 

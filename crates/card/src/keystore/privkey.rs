@@ -5,6 +5,49 @@ use super::rawec::RawEc;
 use super::rawrsa::RawRsa;
 use std::ptr::NonNull;
 
+/// Why a private key (DER, or a PKCS#12 file with its certificate) cannot be used. The key
+/// store puts the message after the file's name; none of them shows key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PrivateKeyError {
+    /// More bytes than AWS-LC's length type holds.
+    #[error("key too large")]
+    TooLarge,
+    /// AWS-LC parses it as none of the three.
+    #[error("not a DER PKCS#8, PKCS#1 or SEC 1 private key")]
+    NotDer,
+    /// AWS-LC parsed it as RSA but gave no RSA key.
+    #[error("unreadable RSA key")]
+    UnreadableRsa,
+    /// AWS-LC parsed it as EC but gave no EC key.
+    #[error("unreadable EC key")]
+    UnreadableEc,
+    /// Another algorithm (Ed25519, DSA, ...).
+    #[error("the private key is neither RSA nor EC")]
+    NeitherRsaNorEc,
+    /// An EC key on a curve the cards do not use.
+    #[error("the EC key is on neither P-256 nor P-384")]
+    Curve,
+    /// The PKCS#12 password cannot be passed to AWS-LC as a C string.
+    #[error("password contains a NUL byte")]
+    PasswordNul,
+    /// The bytes are not a PKCS#12 PFX.
+    #[error("not a PKCS#12 file")]
+    NotPkcs12,
+    /// The PFX could not be decrypted or decoded.
+    #[error(
+        "wrong password, or an encoding AWS-LC cannot read (NSS pk12util writes \
+         indefinite-length BER: re-export with `openssl pkcs12`, or use the NSS database itself \
+         with backend=certificates)"
+    )]
+    Pkcs12Unreadable,
+    /// The PFX holds no RSA private key.
+    #[error("the PKCS#12 file holds no RSA private key")]
+    Pkcs12NoKey,
+    /// The PFX holds no certificate for its key.
+    #[error("the PKCS#12 file holds no certificate for its key")]
+    Pkcs12NoCertificate,
+}
+
 /// An RSA or EC private key in AWS-LC.
 pub(crate) enum PrivateKey {
     /// RSA, for the raw operation.
@@ -15,8 +58,8 @@ pub(crate) enum PrivateKey {
 
 impl PrivateKey {
     /// Parses a PKCS#8 PrivateKeyInfo, a PKCS#1 RSAPrivateKey or a SEC 1 ECPrivateKey (DER).
-    pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
-        let len = i64::try_from(der.len()).map_err(|_| "key too large")?;
+    pub(crate) fn from_der(der: &[u8]) -> Result<Self, PrivateKeyError> {
+        let len = i64::try_from(der.len()).map_err(|_| PrivateKeyError::TooLarge)?;
         let mut p = der.as_ptr();
         // SAFETY: `p` points to `len` readable bytes; d2i advances a copy of it; every object
         // obtained is checked for null, and each reference is either handed to a RawRsa /
@@ -25,16 +68,16 @@ impl PrivateKey {
             let pkey = aws_lc_sys::d2i_AutoPrivateKey(std::ptr::null_mut(), &mut p, len as _);
             if pkey.is_null() {
                 aws_lc_sys::ERR_clear_error();
-                return Err("not a DER PKCS#8, PKCS#1 or SEC 1 private key".into());
+                return Err(PrivateKeyError::NotDer);
             }
             let key = match aws_lc_sys::EVP_PKEY_id(pkey) {
                 aws_lc_sys::EVP_PKEY_RSA => NonNull::new(aws_lc_sys::EVP_PKEY_get1_RSA(pkey))
                     .map(|rsa| PrivateKey::Rsa(RawRsa::from_owned(rsa)))
-                    .ok_or_else(|| "unreadable RSA key".to_string()),
+                    .ok_or(PrivateKeyError::UnreadableRsa),
                 aws_lc_sys::EVP_PKEY_EC => NonNull::new(aws_lc_sys::EVP_PKEY_get1_EC_KEY(pkey))
-                    .ok_or_else(|| "unreadable EC key".to_string())
+                    .ok_or(PrivateKeyError::UnreadableEc)
                     .and_then(|ec| RawEc::from_owned(ec).map(PrivateKey::Ec)),
-                _ => Err("the private key is neither RSA nor EC".into()),
+                _ => Err(PrivateKeyError::NeitherRsaNorEc),
             };
             aws_lc_sys::EVP_PKEY_free(pkey);
             if key.is_err() {
@@ -42,5 +85,53 @@ impl PrivateKey {
             }
             key
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PrivateKey, PrivateKeyError};
+    use crate::keystore::rawrsa::RawRsa;
+
+    #[test]
+    fn private_key_errors_say_what_is_wrong() {
+        use aws_lc_rs::signature as sig;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let e = PrivateKey::from_der(b"junk").err();
+        assert_eq!(e, Some(PrivateKeyError::NotDer));
+        assert_eq!(
+            PrivateKeyError::NotDer.to_string(),
+            "not a DER PKCS#8, PKCS#1 or SEC 1 private key"
+        );
+        let p521 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P521_SHA512_ASN1_SIGNING, &rng).unwrap();
+        let e = PrivateKey::from_der(p521.as_ref()).err();
+        assert_eq!(e, Some(PrivateKeyError::Curve));
+        assert_eq!(
+            PrivateKeyError::Curve.to_string(),
+            "the EC key is on neither P-256 nor P-384"
+        );
+        let ed25519 = sig::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let e = PrivateKey::from_der(ed25519.as_ref()).err();
+        assert_eq!(e, Some(PrivateKeyError::NeitherRsaNorEc));
+        // AWS-LC's d2i_PKCS12 keeps the bytes and PKCS12_parse finds them wrong.
+        assert!(matches!(
+            RawRsa::from_pkcs12(b"junk", "").err(),
+            Some(PrivateKeyError::NotPkcs12 | PrivateKeyError::Pkcs12Unreadable)
+        ));
+        assert_eq!(
+            PrivateKeyError::Pkcs12Unreadable.to_string(),
+            "wrong password, or an encoding AWS-LC cannot read (NSS pk12util writes \
+             indefinite-length BER: re-export with `openssl pkcs12`, or use the NSS database \
+             itself with backend=certificates)"
+        );
+        assert_eq!(
+            RawRsa::from_pkcs12(b"junk", "a\0b").err(),
+            Some(PrivateKeyError::PasswordNul)
+        );
+        assert_eq!(
+            PrivateKeyError::PasswordNul.to_string(),
+            "password contains a NUL byte"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! cannot do (its ECDSA hashes the message itself), so, as for raw RSA in `rawrsa.rs`, this
 //! module calls `aws-lc-sys` in the few lines below.
 
+use super::privkey::PrivateKeyError;
 use super::{EcCurve, KeyError};
 use std::ptr::NonNull;
 use zeroize::Zeroizing;
@@ -24,7 +25,9 @@ impl RawEc {
     ///
     /// # Safety
     /// `key` is a valid EC_KEY whose reference the caller gives up.
-    pub(crate) unsafe fn from_owned(key: NonNull<aws_lc_sys::EC_KEY>) -> Result<Self, String> {
+    pub(crate) unsafe fn from_owned(
+        key: NonNull<aws_lc_sys::EC_KEY>,
+    ) -> Result<Self, PrivateKeyError> {
         // SAFETY: the group is borrowed from the valid key the caller handed over.
         let nid = unsafe {
             aws_lc_sys::EC_GROUP_get_curve_name(aws_lc_sys::EC_KEY_get0_group(key.as_ptr()))
@@ -35,7 +38,7 @@ impl RawEc {
             _ => {
                 // SAFETY: we own this reference and drop it exactly once.
                 unsafe { aws_lc_sys::EC_KEY_free(key.as_ptr()) };
-                return Err("the EC key is on neither P-256 nor P-384".into());
+                return Err(PrivateKeyError::Curve);
             }
         };
         Ok(RawEc { key, curve })

@@ -4,6 +4,7 @@
 //! builds with a C compiler only (no cmake, no -dev package). `aws-lc-rs` has no raw operation,
 //! so this module calls `aws-lc-sys` directly, in the few lines below.
 
+use super::privkey::PrivateKeyError;
 use super::KeyError;
 use std::ptr::NonNull;
 use zeroize::Zeroizing;
@@ -31,8 +32,11 @@ impl RawRsa {
     /// certificate that goes with it. AWS-LC decrypts PBES2 (AES, PBKDF2: OpenSSL 3's default)
     /// and the legacy PKCS#12 PBE schemes. NSS `pk12util` output (indefinite-length BER inside
     /// the authenticated safe) is refused with a hint.
-    pub(crate) fn from_pkcs12(der: &[u8], password: &str) -> Result<(Self, Vec<u8>), String> {
-        let pw = std::ffi::CString::new(password).map_err(|_| "password contains a NUL byte")?;
+    pub(crate) fn from_pkcs12(
+        der: &[u8],
+        password: &str,
+    ) -> Result<(Self, Vec<u8>), PrivateKeyError> {
+        let pw = std::ffi::CString::new(password).map_err(|_| PrivateKeyError::PasswordNul)?;
         let mut p = der.as_ptr();
         // SAFETY: `p` points to `der.len()` readable bytes; every object obtained is checked
         // for null and freed exactly once; `pw` outlives the call that reads it.
@@ -40,7 +44,7 @@ impl RawRsa {
             let p12 = aws_lc_sys::d2i_PKCS12(std::ptr::null_mut(), &mut p, der.len());
             if p12.is_null() {
                 aws_lc_sys::ERR_clear_error();
-                return Err("not a PKCS#12 file".into());
+                return Err(PrivateKeyError::NotPkcs12);
             }
             let mut pkey = std::ptr::null_mut();
             let mut cert = std::ptr::null_mut();
@@ -54,12 +58,7 @@ impl RawRsa {
             aws_lc_sys::PKCS12_free(p12);
             if ok != 1 {
                 aws_lc_sys::ERR_clear_error();
-                return Err(
-                    "wrong password, or an encoding AWS-LC cannot read (NSS pk12util writes \
-                     indefinite-length BER: re-export with `openssl pkcs12`, or use the NSS \
-                     database itself with backend=certificates)"
-                        .into(),
-                );
+                return Err(PrivateKeyError::Pkcs12Unreadable);
             }
             let cert_der = if cert.is_null() {
                 None
@@ -82,8 +81,8 @@ impl RawRsa {
             let key = NonNull::new(rsa).map(|rsa| RawRsa { rsa });
             match (key, cert_der) {
                 (Some(key), Some(cert)) => Ok((key, cert)),
-                (None, _) => Err("the PKCS#12 file holds no RSA private key".into()),
-                (_, None) => Err("the PKCS#12 file holds no certificate for its key".into()),
+                (None, _) => Err(PrivateKeyError::Pkcs12NoKey),
+                (_, None) => Err(PrivateKeyError::Pkcs12NoCertificate),
             }
         }
     }

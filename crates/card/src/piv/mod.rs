@@ -30,7 +30,7 @@ mod state;
 
 pub use crypto::{MAX_IDENTITIES, SLOTS};
 pub use mgmt::{ManagementKey, ALG_3DES, ALG_AES128, ALG_AES192, ALG_AES256};
-pub use state::{PinState, SavedKey, State};
+pub use state::{PinState, SavedKey, State, StateError};
 
 use admin::{padded, MANAGEMENT_KEY};
 pub(crate) use crypto::is_key_slot;
@@ -136,7 +136,7 @@ pub enum PivError {
         /// The file.
         path: String,
         /// What is wrong.
-        why: String,
+        why: StateError,
     },
 }
 
@@ -245,7 +245,7 @@ impl PivCard {
             presence: Presence::new(true),
         };
         if let Some(path) = &config.state {
-            let err = |why: String| PivError::State {
+            let err = |why: StateError| PivError::State {
                 path: path.display().to_string(),
                 why,
             };
@@ -296,22 +296,21 @@ impl PivCard {
         }
     }
 
-    fn restore(&mut self, state: State) -> Result<(), String> {
+    fn restore(&mut self, state: State) -> Result<(), StateError> {
         if state.card != self.card_id {
-            return Err(format!(
-                "it belongs to another card (certificates {}…, this card's are {}…); \
-                 move it away or name another state file",
-                &state.card.get(..16).unwrap_or(&state.card),
-                &self.card_id[..16]
-            ));
+            return Err(StateError::OtherCard {
+                file: state.card.get(..16).unwrap_or(&state.card).to_string(),
+                card: self.card_id[..16].to_string(),
+            });
         }
         for (r, saved) in &state.keys {
-            let key = CardKey::from_der(&saved.der).map_err(|e| format!("key {r:02X}: {e}"))?;
+            let key = CardKey::from_der(&saved.der)
+                .map_err(|error| StateError::Key { slot: *r, error })?;
             if alg_of_kind(key.kind()) != Some(saved.alg) {
-                return Err(format!(
-                    "key {r:02X}: algorithm {:02X} does not match the key",
-                    saved.alg
-                ));
+                return Err(StateError::Algorithm {
+                    slot: *r,
+                    alg: saved.alg,
+                });
             }
             self.slots.insert(
                 *r,

@@ -124,6 +124,120 @@ struct FileV1 {
     keys: BTreeMap<String, KeyV1>,
 }
 
+/// Why the state file cannot be used: its lock, its permissions, its contents, or (from
+/// [`super::PivCard::new`]) a mismatch with the card. The card reports it after the file's
+/// path and leaves the file as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory could not be created.
+    #[error("cannot create its directory: {0}")]
+    CreateDir(std::io::Error),
+    /// The directory's permissions could not be read.
+    #[error("its directory: {0}")]
+    Dir(std::io::Error),
+    /// Others may write the directory, and it is not sticky.
+    #[error(
+        "its directory {d} is writable by others (mode {mode:04o}), who could replace the \
+         state: chmod go-w {d}",
+        d = .dir.display()
+    )]
+    DirWritable {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The lock file could not be opened.
+    #[error("cannot open its lock file: {0}")]
+    OpenLock(std::io::Error),
+    /// Another process holds the lock.
+    #[error(
+        "another vccid is serving this card (its lock file is held): stop that one first, or \
+         give this one its own state with state=FILE or state=off"
+    )]
+    Locked,
+    /// Locking failed for another reason.
+    #[error("cannot lock it: {0}")]
+    Lock(std::io::Error),
+    /// The file could not be opened or read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// Others may read or write the file (the text says which, and the chmod that fixes it).
+    #[error("the file is {0}")]
+    Exposed(String),
+    /// More than a state file can hold.
+    #[error("larger than {MAX_FILE} bytes")]
+    TooLarge,
+    /// Not JSON with a format name and a version.
+    #[error("not a vccid PIV state file: {0}")]
+    NotStateFile(serde_json::Error),
+    /// Another format name.
+    #[error("format {0:?} is not {FORMAT:?}")]
+    Format(String),
+    /// A version this code does not read.
+    #[error(
+        "state file version {0} (this vccid reads version {VERSION}); it was written by another \
+         vccid"
+    )]
+    Version(u32),
+    /// Version 1 that does not parse (a missing or unknown field, a wrong type).
+    #[error("version 1: {0}")]
+    V1(serde_json::Error),
+    /// A field that should be hex is not; the field is named.
+    #[error("{0}: not hex")]
+    NotHex(String),
+    /// A PIN or PUK out of range (`pin` or `puk`).
+    #[error("{0}: the value must be 8 bytes, tries 1..15 and left ≤ tries")]
+    Pin(&'static str),
+    /// A management key of an unknown algorithm or of the wrong length.
+    #[error("management_key: unknown algorithm or wrong key length")]
+    ManagementKey,
+    /// An object under a tag that is not a PIV data object.
+    #[error("objects: {0:?} is not a PIV object tag")]
+    ObjectTag(String),
+    /// An object larger than the card takes.
+    #[error("object {tag}: {len} bytes is too large")]
+    ObjectSize {
+        /// The tag, as the file writes it.
+        tag: String,
+        /// The object's size.
+        len: usize,
+    },
+    /// A key under a reference that is not a PIV key slot.
+    #[error("keys: {0:?} is not a PIV key reference")]
+    KeyReference(String),
+    /// A key's origin or policies out of range.
+    #[error("key {0}: origin 1..2 and policies 1..3")]
+    KeyPolicy(String),
+    /// The file was written for a card with other certificates.
+    #[error(
+        "it belongs to another card (certificates {file}…, this card's are {card}…); move it \
+         away or name another state file"
+    )]
+    OtherCard {
+        /// The start of the file's card identifier.
+        file: String,
+        /// The start of this card's.
+        card: String,
+    },
+    /// A saved key that does not parse.
+    #[error("key {slot:02X}: {error}")]
+    Key {
+        /// The key reference.
+        slot: u8,
+        /// Why.
+        error: crate::keystore::KeyError,
+    },
+    /// A saved key whose algorithm is not the one recorded with it.
+    #[error("key {slot:02X}: algorithm {alg:02X} does not match the key")]
+    Algorithm {
+        /// The key reference.
+        slot: u8,
+        /// The recorded algorithm.
+        alg: u8,
+    },
+}
+
 /// Only the header, to pick the parser.
 #[derive(Deserialize)]
 struct Header {
@@ -131,20 +245,18 @@ struct Header {
     version: u32,
 }
 
-fn unhex(what: &str, s: &str) -> Result<Vec<u8>, String> {
-    apdu::hex::parse(s).ok_or_else(|| format!("{what}: not hex"))
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, StateError> {
+    apdu::hex::parse(s).ok_or_else(|| StateError::NotHex(what.to_string()))
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn pin_from(what: &str, p: &PinV1) -> Result<PinState, String> {
+fn pin_from(what: &'static str, p: &PinV1) -> Result<PinState, StateError> {
     let value = Zeroizing::new(unhex(what, &p.value)?);
     if value.len() != 8 || !(1..=15).contains(&p.tries) || p.left > p.tries {
-        return Err(format!(
-            "{what}: the value must be 8 bytes, tries 1..15 and left ≤ tries"
-        ));
+        return Err(StateError::Pin(what));
     }
     Ok(PinState {
         value,
@@ -163,22 +275,20 @@ fn pin_to(p: &PinState) -> PinV1 {
 
 /// Takes the state file's lock (`FILE.lock` beside it, created 0600 in a 0700 directory): two
 /// processes serving one card would each overwrite the other's changes.
-pub fn lock(path: &Path) -> Result<std::fs::File, String> {
+pub fn lock(path: &Path) -> Result<std::fs::File, StateError> {
     use std::os::unix::fs::OpenOptionsExt;
-    make_dir(path).map_err(|e| format!("cannot create its directory: {e}"))?;
+    make_dir(path).map_err(StateError::CreateDir)?;
     // The directory too: others who may write it may replace the file (and the lock file
     // lives there). Reading the directory shows names only, and a sticky directory (/tmp)
     // lets nobody else rename or delete our files, so those are fine.
     let dir = directory(path);
-    let meta = std::fs::metadata(dir).map_err(|e| format!("its directory: {e}"))?;
+    let meta = std::fs::metadata(dir).map_err(StateError::Dir)?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
     if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        return Err(format!(
-            "its directory {d} is writable by others (mode {m:04o}), who could replace the \
-             state: chmod go-w {d}",
-            d = dir.display(),
-            m = mode & 0o7777
-        ));
+        return Err(StateError::DirWritable {
+            dir: dir.to_path_buf(),
+            mode: mode & 0o7777,
+        });
     }
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -188,15 +298,11 @@ pub fn lock(path: &Path) -> Result<std::fs::File, String> {
         .write(true)
         .mode(0o600)
         .open(&name)
-        .map_err(|e| format!("cannot open its lock file: {e}"))?;
+        .map_err(StateError::OpenLock)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(
-            "another vccid is serving this card (its lock file is held): stop that one \
-                 first, or give this one its own state with state=FILE or state=off"
-                .into(),
-        ),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked),
+        Err(std::fs::TryLockError::Error(e)) => Err(StateError::Lock(e)),
     }
 }
 
@@ -220,31 +326,30 @@ fn make_dir(path: &Path) -> std::io::Result<()> {
 
 impl State {
     /// Parses a state file's bytes (any version this code knows).
-    pub fn parse(bytes: &[u8]) -> Result<State, String> {
-        let header: Header = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a vccid PIV state file: {e}"))?;
+    pub fn parse(bytes: &[u8]) -> Result<State, StateError> {
+        let header: Header = serde_json::from_slice(bytes).map_err(StateError::NotStateFile)?;
         if header.format != FORMAT {
-            return Err(format!("format {:?} is not {FORMAT:?}", header.format));
+            return Err(StateError::Format(header.format));
         }
         if header.version != VERSION {
-            return Err(format!(
-                "state file version {} (this vccid reads version {VERSION}); it was written by another vccid",
-                header.version
-            ));
+            return Err(StateError::Version(header.version));
         }
-        let f: FileV1 = serde_json::from_slice(bytes).map_err(|e| format!("version 1: {e}"))?;
+        let f: FileV1 = serde_json::from_slice(bytes).map_err(StateError::V1)?;
         let mgm_key = Zeroizing::new(unhex("management_key", &f.management_key.key)?);
         let management_key = ManagementKey::new(f.management_key.algorithm, &mgm_key)
-            .ok_or("management_key: unknown algorithm or wrong key length")?;
+            .ok_or(StateError::ManagementKey)?;
         let mut objects = BTreeMap::new();
         for (tag, value) in &f.objects {
             let t = u32::from_str_radix(tag, 16)
                 .ok()
                 .filter(|t| (0x5F_C1_01..=0x5F_C1_23).contains(t) || *t == 0x7E)
-                .ok_or_else(|| format!("objects: {tag:?} is not a PIV object tag"))?;
+                .ok_or_else(|| StateError::ObjectTag(tag.clone()))?;
             let v = unhex(&format!("object {tag}"), value)?;
             if v.len() > super::MAX_CHAIN {
-                return Err(format!("object {tag}: {} bytes is too large", v.len()));
+                return Err(StateError::ObjectSize {
+                    tag: tag.clone(),
+                    len: v.len(),
+                });
             }
             objects.insert(t, v);
         }
@@ -253,12 +358,12 @@ impl State {
             let r = u8::from_str_radix(slot, 16)
                 .ok()
                 .filter(|r| super::is_key_slot(*r))
-                .ok_or_else(|| format!("keys: {slot:?} is not a PIV key reference"))?;
+                .ok_or_else(|| StateError::KeyReference(slot.clone()))?;
             if !matches!(k.origin, 1 | 2)
                 || !(1..=3).contains(&k.pin_policy)
                 || !(1..=3).contains(&k.touch_policy)
             {
-                return Err(format!("key {slot}: origin 1..2 and policies 1..3"));
+                return Err(StateError::KeyPolicy(slot.clone()));
             }
             keys.insert(
                 r,
@@ -321,24 +426,24 @@ impl State {
     }
 
     /// Reads the state file at `path`; `None` when there is none yet.
-    pub fn load(path: &Path) -> Result<Option<State>, String> {
+    pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         use std::io::Read;
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(StateError::Read(e)),
         };
         // It holds the PIN, the PUK, the management key and private keys.
-        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let meta = file.metadata().map_err(StateError::Read)?;
         if let Some(why) = crate::keystore::exposed(path, &meta) {
-            return Err(format!("the file is {why}"));
+            return Err(StateError::Exposed(why));
         }
         let mut bytes = Zeroizing::new(Vec::new());
         file.take(MAX_FILE + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(StateError::Read)?;
         if bytes.len() as u64 > MAX_FILE {
-            return Err(format!("larger than {MAX_FILE} bytes"));
+            return Err(StateError::TooLarge);
         }
         State::parse(&bytes).map(Some)
     }
@@ -376,7 +481,7 @@ mod tests {
             (0o660, "readable and writable by others (mode 0660)"),
         ] {
             chmod(&path, mode);
-            let e = State::load(&path).unwrap_err();
+            let e = State::load(&path).unwrap_err().to_string();
             assert!(
                 e.contains(how) && e.contains(&format!("chmod 600 {}", path.display())),
                 "{e}"
@@ -389,7 +494,7 @@ mod tests {
             (0o730, "writable by others (mode 0730)"),
         ] {
             chmod(&sub, mode);
-            let e = lock(&path).unwrap_err();
+            let e = lock(&path).unwrap_err().to_string();
             assert!(
                 e.contains(how) && e.contains(&format!("chmod go-w {}", sub.display())),
                 "{e}"
@@ -400,5 +505,41 @@ mod tests {
             chmod(&sub, mode);
             assert!(lock(&path).is_ok(), "{mode:o}");
         }
+    }
+
+    #[test]
+    fn state_errors_say_what_is_wrong() {
+        let e = State::parse(b"[1, 2]").unwrap_err();
+        assert!(matches!(e, StateError::NotStateFile(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("not a vccid PIV state file: "),
+            "{e}"
+        );
+        let golden = include_str!("testdata/state-v1.json");
+        let v2 = golden.replace("\"version\": 1", "\"version\": 2");
+        assert_eq!(
+            State::parse(v2.as_bytes()).unwrap_err().to_string(),
+            "state file version 2 (this vccid reads version 1); it was written by another vccid"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("card.json");
+        let held = lock(&path).unwrap();
+        let e = lock(&path).unwrap_err();
+        assert!(matches!(e, StateError::Locked), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "another vccid is serving this card (its lock file is held): stop that one first, \
+             or give this one its own state with state=FILE or state=off"
+        );
+        drop(held);
+        assert_eq!(
+            StateError::OtherCard {
+                file: "0123456789abcdef".into(),
+                card: "fedcba9876543210".into(),
+            }
+            .to_string(),
+            "it belongs to another card (certificates 0123456789abcdef…, this card's are \
+             fedcba9876543210…); move it away or name another state file"
+        );
     }
 }
