@@ -12,6 +12,9 @@
 # QEMU's user-mode network instead of the bridge (eth0 10.0.2.15; the server is
 # e2e.usbipserver=ADDR, default 10.0.2.2, port e2e.usbipport=PORT, default 3240; benchmarks).
 # e2e.usbwait=S: how long to wait for a smart-card reader to appear (default 60 s).
+# e2e.readers=N (N > 1): N readers each with a card: report each reader's name and sign with
+# each (results reader_R, sign_R, blobs data_R, sig_R), then power off. e2e.busids=A,B,...:
+# the USB/IP bus ids to attach (default 1-1).
 # e2e.mech=MECHANISM: pkcs11-tool's signature mechanism (default SHA256-RSA-PKCS; an ECDSA one
 # writes the signature in OpenSSL's DER format).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
@@ -20,6 +23,7 @@ exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
 PIN=12345678; KEYID=0001; MECH=SHA256-RSA-PKCS; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
+READERS=1; BUSIDS=1-1
 USBIP_SERVER=127.0.0.1; USBIP_PORT=3240
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -27,6 +31,7 @@ for a in $(cat /proc/cmdline); do
     e2e.events=*) EVENTS=${a#*=};; e2e.big=*) BIG=${a#*=};; e2e.usbip=*) USBIP=${a#*=};;
     e2e.usbwait=*) USBWAIT=${a#*=};; e2e.mech=*) MECH=${a#*=};;
     e2e.usbipserver=*) USBIP_SERVER=${a#*=};; e2e.usbipport=*) USBIP_PORT=${a#*=};;
+    e2e.readers=*) READERS=${a#*=};; e2e.busids=*) BUSIDS=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -41,11 +46,16 @@ udevadm trigger --type=devices --action=add; udevadm settle -t 10
 atr() { timeout 30 opensc-tool -a 2>/dev/null | grep -iE '^([0-9a-f]{2}:)+[0-9a-f]{2}$' | head -1; }
 usbip_attach() {   # RESULT-NAME; a few tries: a bridge straight to vccid (no relay) is back
   # only after QEMU's chardev reconnects, a second after vccid closed the list's connection.
-  n=0
-  until usbip --tcp-port "$USBIP_PORT" attach -r "$USBIP_SERVER" -b 1-1 > /tmp/attach 2>&1; do
-    n=$((n + 1)); [ $n -lt 5 ] || { result "$1=0"; cat /tmp/attach; return; }; sleep 1
+  # Attaches every bus id of e2e.busids; the result is how many attached and the tries taken.
+  ok=0; tries=0
+  for b in $(echo "$BUSIDS" | tr , ' '); do
+    n=0
+    until usbip --tcp-port "$USBIP_PORT" attach -r "$USBIP_SERVER" -b "$b" > /tmp/attach 2>&1; do
+      n=$((n + 1)); [ $n -lt 5 ] || { cat /tmp/attach; break; }; sleep 1
+    done
+    [ $n -lt 5 ] && ok=$((ok + 1)); tries=$((tries + n + 1))
   done
-  result "$1=1 tries=$((n + 1))"
+  if [ $ok -gt 0 ]; then result "$1=$ok tries=$tries"; else result "$1=0"; fi
 }
 if [ "$USBIP" = 3 ]; then
   ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
@@ -85,6 +95,33 @@ while [ $i -lt 30 ]; do
   [ -n "$READER" ] && break; sleep 1; i=$((i + 1))
 done
 result "reader_listed=$([ -n "$READER" ] && echo 1 || echo 0) reader=\"$READER\""
+if [ "$READERS" -gt 1 ]; then
+  # e2e.readers=N: N readers (several USB readers, or the slots of one), each with a card that
+  # signs; slot index r of OpenSC's PKCS#11 module is reader r when every reader holds a card.
+  i=0; COUNT=0
+  while [ $i -lt 60 ]; do
+    COUNT=$(timeout 10 opensc-tool -l 2>/dev/null | grep -cE '^[0-9]+ +Yes ')
+    [ "$COUNT" -ge "$READERS" ] && break; sleep 1; i=$((i + 1))
+  done
+  result "readers_with_card=$COUNT usb_readers=$(grep -l '^0b$' /sys/bus/usb/devices/*/bInterfaceClass 2>/dev/null | wc -l)"
+  timeout 10 opensc-tool -l
+  P11=/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
+  timeout 30 pkcs11-tool --module $P11 -L
+  r=0
+  while [ $r -lt "$READERS" ]; do
+    result "reader_$r=\"$(timeout 10 opensc-tool -l 2>/dev/null | sed -n "s/^$r  *Yes  *//p" | head -1)\""
+    echo "signed in the guest by reader $r" > /tmp/data_$r
+    if timeout 120 pkcs11-tool --module $P11 --slot-index "$r" --login --pin "$PIN" --sign \
+         --mechanism "$MECH" --id "$KEYID" --input-file /tmp/data_$r --output-file /tmp/sig_$r \
+         > /tmp/sign.out 2>&1; then
+      result "sign_$r=1"; blob data_$r /tmp/data_$r; blob sig_$r /tmp/sig_$r
+    else
+      result "sign_$r=0"; cat /tmp/sign.out
+    fi
+    r=$((r + 1))
+  done
+  finish
+fi
 ATR=""; i=0
 while [ -n "$READER" ] && [ $i -lt 20 ]; do
   ATR=$(atr)

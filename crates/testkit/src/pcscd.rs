@@ -41,7 +41,16 @@ impl PrivatePcscd {
     /// PCD": the namespace gets its own /etc/reader.conf.d (ykcs11 2.2.0 opens only readers
     /// whose names start with "Yubico", ykcs11/utils.c `is_yubico_reader`).
     pub fn start_named(friendly: Option<&str>) -> Result<Self> {
-        Self::start_with(friendly, Mode::Direct)
+        Self::start_with(friendly, 1, Mode::Direct)
+    }
+
+    /// Like [`start`](Self::start), with `entries` vpcd reader.conf entries (each with its own
+    /// copy of the vpcd library, see `start_with`) instead of
+    /// Debian's one: each entry is a vpcd instance with two slots on consecutive ports, entry
+    /// k on ports 35963 + 2k and 35964 + 2k, so pcscd lists `2 * entries` readers (entry k > 0
+    /// named "Virtual PCD k").
+    pub fn start_with_vpcd_entries(entries: usize) -> Result<Self> {
+        Self::start_with(None, entries.max(1), Mode::Direct)
     }
 
     /// pcscd started as Debian's units start it: `pcscd.socket` listens on
@@ -50,13 +59,13 @@ impl PrivatePcscd {
     /// `systemd-socket-activate` plays pcscd.socket; until a client connects nothing listens on
     /// vpcd's port, which this checks before returning.
     pub fn start_socket_activated() -> Result<Self> {
-        Self::start_with(None, Mode::SocketActivated)
+        Self::start_with(None, 1, Mode::SocketActivated)
     }
 
     /// The namespaces with no pcscd in them yet, as on a machine where the user starts pcscd
     /// after vccid; [`start_pcscd`](Self::start_pcscd) starts it.
     pub fn start_without_pcscd() -> Result<Self> {
-        Self::start_with(None, Mode::Absent)
+        Self::start_with(None, 1, Mode::Absent)
     }
 
     /// Starts `pcscd -f` in namespaces made by [`start_without_pcscd`](Self::start_without_pcscd)
@@ -81,7 +90,7 @@ impl PrivatePcscd {
         }
     }
 
-    fn start_with(friendly: Option<&str>, mode: Mode) -> Result<Self> {
+    fn start_with(friendly: Option<&str>, entries: usize, mode: Mode) -> Result<Self> {
         let activated = mode == Mode::SocketActivated;
         for tool in [
             "pcscd",
@@ -103,17 +112,41 @@ impl PrivatePcscd {
             "set -e; ip link set lo up; mkdir -p /run/pcscd; \
              mount -t tmpfs -o mode=755 tmpfs /run/pcscd; ",
         );
-        if let Some(name) = friendly {
-            let conf = std::fs::read_to_string("/etc/reader.conf.d/vpcd")
+        if friendly.is_some() || entries > 1 {
+            let debian = std::fs::read_to_string("/etc/reader.conf.d/vpcd")
                 .map_err(|e| format!("/etc/reader.conf.d/vpcd: {e}"))?;
-            let conf: String = conf
-                .lines()
-                .map(|l| {
-                    if l.starts_with("FRIENDLYNAME") {
-                        format!("FRIENDLYNAME \"{name}\"\n")
-                    } else {
-                        format!("{l}\n")
-                    }
+            // Entry k: vpcd's port is the number after the colon of DEVICENAME (and its
+            // CHANNELID), 0x8C7B = 35963 in Debian's file; each entry takes two ports.
+            let conf: String = (0..entries)
+                .map(|k| {
+                    let port = 0x8C7B + 2 * k;
+                    debian
+                        .lines()
+                        .map(|l| match (l.split_whitespace().next(), friendly) {
+                            (Some("FRIENDLYNAME"), Some(name)) => {
+                                format!("FRIENDLYNAME \"{name}\"\n")
+                            }
+                            // pcscd names readers by FRIENDLYNAME: entries sharing one would
+                            // give readers of the same name, which PC/SC cannot tell apart.
+                            (Some("FRIENDLYNAME"), None) if k > 0 => {
+                                format!("FRIENDLYNAME \"Virtual PCD {k}\"\n")
+                            }
+                            (Some("DEVICENAME"), _) => {
+                                format!("DEVICENAME /dev/null:0x{port:04X}\n")
+                            }
+                            (Some("CHANNELID"), _) => format!("CHANNELID 0x{port:04X}\n"),
+                            // vpcd keeps its slots in one static table per loaded library,
+                            // indexed by slot number only (ifd-vpcd.c, `ctx[Lun & 0xffff]`):
+                            // a second entry on the same library would take over the first
+                            // one's slots. A copy of the library (another inode, so dlopen
+                            // loads it again) gives entry k its own table.
+                            (Some("LIBPATH"), _) if k > 0 => {
+                                format!("LIBPATH {}\n", lib_copy(&dir, l, k))
+                            }
+                            _ => format!("{l}\n"),
+                        })
+                        .collect::<String>()
+                        + "\n"
                 })
                 .collect();
             let confdir = dir.path().join("reader.conf.d");
@@ -419,5 +452,20 @@ impl PrivatePcscd {
             return Err(format!("pkcs11-tool --sign --id {id}: {}", text(&o)));
         }
         verify_sha256(cert, &msg, &sig).map_err(|e| format!("signature with {id}: {e}"))
+    }
+}
+
+/// For vpcd reader.conf entry `k`: a copy of the library named by the `LIBPATH` line `line`
+/// in the scratch directory `dir`, and its path (the original's when the copy fails, which
+/// the entry then shares, and the test sees the readers collide).
+fn lib_copy(dir: &tempfile::TempDir, line: &str, k: usize) -> String {
+    let original = line.split_whitespace().nth(1).unwrap_or_default();
+    let copy = dir.path().join(format!("libifdvpcd-{k}.so"));
+    match std::fs::copy(original, &copy) {
+        Ok(_) => copy.display().to_string(),
+        Err(e) => {
+            eprintln!("cannot copy {original} for vpcd entry {k}: {e}");
+            original.to_string()
+        }
     }
 }

@@ -1,17 +1,18 @@
-//! The USB/IP server (transports.md §2.1, §2.5): one exported device, a thread per
-//! connection. A connection asks for the device list, or imports the device and becomes its
-//! URB channel until the importer leaves; one importer at a time (a second gets status 1).
-//! In the URB phase a reader thread feeds the session; wake-ups (the card answered, a card
-//! inserted or removed) arrive on the same channel, so an idle importer costs nothing: pending
-//! IN URBs just wait.
+//! The USB/IP server (transports.md §2.1, §2.5): exported devices (a reader each, under bus
+//! ids 1-1, 1-2, ...), a thread per connection. A connection asks for the device list, or
+//! imports a device and becomes its URB channel until the importer leaves; one importer per
+//! device at a time (a second gets status 1).
+//! The connections come from `link`'s accept loop, and the URB phase runs on `link`'s pump: a
+//! reader thread feeds the session; wake-ups (the card answered, a card inserted or removed)
+//! arrive on the same channel, so an idle importer costs nothing: pending IN URBs just wait.
 
 use crate::session::UrbSession;
-use crate::{parse_op, rep_devlist, rep_import, Device, OpRequest};
+use crate::{parse_op, rep_devlist, rep_import, Device, OpRequest, UsbipError};
 use ccid::usb::UsbDevice;
+use link::accept::{self, Peer};
+use link::pump::{self, Ended, Protocol};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
@@ -20,26 +21,8 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// How long a connection may take to send its operation request.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
-enum Msg {
-    Bytes(Vec<u8>),
-    Closed(String),
-    Wake,
-}
-
 /// Wakes an importer's session so it completes what the device can now answer.
-#[derive(Clone)]
-pub struct Waker(SyncSender<Msg>);
-
-impl Waker {
-    /// Wakes the session; `false` once it has ended.
-    pub fn wake(&self) -> bool {
-        match self.0.try_send(Msg::Wake) {
-            // Full: the session has messages to handle and polls after each.
-            Ok(()) | Err(TrySendError::Full(_)) => true,
-            Err(TrySendError::Disconnected(_)) => false,
-        }
-    }
-}
+pub use link::pump::Waker;
 
 /// The record `usbip list` and `usbip attach` see, read from the device's own descriptors.
 pub fn record_of(dev: &dyn UsbDevice, busid: &str) -> Device {
@@ -76,23 +59,43 @@ pub fn record_of(dev: &dyn UsbDevice, busid: &str) -> Device {
     }
 }
 
-/// One exported device.
-pub struct Exporter {
+/// One exported device: its record, the device, and who imports it now.
+struct Export {
     record: Device,
     device: Mutex<Box<dyn UsbDevice>>,
     importer: Mutex<Option<SocketAddr>>,
-    connections: AtomicUsize,
+}
+
+/// The exported devices (each under its own bus id, e.g. "1-1", "1-2": a reader each).
+pub struct Exporter {
+    exports: Vec<Export>,
     warn_plaintext: bool,
 }
 
 impl Exporter {
     /// Exports `device` under `busid` (e.g. "1-1").
     pub fn new(busid: &str, device: Box<dyn UsbDevice>) -> Exporter {
+        Exporter::with_devices(vec![(busid.to_string(), device)])
+    }
+
+    /// Exports each device under its bus id; `usbip list` shows them in this order. Each gets
+    /// its own device number (2, 3, ...: the vhci importer puts busnum << 16 | devnum in every
+    /// URB header, and two imports from one server must not look alike).
+    pub fn with_devices(devices: Vec<(String, Box<dyn UsbDevice>)>) -> Exporter {
         Exporter {
-            record: record_of(&*device, busid),
-            device: Mutex::new(device),
-            importer: Mutex::new(None),
-            connections: AtomicUsize::new(0),
+            exports: devices
+                .into_iter()
+                .enumerate()
+                .map(|(i, (busid, device))| {
+                    let mut record = record_of(&*device, &busid);
+                    record.devnum = 2 + u32::try_from(i).unwrap_or(u32::MAX - 2);
+                    Export {
+                        record,
+                        device: Mutex::new(device),
+                        importer: Mutex::new(None),
+                    }
+                })
+                .collect(),
             warn_plaintext: false,
         }
     }
@@ -104,61 +107,40 @@ impl Exporter {
         self
     }
 
-    /// The device record.
-    pub fn record(&self) -> &Device {
-        &self.record
+    /// The device records, in export order.
+    pub fn records(&self) -> Vec<&Device> {
+        self.exports.iter().map(|e| &e.record).collect()
     }
 
-    /// Accepts connections on `listener` for ever, each on a thread of its own.
-    /// `on_import` runs when an importer takes the device and gets the session's [`Waker`];
-    /// what it returns is dropped when that importer leaves.
+    /// Accepts connections on `listener` for ever, each on a thread of its own (at most
+    /// [`MAX_CONNECTIONS`]). `on_import` runs when an importer takes a device, with the
+    /// device's bus id and the session's [`Waker`]; what it returns is dropped when that
+    /// importer leaves.
     pub fn run<G, F>(self: Arc<Self>, listener: TcpListener, on_import: F)
     where
-        F: Fn(Waker) -> G + Send + Sync + 'static,
+        F: Fn(&str, Waker) -> G + Send + Sync + 'static,
         G: 'static,
     {
-        let on_import = Arc::new(on_import);
-        for conn in listener.incoming() {
-            let stream = match conn {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("usbip: accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
+        accept::on_threads(
+            "usbip",
+            "usbip-conn",
+            MAX_CONNECTIONS,
+            || listener.accept().map(|(s, _)| s),
+            move |stream: TcpStream| {
+                let peer = stream.peer();
+                tracing::info!(%peer, "usbip: connection");
+                if self.warn_plaintext {
+                    tracing::warn!(%peer, "usbip: connection on a non-loopback address: unauthenticated and unencrypted");
                 }
-            };
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
-            tracing::info!(%peer, "usbip: connection");
-            if self.warn_plaintext {
-                tracing::warn!(%peer, "usbip: connection on a non-loopback address: unauthenticated and unencrypted");
-            }
-            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(%peer, "usbip: {MAX_CONNECTIONS} connections already; closing this one");
-                continue;
-            }
-            let (me, on_import, who) = (self.clone(), on_import.clone(), peer.clone());
-            let spawned = std::thread::Builder::new()
-                .name("usbip-conn".into())
-                .spawn(move || {
-                    let why = me.serve(stream, &*on_import);
-                    tracing::info!(peer = %who, "usbip: connection ended: {why}");
-                    me.connections.fetch_sub(1, Ordering::SeqCst);
-                });
-            if let Err(e) = spawned {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(%peer, "usbip: cannot start a connection thread: {e}");
-            }
-        }
+                let why = self.serve(stream, &on_import);
+                tracing::info!(%peer, "usbip: connection ended: {why}");
+            },
+        )
     }
 
     /// Serves one connection to its end; returns why it ended.
-    pub fn serve<G>(&self, mut stream: TcpStream, on_import: &dyn Fn(Waker) -> G) -> String {
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    pub fn serve<G>(&self, mut stream: TcpStream, on_import: &dyn Fn(&str, Waker) -> G) -> String {
+        let peer = stream.peer();
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(OP_TIMEOUT));
         let req = match read_op(&mut stream) {
@@ -169,44 +151,44 @@ impl Exporter {
                 return e;
             }
         };
-        match req {
+        let busid = match req {
             OpRequest::DevList => {
                 tracing::debug!(%peer, "usbip: device list");
-                let _ = stream.write_all(&rep_devlist(std::slice::from_ref(&self.record)));
-                "device list sent".into()
+                let records: Vec<Device> = self.exports.iter().map(|e| e.record.clone()).collect();
+                let _ = stream.write_all(&rep_devlist(&records));
+                return "device list sent".into();
             }
-            OpRequest::Import(busid) if busid != self.record.busid => {
-                tracing::warn!(%peer, "usbip: import of unknown bus id {busid:?} refused");
+            OpRequest::Import(busid) => busid,
+        };
+        let Some(export) = self.exports.iter().find(|e| e.record.busid == busid) else {
+            tracing::warn!(%peer, "usbip: import of unknown bus id {busid:?} refused");
+            let _ = stream.write_all(&rep_import(None));
+            return format!("unknown bus id {busid:?}");
+        };
+        let mut dev = match export.device.try_lock() {
+            Ok(d) => d,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let holder = export
+                    .importer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map_or_else(|| "?".into(), |a| a.to_string());
+                tracing::warn!(%peer, %busid, "usbip: import refused: the device is in use by {holder}");
                 let _ = stream.write_all(&rep_import(None));
-                format!("unknown bus id {busid:?}")
+                return format!("device in use by {holder}");
             }
-            OpRequest::Import(_) => {
-                let mut dev = match self.device.try_lock() {
-                    Ok(d) => d,
-                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(TryLockError::WouldBlock) => {
-                        let holder = self
-                            .importer
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .map_or_else(|| "?".into(), |a| a.to_string());
-                        tracing::warn!(%peer, "usbip: import refused: the device is in use by {holder}");
-                        let _ = stream.write_all(&rep_import(None));
-                        return format!("device in use by {holder}");
-                    }
-                };
-                *self.importer.lock().unwrap_or_else(|e| e.into_inner()) = stream.peer_addr().ok();
-                tracing::info!(%peer, busid = %self.record.busid, "usbip: device imported");
-                let why = match stream.write_all(&rep_import(Some(&self.record))) {
-                    Ok(()) => urb_phase(stream, &mut **dev, on_import),
-                    Err(e) => e.to_string(),
-                };
-                // The reader outlives its importer: clean state for the next one.
-                dev.reset();
-                *self.importer.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                why
-            }
-        }
+        };
+        *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = stream.peer_addr().ok();
+        tracing::info!(%peer, %busid, "usbip: device imported");
+        let why = match stream.write_all(&rep_import(Some(&export.record))) {
+            Ok(()) => urb_phase(stream, &mut **dev, &|w| on_import(&busid, w)).to_string(),
+            Err(e) => e.to_string(),
+        };
+        // The reader outlives its importer: clean state for the next one.
+        dev.reset();
+        *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        why
     }
 }
 
@@ -231,14 +213,28 @@ fn read_op(stream: &mut TcpStream) -> Result<OpRequest, Option<String>> {
     }
 }
 
+/// An importer's [`UrbSession`] and the device it drives, as the pump sees them.
+struct Driver<'a> {
+    session: UrbSession,
+    dev: &'a mut dyn UsbDevice,
+}
+
+impl Protocol for Driver<'_> {
+    type Error = UsbipError;
+    fn on_bytes(&mut self, bytes: &[u8]) -> Result<Vec<u8>, UsbipError> {
+        self.session.on_bytes(bytes, self.dev)
+    }
+    fn on_wake(&mut self) -> Vec<u8> {
+        self.session.poll(self.dev)
+    }
+}
+
 fn urb_phase<G>(
     stream: TcpStream,
     dev: &mut dyn UsbDevice,
     on_import: &dyn Fn(Waker) -> G,
-) -> String {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+) -> Ended {
+    let peer = stream.peer();
     // Pending URBs may wait for ever (an idle reader): no read timeout from here on. But an
     // importer whose machine vanishes without a FIN would hold the device for ever, so TCP
     // keepalive probes it (the usbip tool sets SO_KEEPALIVE on its side too): gone after
@@ -251,56 +247,26 @@ fn urb_phase<G>(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(%peer, "usbip: no TCP keepalive: {e}");
     }
-    let (Ok(mut reader), mut writer) = (stream.try_clone(), stream) else {
-        return "cannot clone the socket".into();
+    let reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(e) => return Ended::Start(e),
     };
-    // Bounded: a peer that sends faster than the device works is slowed by TCP, not buffered.
-    let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = sync_channel(16);
-    let reader_tx = tx.clone();
-    let spawned = std::thread::Builder::new()
-        .name("usbip-read".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                let msg = match reader.read(&mut buf) {
-                    Ok(0) => Msg::Closed("closed by the importer".into()),
-                    Ok(n) => Msg::Bytes(buf[..n].to_vec()),
-                    Err(e) => Msg::Closed(e.to_string()),
-                };
-                let last = matches!(msg, Msg::Closed(_));
-                if reader_tx.send(msg).is_err() || last {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        return format!("cannot start the reader thread: {e}");
-    }
-    let guard = on_import(Waker(tx));
-    let mut session = UrbSession::new();
-    let why = loop {
-        let out = match rx.recv() {
-            Ok(Msg::Bytes(b)) => match session.on_bytes(&b, dev) {
-                Ok(out) => out,
-                Err(e) => {
-                    tracing::warn!(%peer, "usbip: {e}; closing the connection");
-                    break format!("{e}");
-                }
-            },
-            Ok(Msg::Wake) => session.poll(dev),
-            Ok(Msg::Closed(why)) => break why,
-            Err(_) => break "reader gone".into(),
-        };
-        if !out.is_empty() {
-            if let Err(e) = writer.write_all(&out) {
-                break e.to_string();
-            }
-        }
+    let mut guard = None;
+    let mut driver = Driver {
+        session: UrbSession::new(),
+        dev,
     };
-    if session.pending() > 0 {
-        tracing::debug!(%peer, pending = session.pending(), "usbip: importer left with URBs pending; dropped");
+    let why = pump::run(reader, &stream, &mut driver, |waker| {
+        guard = Some(on_import(waker))
+    });
+    if let Ended::Protocol(e) = &why {
+        tracing::warn!(%peer, "usbip: {e}; closing the connection");
     }
-    let _ = writer.shutdown(std::net::Shutdown::Both);
+    let pending = driver.session.pending();
+    if pending > 0 {
+        tracing::debug!(%peer, pending, "usbip: importer left with URBs pending; dropped");
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     drop(guard);
     why
 }

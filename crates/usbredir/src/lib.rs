@@ -4,8 +4,8 @@
 //! [`codec`] frames packets (12-byte header until both hellos are exchanged, 16 with 64-bit
 //! ids) and checks each declared length before buffering; [`session`] drives a
 //! [`ccid::usb::UsbDevice`] from the guest's packets, keeps IN transfers pending until data
-//! exists, answers cancels and resets. Neither does I/O. [`server`] runs sessions over TCP or
-//! Unix sockets on threads woken by events (no polling while idle).
+//! exists, answers cancels and resets. Neither does I/O. [`server`] runs a session over any
+//! byte stream on `link`'s pump (threads woken by events, no polling while idle).
 #![warn(missing_docs)]
 
 pub mod codec;

@@ -1,85 +1,46 @@
-//! Running a session over a connected byte stream. A reader thread turns the stream into
-//! messages; wake-ups (a card inserted or removed, a slow card's answer) arrive on the same
-//! channel through a [`Waker`], so the session thread sleeps until something happens: no
-//! polling while idle, and pending IN transfers simply wait.
+//! Running a session over a connected byte stream, on `link`'s pump: a reader thread turns
+//! the stream into messages; wake-ups (a card inserted or removed, a slow card's answer)
+//! arrive on the same channel through a [`Waker`], so the session thread sleeps until
+//! something happens: no polling while idle, and pending IN transfers simply wait.
 
+use crate::codec::CodecError;
 use crate::session::Session;
 use ccid::usb::UsbDevice;
+use link::pump::{self, Ended, Protocol};
 use std::io::{Read, Write};
-use std::sync::mpsc::{channel, Sender};
-
-enum Msg {
-    Bytes(Vec<u8>),
-    Closed(String),
-    Wake,
-}
 
 /// Wakes a session so it completes whatever its device can now answer.
-#[derive(Clone)]
-pub struct Waker(Sender<Msg>);
+pub use link::pump::Waker;
 
-impl Waker {
-    /// Wakes the session; `false` once the session has ended.
-    pub fn wake(&self) -> bool {
-        self.0.send(Msg::Wake).is_ok()
+/// A [`Session`] and the device it drives, as the pump sees them.
+struct Driver<'a> {
+    session: Session,
+    dev: &'a mut dyn UsbDevice,
+}
+
+impl Protocol for Driver<'_> {
+    type Error = CodecError;
+    fn start(&mut self) -> Vec<u8> {
+        self.session.start()
+    }
+    fn on_bytes(&mut self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        self.session.on_bytes(bytes, self.dev)
+    }
+    fn on_wake(&mut self) -> Vec<u8> {
+        self.session.poll(self.dev)
     }
 }
 
 /// Serves `dev` to one usbredir guest until the connection ends; returns why it ended.
-/// `on_waker` receives the session's [`Waker`] (for presence changes and the like).
+/// `on_waker` receives the session's [`Waker`] (for presence changes and the like). The
+/// caller shuts the stream down afterwards (see [`link::pump::run`]).
 pub fn serve_connection<R: Read + Send + 'static, W: Write>(
-    mut reader: R,
-    mut writer: W,
+    reader: R,
+    writer: W,
     dev: &mut dyn UsbDevice,
     version: &str,
     on_waker: impl FnOnce(Waker),
-) -> String {
-    let (tx, rx) = channel();
-    let reader_tx = tx.clone();
-    let spawned = std::thread::Builder::new()
-        .name("usbredir-read".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => {
-                        let _ = reader_tx.send(Msg::Closed("closed by the guest".into()));
-                        return;
-                    }
-                    Ok(n) => {
-                        if reader_tx.send(Msg::Bytes(buf[..n].to_vec())).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reader_tx.send(Msg::Closed(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        return format!("cannot start the reader thread: {e}");
-    }
-    on_waker(Waker(tx));
-    let mut session = Session::new(version, dev);
-    if let Err(e) = writer.write_all(&session.start()) {
-        return e.to_string();
-    }
-    loop {
-        let out = match rx.recv() {
-            Ok(Msg::Bytes(b)) => match session.on_bytes(&b, dev) {
-                Ok(out) => out,
-                Err(e) => return format!("{e}; closing"),
-            },
-            Ok(Msg::Wake) => session.poll(dev),
-            Ok(Msg::Closed(why)) => return why,
-            Err(_) => return "reader gone".into(),
-        };
-        if !out.is_empty() {
-            if let Err(e) = writer.write_all(&out) {
-                return e.to_string();
-            }
-        }
-    }
+) -> Ended {
+    let session = Session::new(version, dev);
+    pump::run(reader, writer, &mut Driver { session, dev }, on_waker)
 }

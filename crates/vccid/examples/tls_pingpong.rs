@@ -2,11 +2,11 @@
 //! threads of this process: what the TLS stream itself costs per message, without the VSCard
 //! layers. usage: tls_pingpong [N]
 
+use link::{Addr, ListenSecurity, Stream, TlsClient};
 use std::io::{Read, Write};
 use std::time::Instant;
-use vccid::stream::{Addr, ListenSecurity, Stream, TlsClient};
 
-fn pair(tls: Option<&vccid::tls::TlsOptions>) -> (Stream, Stream) {
+fn pair(tls: Option<&link::tls::TlsOptions>) -> (Stream, Stream) {
     let sec = ListenSecurity {
         tls: tls.map(|t| t.server_config().unwrap()),
         ..Default::default()
@@ -50,7 +50,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(50000);
     let dir = std::env::temp_dir().join(format!("vccid-pingpong-{}", std::process::id()));
-    vccid::tls::init(
+    vccid::tls_init::init(
         &dir,
         &["localhost".into()],
         &["127.0.0.1".parse().unwrap()],
@@ -58,10 +58,11 @@ fn main() {
         true,
     )
     .unwrap();
-    let opts = vccid::tls::TlsOptions {
+    let opts = link::tls::TlsOptions {
         dir: dir.clone(),
         verify_peer: true,
         server_name: None,
+        on_certificate: None,
     };
     for _ in 0..3 {
         let (a, b) = pair(None);

@@ -8,11 +8,11 @@
 //! usage: vscard_bench VSCCLIENT_BINARY [N]
 
 use card::Card;
+use link::{Addr, ListenSecurity};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vccid::passthru::PassthruCard;
-use vccid::stream::{Addr, ListenSecurity};
 
 /// VERIFY status: answered by the card without touching a key (63C3).
 const APDU: [u8; 4] = [0x00, 0x20, 0x00, 0x00];
@@ -40,10 +40,11 @@ fn link(vscclient: &str, data: &Path, tls: Option<&Path>) -> Link {
     let addr = Addr::parse(&format!("127.0.0.1:{port}")).expect("address");
     let security = ListenSecurity {
         tls: tls.map(|d| {
-            vccid::tls::TlsOptions {
+            link::tls::TlsOptions {
                 dir: d.to_path_buf(),
                 verify_peer: true,
                 server_name: None,
+                on_certificate: None,
             }
             .server_config()
             .expect("server config")
@@ -100,7 +101,7 @@ fn main() {
     std::fs::create_dir_all(&data).expect("data directory");
     let creds: PathBuf =
         std::env::temp_dir().join(format!("vccid-bench-tls-{}", std::process::id()));
-    vccid::tls::init(
+    vccid::tls_init::init(
         &creds,
         &["localhost".into()],
         &["127.0.0.1".parse().unwrap()],

@@ -1,7 +1,7 @@
 //! The pieces the `vccid` and `vscclient` programs share: card specifications, key stores,
-//! stdin commands, streams, the passthru card, libcacard's option strings.
+//! stdin commands, the passthru card, libcacard's option strings, `tls init`. The streams and
+//! TLS are the `link` crate's.
 
-pub mod addr;
 pub mod card_port;
 pub mod commands;
 pub mod emul_args;
@@ -12,8 +12,7 @@ pub mod passthru;
 pub mod qemu;
 pub mod ready;
 pub mod spec;
-pub mod stream;
-pub mod tls;
+pub mod tls_init;
 pub mod usb;
 
 /// Parses the command line; a usage error is one line set like every other error of the

@@ -4,10 +4,10 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use link::Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vccid::spec::{self, CardSpec};
-use vccid::stream::Addr;
 
 const DEFAULT_VPCD: &str = "127.0.0.1:35963";
 const DEFAULT_USBREDIR: &str = "127.0.0.1:4000";
@@ -66,8 +66,17 @@ struct Args {
     /// (default listen=127.0.0.1:2001; ADDR is HOST:PORT or unix:PATH).
     /// `hardware[,reader=NAME]`: the host's real card through PC/SC (the first reader whose
     /// name contains NAME; never vccid's own --vpcd reader).
-    #[arg(long, value_name = "SPEC", default_value = "emulated")]
-    card: String,
+    /// Give --card more than once for several cards, each in a slot (reader) of its own:
+    /// cardN in slotN, N from 0; vpcd slot N uses vpcd's port + N, a usbredir reader
+    /// listens on the port + N, USB/IP exports bus ids 1-1, 1-2, ...; standard input then
+    /// takes `eject SLOT`, `insert CARD SLOT`, `move CARD SLOT` and `status`.
+    #[arg(long = "card", value_name = "SPEC", default_value = "emulated")]
+    cards: Vec<String>,
+
+    /// With several --card: put all the cards in ONE USB reader with a slot each (CCID
+    /// bMaxSlotIndex = cards - 1) instead of one reader per card.
+    #[arg(long)]
+    one_reader: bool,
 
     /// With --card hardware: use the first PC/SC reader whose name contains SUBSTRING
     /// (case-insensitive; the same as `--card hardware,reader=SUBSTRING`).
@@ -161,7 +170,7 @@ fn tls_init(cmd: TlsCmd) -> Result<()> {
     if ips.is_empty() {
         ips = vec!["127.0.0.1".parse()?, "::1".parse()?];
     }
-    vccid::tls::init(&dir, &names, &ips, days, force)?;
+    vccid::tls_init::init(&dir, &names, &ips, days, force)?;
     let dir = std::fs::canonicalize(&dir)?;
     println!(
         "wrote {}/{{ca-cert,ca-key,server-cert,server-key,client-cert,client-key}}.pem",
@@ -171,14 +180,14 @@ fn tls_init(cmd: TlsCmd) -> Result<()> {
         .first()
         .map(|i| i.to_string())
         .unwrap_or_else(|| names[0].clone());
-    println!("{}", vccid::tls::usage_lines(&dir, &host));
+    println!("{}", vccid::tls_init::usage_lines(&dir, &host));
     Ok(())
 }
 
 /// Refuses every option that does nothing in the mode chosen, saying why: a user who gives
 /// `--tls` with `--vpcd` believes the link is encrypted (issue #13).
-fn check_applicable(args: &Args, spec: &CardSpec) -> Result<()> {
-    let passthru = matches!(spec, CardSpec::Passthru { .. });
+fn check_applicable(args: &Args, specs: &[CardSpec]) -> Result<()> {
+    let passthru = specs.iter().any(|s| matches!(s, CardSpec::Passthru { .. }));
     let any_transport = args.vpcd.is_some()
         || args.usbredir.is_some()
         || args.usbredir_connect.is_some()
@@ -212,11 +221,10 @@ fn check_applicable(args: &Args, spec: &CardSpec) -> Result<()> {
              nothing listens here (vpcd and --usbredir-connect connect out)"
         );
     }
-    if args.data_dir.is_some() && !matches!(spec, CardSpec::Emulated(_)) {
+    if args.one_reader && !usb {
         anyhow::bail!(
-            "--data-dir holds the emulated card's identities and PIV state; --card {} keeps \
-             none",
-            args.card.split(',').next().unwrap_or_default()
+            "--one-reader puts the cards in one USB reader: it needs --usbredir, \
+             --usbredir-connect or --usbip (vpcd has a reader per card)"
         );
     }
     Ok(())
@@ -231,25 +239,45 @@ fn run(args: Args) -> Result<()> {
         }
         None => {}
     }
-    let spec = spec::parse(&args.card)
-        .with_context(|| format!("--card {:?}", spec::redact(&args.card)))?;
-    check_applicable(&args, &spec)?;
+    let specs = args
+        .cards
+        .iter()
+        .map(|c| spec::parse(c).with_context(|| format!("--card {:?}", spec::redact(c))))
+        .collect::<Result<Vec<CardSpec>>>()?;
+    check_applicable(&args, &specs)?;
+    if args.data_dir.is_some() && !specs.iter().any(|s| matches!(s, CardSpec::Emulated(_))) {
+        anyhow::bail!(
+            "--data-dir holds the emulated card's identities and PIV state; --card {} keeps \
+             none",
+            args.cards[0].split(',').next().unwrap_or_default()
+        );
+    }
+    if args.reader.is_some() && specs.len() > 1 {
+        anyhow::bail!(
+            "--reader chooses the PC/SC reader of one --card hardware; with several cards give \
+             each its own: --card hardware,reader=NAME"
+        );
+    }
     if let (true, Some(dir)) = (args.create, &args.data_dir) {
         vccid::keys::create_data_dir(dir)?;
     }
     // --reader applies to --card hardware only (checked before anything starts).
-    let hardware_reader = vccid::hardware::reader_filter(&spec, args.reader.as_deref())?;
-    let tls = args.tls.as_ref().map(|dir| vccid::tls::TlsOptions {
+    let hardware_readers = specs
+        .iter()
+        .map(|s| vccid::hardware::reader_filter(s, args.reader.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    let tls = args.tls.as_ref().map(|dir| link::tls::TlsOptions {
         dir: dir.clone(),
         verify_peer: !args.tls_no_verify_peer,
         server_name: args.tls_hostname.clone(),
+        on_certificate: Some(vccid::expiry::warn),
     });
-    let security = vccid::stream::ListenSecurity {
+    let security = link::ListenSecurity {
         tls: tls.as_ref().map(|t| t.server_config()).transpose()?,
         plaintext: if args.insecure_plaintext {
-            vccid::stream::Security::InsecurePlaintext
+            link::Security::InsecurePlaintext
         } else {
-            vccid::stream::Security::Plaintext
+            link::Security::Plaintext
         },
     };
     let usbredir = match (&args.vpcd, &args.usbredir, &args.usbredir_connect) {
@@ -257,7 +285,7 @@ fn run(args: Args) -> Result<()> {
             let addr = Addr::parse(c)?;
             let client = tls
                 .as_ref()
-                .map(|t| vccid::stream::TlsClient::new(t, &addr))
+                .map(|t| link::TlsClient::new(t, &addr))
                 .transpose()?;
             Some(vccid::usb::Role::Connect(addr, client))
         }
@@ -281,72 +309,106 @@ fn run(args: Args) -> Result<()> {
         Some(Addr::Unix(_)) => anyhow::bail!("vpcd listens on TCP only: give --vpcd HOST:PORT"),
         None => None,
     };
-    let card: vpcd::SharedCard = match &spec {
-        CardSpec::Emulated(e) => {
-            let card = vccid::keys::emulated_card(e, args.data_dir.clone())?;
-            vccid::commands::spawn(card::Card::presence(&card));
+    // Our own vpcd readers are never candidates for --card hardware: relaying one would be a
+    // loop.
+    let own_vpcd =
+        || vccid::hardware::own_readers(vpcd_addr, &vccid::hardware::host_vpcd_entries());
+    // Every card goes into a slot of its own in the registry (cardN in slotN); the transports
+    // serve the slots, so a card can leave one slot and enter another at run time.
+    let registry = slot::Registry::new();
+    let mut slots = Vec::new();
+    for (i, (spec, reader)) in specs.iter().zip(hardware_readers).enumerate() {
+        let card: slot::SharedCard = match spec {
             // -vv: one decoded, redacted line per APDU (card::Traced).
-            Arc::new(Mutex::new(card::Traced::new(card)))
-        }
-        CardSpec::Hardware { .. } => {
-            // Our own vpcd reader is never a candidate: relaying it would be a loop.
-            let reader = hardware_reader;
-            let own =
-                vccid::hardware::own_readers(vpcd_addr, &vccid::hardware::host_vpcd_entries());
-            Arc::new(Mutex::new(card::Traced::new(
-                hostcard::HostCard::open(reader.as_deref(), &own).context("--card hardware")?,
-            )))
-        }
-        CardSpec::Passthru { listen } => Arc::new(Mutex::new(card::Traced::new(
-            vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?, &security)?,
-        ))),
+            CardSpec::Emulated(e) => Arc::new(Mutex::new(card::Traced::new(
+                vccid::keys::emulated_card(e, args.data_dir.clone())?,
+            ))),
+            CardSpec::Hardware { .. } => Arc::new(Mutex::new(card::Traced::new(
+                hostcard::HostCard::open(reader.as_deref(), &own_vpcd())
+                    .context("--card hardware")?,
+            ))),
+            CardSpec::Passthru { listen } => Arc::new(Mutex::new(card::Traced::new(
+                vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?, &security)?,
+            ))),
+        };
+        let (card_id, slot_id) = (format!("card{i}"), format!("slot{i}"));
+        registry.add_card(&card_id, card)?;
+        let handle = registry.add_slot(&slot_id)?;
+        registry.insert(&card_id, &slot_id)?;
+        let shared: vpcd::SharedCard = Arc::new(Mutex::new(handle));
+        slots.push(shared);
+    }
+    vccid::commands::spawn(registry.clone());
+    // The USB readers: one per slot, or one with every slot (--one-reader).
+    let readers: Vec<Vec<vpcd::SharedCard>> = if args.one_reader {
+        vec![slots.clone()]
+    } else {
+        slots.iter().map(|s| vec![s.clone()]).collect()
     };
     // One capture file: the usbredir reader's when there is one, else the USB/IP reader's.
     let pcap = args.pcap.as_deref().map(|path| vccid::usb::Pcap {
         path,
         secrets: args.pcap_secrets,
     });
+    if pcap.is_some() && readers.len() > 1 {
+        anyhow::bail!(
+            "--pcap records one USB reader: with several cards add --one-reader to put them all \
+             in it"
+        );
+    }
     let (redir_pcap, usbip_pcap) = match usbredir {
         Some(_) => (pcap, None),
         None => (None, pcap),
     };
     if let Some(a) = usbip_addr {
-        vccid::usb::serve_usbip(a, card.clone(), usbip_pcap, security.plaintext)?;
-        println!("{}", vccid::usb::usbip_lines(&a));
+        vccid::usb::serve_usbip(a, readers.clone(), usbip_pcap, security.plaintext)?;
+        println!("{}", vccid::usb::usbip_lines(&a, readers.len()));
     }
     if let Some(role) = &usbredir {
-        vccid::usb::serve(role, card.clone(), redir_pcap)?;
-        if let vccid::usb::Role::Listen(addr, _) = role {
-            println!("{}", vccid::usb::attach_lines(addr, args.tls.as_deref()));
+        for (i, cards) in readers.iter().enumerate() {
+            let role = role.for_reader(i)?;
+            vccid::usb::serve(&role, cards.clone(), if i == 0 { redir_pcap } else { None })?;
+            if let vccid::usb::Role::Listen(addr, _) = &role {
+                println!("{}", vccid::usb::attach_lines(addr, args.tls.as_deref()));
+            }
         }
     }
-    let client = match vpcd_addr {
-        Some(a) => {
-            if !a.ip().is_loopback() {
-                tracing::warn!(vpcd_addr = %a, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
-            }
-            tracing::info!(vpcd_addr = %a, "serving the card to vpcd");
-            // A local pcscd may be socket-activated and asleep: wake it and keep it awake
-            // before the first connection attempt (hostcard::pcscd).
-            let keeper = a
-                .ip()
-                .is_loopback()
-                .then(vccid::ready::wake_pcscd)
-                .flatten();
+    let mut clients = Vec::new();
+    let mut pcscd_keeper = None;
+    if let Some(a) = vpcd_addr {
+        if !a.ip().is_loopback() {
+            tracing::warn!(vpcd_addr = %a, "vpcd is not on loopback: the vpcd link is unauthenticated and unencrypted");
+        }
+        // A local pcscd may be socket-activated and asleep: wake it and keep it awake
+        // before the first connection attempt (hostcard::pcscd).
+        let keeper = a
+            .ip()
+            .is_loopback()
+            .then(vccid::ready::wake_pcscd)
+            .flatten();
+        for (i, card) in slots.iter().enumerate() {
+            // vpcd's slots are consecutive ports: its reader.conf entry's port is slot 0 of
+            // that reader, the next port slot 1, and so on (vsmartcard's vpcd README).
+            let port = u16::try_from(usize::from(a.port()) + i)
+                .context("--vpcd: the slots' ports run past 65535")?;
+            let addr = std::net::SocketAddr::new(a.ip(), port);
+            tracing::info!(vpcd_addr = %addr, slot = i, "serving the card to vpcd");
             if keeper.is_some() {
                 vccid::ready::announce_when_ready(card.clone());
             }
-            let client = vpcd::spawn(card, vpcd::ClientOptions::new(a))
-                .context("cannot start the vpcd client")?;
-            Some((client, keeper))
+            clients.push(
+                vpcd::spawn(card.clone(), vpcd::ClientOptions::new(addr))
+                    .context("cannot start the vpcd client")?,
+            );
         }
-        None => None,
-    };
+        pcscd_keeper = keeper;
+    }
     vccid::wait_for_shutdown()?;
     tracing::info!("shutting down");
-    if let Some((c, _keeper)) = client {
+    for c in clients {
         c.stop();
     }
+    drop(pcscd_keeper);
     Ok(())
 }
 

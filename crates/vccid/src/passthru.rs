@@ -2,10 +2,10 @@
 //! this is QEMU's `ccid-card-passthru` as a card of ours (qemu-ccid.md §1.7, §5.1). One client
 //! at a time, as QEMU's chardev; a closed connection removes the card and the reader.
 
-use crate::stream::{write_frames, Addr, Stream};
 use anyhow::Result;
 use card::{Card, Presence};
-use std::io::Read;
+use link::{Addr, ListenSecurity, Stream};
+use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use vscard::host::{HostEvent, HostSession};
@@ -68,7 +68,7 @@ impl PassthruCard {
     /// Listens at `addr` and serves clients one after another on a thread of its own; with
     /// `tls`, every client completes a TLS handshake first (with a client certificate when
     /// the configuration asks for one).
-    pub fn listen(addr: &Addr, link: &crate::stream::ListenSecurity) -> Result<PassthruCard> {
+    pub fn listen(addr: &Addr, link: &ListenSecurity) -> Result<PassthruCard> {
         let listener = link.bind(addr)?;
         if link.tls.is_none() && !addr.is_local() {
             tracing::warn!(
@@ -91,20 +91,25 @@ impl PassthruCard {
         let server = inner.clone();
         std::thread::Builder::new()
             .name("vscard-server".into())
-            .spawn(move || loop {
-                match listener.accept() {
-                    Ok(stream) => serve(&server, stream),
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
+            .spawn(move || {
+                link::accept::in_turn("passthru", || listener.accept(), |s| serve(&server, s))
             })?;
         Ok(PassthruCard {
             inner,
             transmit_lock: Mutex::new(()),
         })
     }
+}
+
+/// Writes frames, each in one write (also vscclient's).
+pub fn write_frames(stream: &mut impl Write, frames: &[vscard::Frame]) -> std::io::Result<()> {
+    for f in frames {
+        let bytes = f
+            .encode()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        stream.write_all(&bytes)?;
+    }
+    Ok(())
 }
 
 /// Applies the session's events to the card state. Takes the guard and releases it before

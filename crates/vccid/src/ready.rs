@@ -40,7 +40,8 @@ fn watch(card: &SharedCard) {
     let presence = lock().presence();
     let started = Instant::now();
     let mut warned = false;
-    let mut backoff = Duration::from_millis(100);
+    // 100 ms doubling to 5 s.
+    let mut backoff = link::retry::Backoff::default();
     loop {
         let (present, gen) = presence.snapshot();
         if !present {
@@ -72,8 +73,7 @@ fn watch(card: &SharedCard) {
                     );
                     warned = true;
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                std::thread::sleep(backoff.next_delay());
             }
         }
     }

@@ -2,13 +2,16 @@
 //! `--usbip` to any Linux kernel's vhci-hcd (`usbip attach`).
 
 use crate::card_port::{ThreadedPort, WakeSlot};
-use crate::stream::Addr;
 use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
 use ccid::pcap::PcapDevice;
 use ccid::usb::UsbDevice;
+use link::pump::Waker;
+use link::retry::{self, Backoff, Stop};
+use link::{Addr, ListenSecurity, Security, Stream, TlsClient};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,48 +117,80 @@ pub fn attach_lines_for(
 pub enum Role {
     /// Listen; QEMU connects (`-chardev socket,host=...,port=...,reconnect=N`), over TLS
     /// when the security says so (QEMU's `tls-creds` with `endpoint=client`).
-    Listen(Addr, crate::stream::ListenSecurity),
+    Listen(Addr, ListenSecurity),
     /// Connect to QEMU's `-chardev socket,server=on,wait=off`, and again after it restarts;
     /// with TLS settings, as a TLS client (QEMU's `endpoint=server`).
-    Connect(Addr, Option<crate::stream::TlsClient>),
+    Connect(Addr, Option<TlsClient>),
 }
 
-/// While alive, the card's answers and presence changes wake the transport session that holds
-/// the reader, through `wake` (which returns `false` once that session has ended).
+/// How a slot of a reader wakes its session: the card port's wake slot (the card answered)
+/// and the slot's presence (a card inserted or removed).
+#[derive(Clone)]
+struct SlotWake {
+    slot: WakeSlot,
+    presence: Presence,
+}
+
+impl Role {
+    /// The role of USB reader `index` when a process serves several: TCP addresses count up
+    /// from the one given (port + index); a Unix socket serves one reader only.
+    pub fn for_reader(&self, index: usize) -> Result<Role> {
+        let shift = |a: &Addr| -> Result<Addr> {
+            match a {
+                _ if index == 0 => Ok(a.clone()),
+                Addr::Tcp(t) => {
+                    let port = u16::try_from(usize::from(t.port()) + index)
+                        .map_err(|_| anyhow::anyhow!("usbredir reader {index}: port past 65535"))?;
+                    Ok(Addr::Tcp(std::net::SocketAddr::new(t.ip(), port)))
+                }
+                Addr::Unix(p) => anyhow::bail!(
+                    "unix:{} serves one USB reader: with several cards add --one-reader (one \
+                     reader, a slot per card) or give a TCP address (a port per reader)",
+                    p.display()
+                ),
+            }
+        };
+        Ok(match self {
+            Role::Listen(a, sec) => Role::Listen(shift(a)?, sec.clone()),
+            Role::Connect(a, tls) => Role::Connect(shift(a)?, tls.clone()),
+        })
+    }
+}
+
+/// While alive, the cards' answers and presence changes wake the transport session that holds
+/// the reader, through its pump's `waker` (which returns `false` once that session has ended).
 struct SessionWaker {
     done: Arc<AtomicBool>,
-    slot: WakeSlot,
+    slots: Vec<WakeSlot>,
 }
 
 impl SessionWaker {
-    fn start(
-        slot: &WakeSlot,
-        presence: Presence,
-        wake: impl Fn() -> bool + Clone + Send + 'static,
-    ) -> SessionWaker {
+    fn start(slots: &[SlotWake], waker: Waker) -> SessionWaker {
         let done = Arc::new(AtomicBool::new(false));
-        let card_wake = wake.clone();
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
-            card_wake();
-        }));
-        let stop = done.clone();
-        let _ = std::thread::Builder::new()
-            .name("usb-presence".into())
-            .spawn(move || {
-                let (_, mut seen) = presence.snapshot();
-                while !stop.load(Ordering::SeqCst) {
-                    let (_, gen) = presence.wait_change(seen, Duration::from_millis(500));
-                    if gen != seen {
-                        seen = gen;
-                        if !wake() {
-                            break;
+        for SlotWake { slot, presence } in slots {
+            let card_waker = waker.clone();
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
+                card_waker.wake();
+            }));
+            let (stop, waker, presence) = (done.clone(), waker.clone(), presence.clone());
+            let _ = std::thread::Builder::new()
+                .name("usb-presence".into())
+                .spawn(move || {
+                    let (_, mut seen) = presence.snapshot();
+                    while !stop.load(Ordering::SeqCst) {
+                        let (_, gen) = presence.wait_change(seen, Duration::from_millis(500));
+                        if gen != seen {
+                            seen = gen;
+                            if !waker.wake() {
+                                break;
+                            }
                         }
                     }
-                }
-            });
+                });
+        }
         SessionWaker {
             done,
-            slot: slot.clone(),
+            slots: slots.iter().map(|s| s.slot.clone()).collect(),
         }
     }
 }
@@ -163,7 +198,9 @@ impl SessionWaker {
 impl Drop for SessionWaker {
     fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        for slot in &self.slots {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 }
 
@@ -177,18 +214,31 @@ pub struct Pcap<'a> {
     pub secrets: bool,
 }
 
-/// The CCID reader holding `card`, its card on a worker thread; with `pcap`, every USB
+/// The CCID reader with a slot for each of `cards` (one card: a one-slot reader; several: CCID
+/// bMaxSlotIndex = cards - 1), each card on a worker thread of its own; with `pcap`, every USB
 /// transfer is also written there as a usbmon capture.
 fn reader_device(
-    card: Arc<Mutex<dyn Card>>,
+    cards: Vec<Arc<Mutex<dyn Card>>>,
     pcap: Option<Pcap<'_>>,
-) -> Result<(Box<dyn UsbDevice>, WakeSlot, Presence)> {
-    let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
-    // THE reader (the one the tests, fuzz targets and benches drive), its card on a thread of
-    // its own: a slow one never blocks the session.
-    let wake_slot: WakeSlot = Arc::new(Mutex::new(None));
-    let port = ThreadedPort::spawn(card, wake_slot.clone())?;
-    let ccid = Ccid::with_port(Identity::default(), port);
+) -> Result<(Box<dyn UsbDevice>, Vec<SlotWake>)> {
+    // THE reader (the one the tests, fuzz targets and benches drive), each card on a thread of
+    // its own: a slow one never blocks the session or the other slots.
+    let mut ports = Vec::new();
+    let mut wakes = Vec::new();
+    for card in cards {
+        let presence = card.lock().unwrap_or_else(|e| e.into_inner()).presence();
+        let slot: WakeSlot = Arc::new(Mutex::new(None));
+        ports.push(ThreadedPort::spawn(card, slot.clone())?);
+        wakes.push(SlotWake { slot, presence });
+    }
+    if ports.len() > ccid::reader::MAX_SLOTS {
+        anyhow::bail!(
+            "one reader has at most {} slots; {} cards given",
+            ccid::reader::MAX_SLOTS,
+            ports.len()
+        );
+    }
+    let ccid = Ccid::with_ports(Identity::default(), ports);
     let device: Box<dyn UsbDevice> = match pcap {
         Some(Pcap { path, secrets }) => {
             let file = std::fs::File::create(path)
@@ -200,25 +250,28 @@ fn reader_device(
         }
         None => Box::new(ccid),
     };
-    Ok((device, wake_slot, presence))
+    Ok((device, wakes))
 }
 
-/// The bus id under which `--usbip` exports the reader.
-pub const USBIP_BUSID: &str = "1-1";
+/// The bus id under which `--usbip` exports reader `index` (0-based): 1-1, 1-2, ...
+pub fn usbip_busid(index: usize) -> String {
+    format!("1-{}", index + 1)
+}
 
-/// Exports the reader over USB/IP at `addr`, on threads of its own: `usbip list -r HOST`
-/// shows it and `usbip attach -r HOST -b 1-1` imports it; the reader outlives importers.
+/// Exports the readers over USB/IP at `addr` (reader i, holding the cards `readers[i]`, as
+/// bus id 1-(i+1)), on threads of their own: `usbip list -r HOST` shows them and
+/// `usbip attach -r HOST -b 1-1` imports the first; the readers outlive importers.
 /// USB/IP has no TLS (the kernel's vhci-hcd speaks plaintext TCP), so a non-loopback address
-/// needs `security` = [`crate::stream::Security::InsecurePlaintext`], and then every
-/// connection logs a warning.
+/// needs `security` = [`Security::InsecurePlaintext`], and then every
+/// connection logs a warning. With `pcap`, the first reader's transfers are captured.
 pub fn serve_usbip(
     addr: std::net::SocketAddr,
-    card: Arc<Mutex<dyn Card>>,
+    readers: Vec<Vec<Arc<Mutex<dyn Card>>>>,
     pcap: Option<Pcap<'_>>,
-    security: crate::stream::Security,
+    security: Security,
 ) -> Result<()> {
     let exposed = !addr.ip().is_loopback();
-    if exposed && security != crate::stream::Security::InsecurePlaintext {
+    if exposed && security != Security::InsecurePlaintext {
         anyhow::bail!(
             "refusing to export the reader over USB/IP on {addr}, which is not loopback: USB/IP \
              has no authentication. Use a loopback address (and an SSH or VPN tunnel), or \
@@ -227,26 +280,37 @@ pub fn serve_usbip(
     }
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for USB/IP: {e}"))?;
-    let (device, slot, presence) = reader_device(card, pcap)?;
-    let exporter =
-        Arc::new(usbip::server::Exporter::new(USBIP_BUSID, device).warn_plaintext(exposed));
-    tracing::info!(addr = %listener.local_addr()?, busid = USBIP_BUSID, "usbip: exporting the reader");
+    let mut devices = Vec::new();
+    let mut wakes = std::collections::HashMap::new();
+    for (i, cards) in readers.into_iter().enumerate() {
+        let (device, slots) = reader_device(cards, if i == 0 { pcap } else { None })?;
+        devices.push((usbip_busid(i), device));
+        wakes.insert(usbip_busid(i), slots);
+    }
+    let busids: Vec<String> = devices.iter().map(|(b, _)| b.clone()).collect();
+    let exporter = Arc::new(usbip::server::Exporter::with_devices(devices).warn_plaintext(exposed));
+    tracing::info!(addr = %listener.local_addr()?, busids = %busids.join(" "), "usbip: exporting the readers");
     std::thread::Builder::new()
         .name("usbip".into())
         .spawn(move || {
-            exporter.run(listener, move |waker| {
-                SessionWaker::start(&slot, presence.clone(), move || waker.wake())
+            exporter.run(listener, move |busid, waker| {
+                let slots = wakes.get(busid).map(Vec::as_slice).unwrap_or_default();
+                SessionWaker::start(slots, waker)
             })
         })?;
     Ok(())
 }
 
-/// The commands that attach a reader exported over USB/IP at `addr` (a wildcard address is
-/// shown as loopback, with a note: see [`crate::qemu::connect_ip`]).
-pub fn usbip_lines(addr: &std::net::SocketAddr) -> String {
+/// The commands that attach `readers` readers exported over USB/IP at `addr` (a wildcard
+/// address is shown as loopback, with a note: see [`crate::qemu::connect_ip`]).
+pub fn usbip_lines(addr: &std::net::SocketAddr, readers: usize) -> String {
     let (ip, replaced) = crate::qemu::connect_ip(addr.ip());
+    let attach: Vec<String> = (0..readers.max(1))
+        .map(|i| format!("usbip attach -r {ip} -b {}", usbip_busid(i)))
+        .collect();
     let mut lines = format!(
-        "usbip:   modprobe vhci-hcd; usbip list -r {ip} (port {port}); usbip attach -r {ip} -b {USBIP_BUSID}",
+        "usbip:   modprobe vhci-hcd; usbip list -r {ip} (port {port}); {}",
+        attach.join("; "),
         port = addr.port()
     );
     if replaced {
@@ -255,69 +319,95 @@ pub fn usbip_lines(addr: &std::net::SocketAddr) -> String {
     lines
 }
 
-/// Listens at `addr` and serves the reader to one QEMU at a time, on a thread of its own; the
-/// reader (and its card) outlive connections, so QEMU may restart. With `pcap`, every USB
-/// transfer is also written there as a usbmon capture.
-pub fn serve(role: &Role, card: Arc<Mutex<dyn Card>>, pcap: Option<Pcap<'_>>) -> Result<()> {
-    let (addr, listener, client_tls, secure) = match role {
-        Role::Listen(a, sec) => (a.clone(), Some(sec.bind(a)?), None, sec.tls.is_some()),
-        Role::Connect(a, tls) => (a.clone(), None, tls.clone(), tls.is_some()),
+/// The reader that usbredir serves to one QEMU after another.
+struct Redir {
+    device: Box<dyn UsbDevice>,
+    wakes: Vec<SlotWake>,
+}
+
+impl Redir {
+    /// One QEMU connection, to its end; the reader is reset for the next.
+    fn serve(&mut self, stream: Stream) {
+        let peer = stream.peer();
+        tracing::info!(%peer, "usbredir: QEMU connected");
+        let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
+            return;
+        };
+        let mut guard = None;
+        let why = usbredir::server::serve_connection(
+            reader,
+            stream,
+            &mut *self.device,
+            "vccid",
+            |waker| {
+                guard = Some(SessionWaker::start(&self.wakes, waker));
+            },
+        );
+        drop(guard);
+        closer.shutdown();
+        self.device.reset();
+        tracing::info!(%peer, "usbredir: QEMU gone: {why}");
+    }
+}
+
+/// Listens at `addr` and serves a reader with a slot for each of `cards` to one QEMU at a time,
+/// on a thread of its own; the reader (and its cards) outlive connections, so QEMU may
+/// restart. With `pcap`, every USB transfer is also written there as a usbmon capture.
+pub fn serve(role: &Role, cards: Vec<Arc<Mutex<dyn Card>>>, pcap: Option<Pcap<'_>>) -> Result<()> {
+    /// The role with its listener bound.
+    enum Way {
+        Listen(link::Listener),
+        Connect(Addr, Option<TlsClient>),
+    }
+    let (addr, secure, way) = match role {
+        Role::Listen(a, sec) => (a, sec.tls.is_some(), Way::Listen(sec.bind(a)?)),
+        Role::Connect(a, tls) => (a, tls.is_some(), Way::Connect(a.clone(), tls.clone())),
     };
     if !secure && !addr.is_local() {
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
-    let (mut device, wake_slot, presence) = reader_device(card, pcap)?;
-    match &listener {
-        Some(l) => tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU"),
-        None => tracing::info!(%addr, "usbredir: connecting to QEMU"),
-    }
-    let mut last_error = String::new();
-    std::thread::Builder::new()
-        .name("usbredir".into())
-        .spawn(move || loop {
-            let got = match &listener {
-                Some(l) => l.accept().map_err(|e| e.to_string()),
-                None => crate::stream::Stream::connect_with(&addr, client_tls.as_ref()),
-            };
-            let stream = match got {
-                Ok(s) => s,
-                Err(e) => {
-                    // Listening: a failed accept; connecting: QEMU not (yet, or again) there,
-                    // or a refused handshake, said once until something changes.
-                    if (listener.is_some() || e.contains("TLS")) && e != last_error {
-                        tracing::warn!("usbredir: {e}");
-                    }
-                    last_error = e;
-                    let pause = if listener.is_some() { 100 } else { 500 };
-                    std::thread::sleep(Duration::from_millis(pause));
-                    continue;
+    let (device, wakes) = reader_device(cards, pcap)?;
+    let mut redir = Redir { device, wakes };
+    let thread = std::thread::Builder::new().name("usbredir".into());
+    match way {
+        Way::Listen(l) => {
+            tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU");
+            thread.spawn(move || {
+                link::accept::in_turn("usbredir", || l.accept(), |s| redir.serve(s))
+            })?;
+        }
+        Way::Connect(addr, tls) => {
+            tracing::info!(%addr, "usbredir: connecting to QEMU");
+            thread.spawn(move || {
+                // QEMU restarts at any time: the first retry is soon, the longest wait 500 ms.
+                let mut backoff =
+                    Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+                // Never stopped: the thread lives as long as the program.
+                let stop = Stop::new();
+                loop {
+                    let got = retry::connect(
+                        &mut backoff,
+                        &stop,
+                        || Stream::connect_with(&addr, tls.as_ref()),
+                        |e, fresh| {
+                            // QEMU not (yet, or again) there is expected and said by the
+                            // "connecting" line; a refused handshake is said once until
+                            // something changes.
+                            if fresh && matches!(e, link::Error::Handshake { .. }) {
+                                tracing::warn!("usbredir: {e}");
+                            }
+                            ControlFlow::Continue(())
+                        },
+                    );
+                    let Ok(stream) = got else {
+                        return;
+                    };
+                    backoff.reset();
+                    redir.serve(stream);
                 }
-            };
-            last_error.clear();
-            let peer = stream.peer();
-            tracing::info!(%peer, "usbredir: QEMU connected");
-            let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
-                continue;
-            };
-            let mut guard = None;
-            let why = usbredir::server::serve_connection(
-                reader,
-                stream,
-                &mut *device,
-                "vccid",
-                |waker| {
-                    guard = Some(SessionWaker::start(
-                        &wake_slot,
-                        presence.clone(),
-                        move || waker.wake(),
-                    ));
-                },
-            );
-            drop(guard);
-            closer.shutdown();
-            device.reset();
-            tracing::info!(%peer, "usbredir: QEMU gone: {why}");
-        })?;
+            })?;
+        }
+    }
     Ok(())
 }
 
@@ -396,10 +486,15 @@ mod tests {
             assert!(!l.contains("0.0.0.0,") && !l.contains("host=::,"), "{l}");
             assert!(l.contains("other machines use this host's address"), "{l}");
         }
-        let u = usbip_lines(&"0.0.0.0:3240".parse().unwrap());
+        let u = usbip_lines(&"0.0.0.0:3240".parse().unwrap(), 1);
         assert!(u.contains("usbip attach -r 127.0.0.1 -b 1-1"), "{u}");
         assert!(u.contains("other machines use this host's address"), "{u}");
-        let u = usbip_lines(&"127.0.0.1:3240".parse().unwrap());
+        let u = usbip_lines(&"127.0.0.1:3240".parse().unwrap(), 1);
         assert!(!u.contains("other machines"), "{u}");
+        let u = usbip_lines(&"127.0.0.1:3240".parse().unwrap(), 2);
+        assert!(
+            u.ends_with("usbip attach -r 127.0.0.1 -b 1-1; usbip attach -r 127.0.0.1 -b 1-2"),
+            "{u}"
+        );
     }
 }

@@ -7,6 +7,12 @@ use std::process::Command;
 
 /// Every workspace crate's transitive normal dependencies, by name.
 fn closures() -> BTreeMap<String, BTreeSet<String>> {
+    closures_skipping(None)
+}
+
+/// The same, not looking through the crate named `skip`: what a crate pulls in other than by
+/// way of it.
+fn closures_skipping(skip: Option<&str>) -> BTreeMap<String, BTreeSet<String>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let platform = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let o = Command::new(env!("CARGO"))
@@ -42,7 +48,7 @@ fn closures() -> BTreeMap<String, BTreeSet<String>> {
         while let Some(x) = todo.pop() {
             for d in nodes[x]["deps"].as_array().unwrap() {
                 let pkg = d["pkg"].as_str().unwrap();
-                if normal(d) && seen.insert(pkg) {
+                if normal(d) && Some(name[pkg]) != skip && seen.insert(pkg) {
                     todo.push(pkg);
                 }
             }
@@ -80,8 +86,11 @@ const IO_CRYPTO_SERDE: &[&str] = &[
     "serde",
     "serde_json",
 ];
-/// What belongs to the emulated card: applets, key stores, PKCS#11, AWS-LC.
-const CARD_INSIDES: &[&str] = &["card", "cryptoki", "aws-lc-rs", "aws-lc-sys", "rcgen"];
+/// What belongs to the emulated card and the programs: applets, key stores, PKCS#11,
+/// certificate generation and parsing.
+const CARD_INSIDES: &[&str] = &["card", "cryptoki", "rcgen", "x509-cert"];
+/// AWS-LC: the card's crypto, and rustls's provider in `link`.
+const AWS_LC: &[&str] = &["aws-lc-rs", "aws-lc-sys"];
 const TRANSPORTS: &[&str] = &["ccid", "usbredir", "usbip", "vpcd", "vscard", "hostcard"];
 const PROGRAM_ONLY: &[&str] = &["anyhow", "clap", "tracing-subscriber"];
 
@@ -96,13 +105,34 @@ fn the_layers_hold() {
             "codecs and the reader model are sans-IO",
         );
     }
-    for k in ["ccid", "usbredir", "usbip", "vpcd", "hostcard"] {
+    for k in ["ccid", "usbredir", "usbip", "vpcd", "hostcard", "link"] {
         forbid(
             &c,
             k,
             CARD_INSIDES,
-            "transports see the Card trait (card-api), never an applet or a key store",
+            "transports and their links see the Card trait (card-api), never an applet, a key \
+             store or a certificate generator",
         );
+    }
+    // The transports' TLS is link's (rustls on AWS-LC): AWS-LC only by way of link.
+    let without_link = closures_skipping(Some("link"));
+    for k in ["ccid", "usbredir", "usbip", "vpcd", "hostcard"] {
+        forbid(
+            &without_link,
+            k,
+            AWS_LC,
+            "a transport's crypto is link's TLS, never its own",
+        );
+    }
+    // link sits under the transports: streams, TLS and loops, nothing about cards or readers.
+    for (banned, why) in [
+        (TRANSPORTS, "transports use link, not the reverse"),
+        (
+            &["card", "card-api", "slot", "apdu"][..],
+            "link carries bytes; cards and slots are above it",
+        ),
+    ] {
+        forbid(&c, "link", banned, why);
     }
     forbid(&c, "card", TRANSPORTS, "the card sees APDUs only");
     // Slots sit between the cards and the transports: they see the Card trait only, and bring
@@ -129,7 +159,18 @@ fn the_layers_hold() {
 fn the_check_sees_what_the_programs_pull_in() {
     let c = closures();
     let vccid = &c["vccid"];
-    for k in ["card", "tokio", "aws-lc-rs", "clap", "anyhow", "ccid"] {
+    for k in [
+        "card",
+        "tokio",
+        "aws-lc-rs",
+        "clap",
+        "anyhow",
+        "ccid",
+        "link",
+    ] {
         assert!(vccid.contains(k), "vccid should depend on {k}: {vccid:?}");
     }
+    // And the transports do reach AWS-LC, through link only.
+    assert!(c["usbredir"].contains("aws-lc-rs"), "{:?}", c["usbredir"]);
+    assert!(!closures_skipping(Some("link"))["usbredir"].contains("aws-lc-rs"));
 }

@@ -737,3 +737,172 @@ fn qemu_usb_redir_over_tls_and_a_wrong_ca_never_attaching() {
     assert!(vlog.contains("TLS handshake refused"), "{vlog}");
     assert!(!vlog.contains("panicked"), "{vlog}");
 }
+
+/// Two cards of the files backend (cert1 and cert2 of testkit's identities) for one vccid, and
+/// their certificates.
+fn two_cards(dir: &Path) -> ([String; 2], [PathBuf; 2]) {
+    testkit::openssl_identities(dir).unwrap();
+    let d = dir.display();
+    let card = |n: usize| {
+        format!("emulated,backend=files,cert1={d}/cert{n}.crt.pem,key1={d}/cert{n}.key.pem")
+    };
+    (
+        [card(1), card(2)],
+        [dir.join("cert1.crt.pem"), dir.join("cert2.crt.pem")],
+    )
+}
+
+/// A port whose successor is free too (two readers listen on consecutive ports).
+fn two_free_ports() -> u16 {
+    for _ in 0..50 {
+        let p = free_port().unwrap();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+/// The guest (e2e.readers=2) listed two readers with a card each and signed with each; with
+/// `in_order`, reader r holds certificate r, else each certificate signed in one reader.
+fn assert_two_readers_signed(g: &Guest, certs: &[PathBuf; 2], in_order: bool) {
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(r("readers_with_card").starts_with("2 "), "{}", g.serial);
+    assert_ne!(r("reader_0"), r("reader_1"), "{}", g.serial);
+    let mut signed_by = Vec::new();
+    for i in 0..2 {
+        assert_eq!(r(&format!("sign_{i}")), "1", "{}", g.serial);
+        let dir = tempfile::tempdir().unwrap();
+        let (data, sig) = (dir.path().join("data"), dir.path().join("sig"));
+        std::fs::write(&data, &g.blobs[&format!("data_{i}")]).unwrap();
+        std::fs::write(&sig, &g.blobs[&format!("sig_{i}")]).unwrap();
+        let which: Vec<usize> = (0..2)
+            .filter(|c| testkit::verify_sha256(&certs[*c], &data, &sig).is_ok())
+            .collect();
+        assert_eq!(
+            which.len(),
+            1,
+            "reader {i}'s signature: {which:?}\n{}",
+            g.serial
+        );
+        signed_by.push(which[0]);
+    }
+    if in_order {
+        assert_eq!(signed_by, [0, 1], "{}", g.serial);
+    } else {
+        signed_by.sort();
+        assert_eq!(signed_by, [0, 1], "one card per reader\n{}", g.serial);
+    }
+}
+
+/// Two cards in one vccid, two usbredir readers (ports P and P+1) in one guest (issue #14).
+#[test]
+fn two_usbredir_readers_in_one_guest_each_card_signs() {
+    let data = tempfile::tempdir().unwrap();
+    let (cards, certs) = two_cards(data.path());
+    let port = two_free_ports();
+    let mut v = Command::new(VCCID)
+        .args(["--usbredir", &format!("127.0.0.1:{port}")])
+        .args(["--card", &cards[0], "--card", &cards[1]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut devices = vec!["-device".to_string(), "qemu-xhci,id=hc".into()];
+    for (i, p) in [port, port + 1].iter().enumerate() {
+        devices.extend([
+            "-chardev".into(),
+            format!("socket,id=cc{i},host=127.0.0.1,port={p},reconnect=1,nodelay=on"),
+            "-device".into(),
+            format!("usb-redir,chardev=cc{i},bus=hc.0"),
+        ]);
+    }
+    let g = boot_with(&devices, "e2e.readers=2", |_| {});
+    testkit::kill(&mut v, "vccid").unwrap();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(
+        r("readers_with_card").ends_with("usb_readers=2"),
+        "{}",
+        g.serial
+    );
+    assert_two_readers_signed(&g, &certs, false);
+}
+
+/// One USB reader with two slots (CCID bMaxSlotIndex 1, `--one-reader`) that the guest's
+/// libccid drives: pcscd names the slots "… 00 00" and "… 00 01" of the one reader.
+#[test]
+fn one_usb_reader_with_two_slots_in_the_guest() {
+    let data = tempfile::tempdir().unwrap();
+    let (cards, certs) = two_cards(data.path());
+    let port = free_port().unwrap();
+    let mut v = Command::new(VCCID)
+        .args(["--usbredir", &format!("127.0.0.1:{port}"), "--one-reader"])
+        .args(["--card", &cards[0], "--card", &cards[1]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = boot_with(&usbredir_devices(port, "xhci"), "e2e.readers=2", |_| {});
+    testkit::kill(&mut v, "vccid").unwrap();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(
+        r("readers_with_card").ends_with("usb_readers=1"),
+        "{}",
+        g.serial
+    );
+    let (a, b) = (r("reader_0"), r("reader_1"));
+    assert!(
+        a.ends_with(" 00 00\"") && b.ends_with(" 00 01\"") && a[..a.len() - 4] == b[..b.len() - 4],
+        "two slots of one reader: {a} / {b}\n{}",
+        g.serial
+    );
+    // Slot 0 holds card0 (cert1), slot 1 card1 (cert2).
+    assert_two_readers_signed(&g, &certs, true);
+}
+
+/// `--usbip` with two cards exports bus ids 1-1 and 1-2; the guest's kernel attaches both
+/// (over QEMU's user-mode network: two importers at once) and each card signs.
+#[test]
+fn usbip_exports_two_bus_ids_the_guest_attaches() {
+    let data = tempfile::tempdir().unwrap();
+    let (cards, certs) = two_cards(data.path());
+    let port = free_port().unwrap();
+    let mut v = Command::new(VCCID)
+        .args(["--usbip", &format!("127.0.0.1:{port}")])
+        .args(["--card", &cards[0], "--card", &cards[1]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    testkit::wait_for("vccid --usbip", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
+    let devices = [
+        "-netdev".to_string(),
+        "user,id=n0".into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ];
+    let g = boot_with(
+        &devices,
+        &format!(
+            "e2e.usbip=3 e2e.usbipserver=10.0.2.2 e2e.usbipport={port} e2e.busids=1-1,1-2 \
+             e2e.readers=2"
+        ),
+        |_| {},
+    );
+    testkit::kill(&mut v, "vccid").unwrap();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(r("usbip_attach").starts_with("2 "), "{}", g.serial);
+    assert!(
+        r("readers_with_card").ends_with("usb_readers=2"),
+        "{}",
+        g.serial
+    );
+    // Bus id 1-1 is card0's reader, 1-2 card1's; the guest may number them either way.
+    assert_two_readers_signed(&g, &certs, false);
+}

@@ -294,13 +294,14 @@ fn tls_bad_input_closes_only_that_connection() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let addr = vccid::stream::Addr::parse(&format!("127.0.0.1:{port}")).unwrap();
-    let opts = vccid::tls::TlsOptions {
+    let addr = link::Addr::parse(&format!("127.0.0.1:{port}")).unwrap();
+    let opts = link::tls::TlsOptions {
         dir: creds.clone(),
         verify_peer: true,
         server_name: None,
+        on_certificate: None,
     };
-    let client = vccid::stream::TlsClient::new(&opts, &addr).unwrap();
+    let client = link::TlsClient::new(&opts, &addr).unwrap();
     wait_for("the TLS listener", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
@@ -355,7 +356,7 @@ fn tls_bad_input_closes_only_that_connection() {
     assert!(s_out.contains("RENEGOTIATING"), "{s_out}");
     assert!(s_out.contains("no renegotiation"), "{s_out}");
     // After all that, a good client gets the usbredir hello (type 0) over TLS.
-    let mut ok = vccid::stream::Stream::connect_with(&addr, Some(&client)).unwrap();
+    let mut ok = link::Stream::connect_with(&addr, Some(&client)).unwrap();
     let mut hello = [0u8; 16];
     ok.read_exact(&mut hello).unwrap();
     assert_eq!(&hello[..4], &[0, 0, 0, 0], "a usbredir hello");

@@ -6,12 +6,14 @@
 //! flight per connection (transports.md §3.2), so there is nothing to multiplex, and on this
 //! project's VM a blocking read answered 50–150 µs sooner per APDU than a tokio wake-up, which
 //! is most of a `pkcs15-tool -D`'s difference against libcacard's C loop (scripts/bench.sh).
+//! Reconnecting is `link::retry`'s loop and back-off, as every client's.
 
 use crate::codec::{encode, Decoder, Request};
 use card_api::{Card, Presence};
+use link::retry::{self, Backoff, NotConnected, Stop};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,7 +51,7 @@ fn lock(card: &SharedCard) -> std::sync::MutexGuard<'_, dyn Card + 'static> {
 
 /// State shared by the client's threads and its handle.
 struct Shared {
-    stop: AtomicBool,
+    stop: Stop,
     /// The live connection, so that removal or stop can shut it down from another thread.
     current: Mutex<Option<TcpStream>>,
 }
@@ -80,7 +82,7 @@ impl Client {
     }
 
     fn halt(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.stop();
         self.shared.cut();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -99,7 +101,7 @@ impl Drop for Client {
 pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
     let presence = lock(&card).presence();
     let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
+        stop: Stop::new(),
         current: Mutex::new(None),
     });
     let watcher = {
@@ -128,7 +130,7 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
 /// taken first: a command in flight (which holds it until its answer is written) is answered
 /// before the connection closes.
 fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard, mut seen: u64) {
-    while !shared.stop.load(Ordering::SeqCst) {
+    while !shared.stop.is_stopped() {
         let (present, gen) = presence.wait_change(seen, Duration::from_millis(200));
         if gen != seen && !present {
             let _in_flight = lock(card);
@@ -138,60 +140,66 @@ fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard, mut se
     }
 }
 
-fn sleep_unless_stopped(shared: &Shared, total: Duration) {
-    let step = Duration::from_millis(20);
-    let mut left = total;
-    while !left.is_zero() && !shared.stop.load(Ordering::SeqCst) {
-        let d = left.min(step);
-        std::thread::sleep(d);
-        left -= d;
+/// Blocks until the card is present; `false` when stopped first. (The stop is seen within
+/// the 200 ms of one wait: a `Presence` and a `Stop` cannot be waited on together.)
+fn wait_present(presence: &Presence, stop: &Stop) -> bool {
+    loop {
+        if stop.is_stopped() {
+            return false;
+        }
+        let (present, gen) = presence.snapshot();
+        if present {
+            return true;
+        }
+        presence.wait_change(gen, Duration::from_millis(200));
     }
 }
 
 fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Presence) {
-    let mut backoff = opts.min_backoff;
-    let mut announced = false;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let (present, gen) = presence.snapshot();
-        if !present {
-            presence.wait_change(gen, Duration::from_millis(200));
+    let mut backoff = Backoff::new(opts.min_backoff, opts.max_backoff);
+    loop {
+        // A connection means "card inserted" to vpcd: only with the card present.
+        let attempt = || {
+            if !wait_present(presence, &shared.stop) {
+                return Err(std::io::Error::other("stopped"));
+            }
+            TcpStream::connect_timeout(&opts.addr, Duration::from_secs(2))
+        };
+        let failed = |e: &std::io::Error, fresh: bool| {
+            if fresh {
+                tracing::warn!(
+                    addr = %opts.addr,
+                    "cannot reach vpcd: {e}; is pcscd running with vsmartcard-vpcd? retrying"
+                );
+            }
+            ControlFlow::Continue(())
+        };
+        let stream = match retry::connect(&mut backoff, &shared.stop, attempt, failed) {
+            Ok(s) => s,
+            Err(NotConnected::Stopped | NotConnected::GaveUp(_)) => return,
+        };
+        backoff.reset();
+        tracing::info!(addr = %opts.addr, "connected to vpcd");
+        if let Ok(clone) = stream.try_clone() {
+            *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+        }
+        // Removal may have happened between the presence check and storing the clone.
+        if !presence.is_present() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let why = session(stream, card);
+        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if shared.stop.is_stopped() {
+            return;
+        }
+        if !presence.is_present() {
+            tracing::info!("card removed; disconnected from vpcd until it is inserted");
             continue;
         }
-        match TcpStream::connect_timeout(&opts.addr, Duration::from_secs(2)) {
-            Ok(stream) => {
-                backoff = opts.min_backoff;
-                announced = false;
-                tracing::info!(addr = %opts.addr, "connected to vpcd");
-                if let Ok(clone) = stream.try_clone() {
-                    *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
-                }
-                // Removal may have happened between the presence check and storing the clone.
-                if !presence.is_present() {
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
-                let why = session(stream, card);
-                *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                if shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if !presence.is_present() {
-                    tracing::info!("card removed; disconnected from vpcd until it is inserted");
-                    continue;
-                }
-                tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}");
-            }
-            Err(e) => {
-                if !announced {
-                    tracing::warn!(
-                        addr = %opts.addr,
-                        "cannot reach vpcd: {e}; is pcscd running with vsmartcard-vpcd? retrying"
-                    );
-                    announced = true;
-                }
-            }
+        tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}");
+        if !backoff.wait(&shared.stop) {
+            return;
         }
-        sleep_unless_stopped(shared, backoff);
-        backoff = (backoff * 2).min(opts.max_backoff);
     }
 }
 

@@ -9,13 +9,15 @@
 use anyhow::{bail, Result};
 use card::Card;
 use clap::Parser;
+use link::retry::{self, Backoff, NotConnected, Stop};
+use link::{Addr, Stream};
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vccid::passthru::write_frames;
 use vccid::spec::{self, Backend, CardSpec, EmulatedSpec};
-use vccid::stream::{write_frames, Addr, Stream};
 use vscard::client::{ClientEvent, ClientSession};
 use zeroize::Zeroizing;
 
@@ -96,7 +98,7 @@ fn secret_arg(s: &str) -> Result<Zeroizing<String>, std::convert::Infallible> {
 struct Shared {
     session: Mutex<(ClientSession, Option<Stream>)>,
     card: Mutex<Box<dyn Card>>,
-    quit: AtomicBool,
+    quit: Stop,
 }
 
 impl Shared {
@@ -254,7 +256,7 @@ fn stdin_commands(shared: Arc<Shared>) {
 
 /// CardRemove and ReaderRemove, written before the process leaves.
 fn goodbye(shared: &Shared) {
-    shared.quit.store(true, Ordering::SeqCst);
+    shared.quit.stop();
     let mut g = shared.session.lock().unwrap_or_else(|e| e.into_inner());
     let frames = g.0.goodbye();
     if let Some(w) = g.1.as_mut() {
@@ -397,7 +399,7 @@ fn run(args: Args) -> Result<()> {
             None,
         )),
         card: Mutex::new(card),
-        quit: AtomicBool::new(false),
+        quit: Stop::new(),
     });
     stdin_commands(shared.clone());
     follow_presence(shared.clone(), presence);
@@ -413,14 +415,15 @@ fn run(args: Args) -> Result<()> {
             })?;
     }
     let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let mut announced = false;
+    // 100 ms doubling to 5 s, started over once a host has answered.
+    let mut backoff = Backoff::default();
     let tls = match &args.tls {
-        Some(dir) => Some(vccid::stream::TlsClient::new(
-            &vccid::tls::TlsOptions {
+        Some(dir) => Some(link::TlsClient::new(
+            &link::tls::TlsOptions {
                 dir: dir.clone(),
                 verify_peer: true,
                 server_name: args.tls_hostname.clone(),
+                on_certificate: Some(vccid::expiry::warn),
             },
             &addr,
         )?),
@@ -431,48 +434,47 @@ fn run(args: Args) -> Result<()> {
             None
         }
     };
-    while !shared.quit.load(Ordering::SeqCst) {
-        match Stream::connect_with(&addr, tls.as_ref()) {
-            Ok(stream) => {
-                tracing::info!(%addr, tls = tls.is_some(), "connected to the VSCard host");
-                let ended = connection(&shared, stream);
-                shared.session.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
-                if shared.quit.load(Ordering::SeqCst) {
-                    break;
-                }
-                match ended {
-                    Ended::Refused(why) => bail!("{addr}: {why}"),
-                    Ended::Lost(why, answered) => {
-                        if answered {
-                            backoff = Duration::from_millis(100);
-                            announced = false;
-                        }
-                        tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting")
-                    }
+    loop {
+        let failed = |e: &link::Error, fresh: bool| {
+            // A certificate the other side or we refuse: trying again cannot help.
+            if e.is_refusal() {
+                return ControlFlow::Break(());
+            }
+            if let Some(t) = args.connect_timeout {
+                if started.elapsed() > Duration::from_secs(t) {
+                    return ControlFlow::Break(());
                 }
             }
-            Err(e)
-                if e.starts_with("TLS handshake")
-                    && !e.contains("closed")
-                    && !e.contains("no handshake") =>
-            {
-                // A certificate the other side or we refuse: trying again cannot help.
-                bail!("{e}");
+            if fresh {
+                tracing::warn!(%addr, "cannot connect: {e}; retrying");
             }
-            Err(e) => {
-                if let Some(t) = args.connect_timeout {
-                    if started.elapsed() > Duration::from_secs(t) {
-                        bail!("cannot connect to {addr}: {e}");
-                    }
+            ControlFlow::Continue(())
+        };
+        let connect = || Stream::connect_with(&addr, tls.as_ref());
+        let stream = match retry::connect(&mut backoff, &shared.quit, connect, failed) {
+            Ok(s) => s,
+            Err(NotConnected::Stopped) => break,
+            Err(NotConnected::GaveUp(e)) if e.is_refusal() => bail!("{e}"),
+            Err(NotConnected::GaveUp(e)) => bail!("cannot connect to {addr}: {e}"),
+        };
+        tracing::info!(%addr, tls = tls.is_some(), "connected to the VSCard host");
+        let ended = connection(&shared, stream);
+        shared.session.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+        if shared.quit.is_stopped() {
+            break;
+        }
+        match ended {
+            Ended::Refused(why) => bail!("{addr}: {why}"),
+            Ended::Lost(why, answered) => {
+                if answered {
+                    backoff.reset();
                 }
-                if !announced {
-                    tracing::warn!(%addr, "cannot connect: {e}; retrying");
-                    announced = true;
-                }
+                tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting")
             }
         }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if !backoff.wait(&shared.quit) {
+            break;
+        }
     }
     Ok(())
 }

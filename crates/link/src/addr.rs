@@ -2,7 +2,7 @@
 //! both [`crate::stream`] (which connects and listens) and [`crate::tls`] (which derives the
 //! server name to verify from one) use it without depending on each other.
 
-use anyhow::{anyhow, Context, Result};
+use crate::Error;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -17,15 +17,18 @@ pub enum Addr {
 
 impl Addr {
     /// `unix:PATH` or `HOST:PORT`.
-    pub fn parse(s: &str) -> Result<Addr> {
+    pub fn parse(s: &str) -> Result<Addr, Error> {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(Addr::Unix(PathBuf::from(p)));
         }
         let a = s
             .to_socket_addrs()
-            .with_context(|| format!("bad address {s:?} (expected HOST:PORT or unix:PATH)"))?
+            .map_err(|cause| Error::BadAddress {
+                text: s.to_string(),
+                cause,
+            })?
             .next()
-            .ok_or_else(|| anyhow!("address {s:?} resolves to nothing"))?;
+            .ok_or_else(|| Error::Unresolved(s.to_string()))?;
         Ok(Addr::Tcp(a))
     }
 
@@ -44,5 +47,27 @@ impl std::fmt::Display for Addr {
             Addr::Tcp(a) => write!(f, "{a}"),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcp_and_unix_and_says_what_is_wrong() {
+        assert_eq!(
+            Addr::parse("unix:/run/x.sock").unwrap(),
+            Addr::Unix("/run/x.sock".into())
+        );
+        let a = Addr::parse("127.0.0.1:4000").unwrap();
+        assert!(a.is_local());
+        assert_eq!(a.to_string(), "127.0.0.1:4000");
+        assert!(!Addr::parse("192.0.2.1:1").unwrap().is_local());
+        let e = Addr::parse("no-port").unwrap_err().to_string();
+        assert!(
+            e.starts_with("bad address \"no-port\" (expected HOST:PORT or unix:PATH): "),
+            "{e}"
+        );
     }
 }

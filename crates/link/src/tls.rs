@@ -11,16 +11,15 @@
 //! ([`Transport`]), so this module does not depend on the `stream` module: that one implements
 //! `Transport` for its TCP and Unix streams and wraps a `TlsStream` in its `Stream`.
 
-use anyhow::{anyhow, bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::addr::Addr;
+use crate::Error;
 
 /// QEMU's file names in a `tls-creds-x509` directory.
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -51,72 +50,86 @@ pub struct TlsOptions {
     /// The name a client checks in the server's certificate (default: the host it connects
     /// to, as QEMU does; `localhost` for Unix sockets).
     pub server_name: Option<String>,
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let v: Vec<_> = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("bad PEM in {}", path.display()))?;
-    if v.is_empty() {
-        bail!("no certificate in {}", path.display());
-    }
-    crate::expiry::warn(&path.display().to_string(), &v[0]);
-    Ok(v)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("no private key in {}", path.display()))
-}
-
-fn roots(dir: &Path) -> Result<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&dir.join(CA_CERT))? {
-        roots
-            .add(c)
-            .with_context(|| format!("bad CA certificate in {}", dir.join(CA_CERT).display()))?;
-    }
-    Ok(roots)
+    /// Called with each certificate file's path and its first certificate (DER) as it is
+    /// loaded: the program warns there of certificates that have expired or soon will, which
+    /// takes an X.509 parser this crate does without.
+    pub on_certificate: Option<fn(&str, &[u8])>,
 }
 
 impl TlsOptions {
+    fn certs(&self, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+        let v: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|cause| Error::ReadPem {
+                path: path.to_path_buf(),
+                cause,
+            })?
+            .collect::<Result<_, _>>()
+            .map_err(|cause| Error::BadPem {
+                path: path.to_path_buf(),
+                cause,
+            })?;
+        let Some(first) = v.first() else {
+            return Err(Error::NoCertificate(path.to_path_buf()));
+        };
+        if let Some(check) = self.on_certificate {
+            check(&path.display().to_string(), first);
+        }
+        Ok(v)
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, Error> {
+        let path = self.dir.join(CA_CERT);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in self.certs(&path)? {
+            roots.add(c).map_err(|cause| Error::BadCa {
+                path: path.clone(),
+                cause,
+            })?;
+        }
+        Ok(roots)
+    }
+
     /// The server side: `server-cert.pem` + `server-key.pem`, clients verified against
     /// `ca-cert.pem` when `verify_peer`.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| anyhow!("TLS: {e}"))?;
+            .map_err(Error::Tls)?;
         let builder = if self.verify_peer {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(&self.dir)?))
-                    .build()
-                    .map_err(|e| anyhow!("client verification: {e}"))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(self.roots()?))
+                .build()
+                .map_err(Error::ClientVerifier)?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
+        let (cert, key_file) = (self.dir.join(SERVER_CERT), self.dir.join(SERVER_KEY));
         let cfg = builder
-            .with_single_cert(
-                certs(&self.dir.join(SERVER_CERT))?,
-                key(&self.dir.join(SERVER_KEY))?,
-            )
-            .with_context(|| format!("{} does not match {}", SERVER_KEY, SERVER_CERT))?;
+            .with_single_cert(self.certs(&cert)?, key(&key_file)?)
+            .map_err(|cause| Error::KeyMismatch {
+                key: key_file,
+                cert,
+                cause,
+            })?;
         Ok(Arc::new(cfg))
     }
 
     /// The client side: the server verified against `ca-cert.pem`; `client-cert.pem` +
     /// `client-key.pem` presented when present (QEMU's `verify-peer=on` servers need them).
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| anyhow!("TLS: {e}"))?
-            .with_root_certificates(roots(&self.dir)?);
-        let cert = self.dir.join(CLIENT_CERT);
+            .map_err(Error::Tls)?
+            .with_root_certificates(self.roots()?);
+        let (cert, key_file) = (self.dir.join(CLIENT_CERT), self.dir.join(CLIENT_KEY));
         let cfg = if cert.exists() {
             builder
-                .with_client_auth_cert(certs(&cert)?, key(&self.dir.join(CLIENT_KEY))?)
-                .with_context(|| format!("{} does not match {}", CLIENT_KEY, CLIENT_CERT))?
+                .with_client_auth_cert(self.certs(&cert)?, key(&key_file)?)
+                .map_err(|cause| Error::KeyMismatch {
+                    key: key_file,
+                    cert,
+                    cause,
+                })?
         } else {
             builder.with_no_client_auth()
         };
@@ -124,14 +137,21 @@ impl TlsOptions {
     }
 
     /// The name to verify for a connection to `addr`.
-    pub fn server_name_for(&self, addr: &Addr) -> Result<ServerName<'static>> {
+    pub fn server_name_for(&self, addr: &Addr) -> Result<ServerName<'static>, Error> {
         let name = match (&self.server_name, addr) {
             (Some(n), _) => n.clone(),
             (None, Addr::Tcp(a)) => a.ip().to_string(),
             (None, Addr::Unix(_)) => "localhost".into(),
         };
-        ServerName::try_from(name.clone()).map_err(|_| anyhow!("bad TLS server name {name:?}"))
+        ServerName::try_from(name.clone()).map_err(|_| Error::ServerName(name))
     }
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|cause| Error::NoKey {
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 /// rustls with AWS-LC, key exchange by X25519 then P-256 (GnuTLS, so QEMU, has both).
@@ -409,200 +429,5 @@ impl<S: Transport> Write for TlsStream<S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Generates a `tls-creds-x509` directory: a CA, a server certificate for `names` and `ips`,
-/// a client certificate; ECDSA P-256 keys at mode 0600. Refuses to overwrite unless `force`.
-pub fn init(dir: &Path, names: &[String], ips: &[IpAddr], days: u32, force: bool) -> Result<()> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let files = [
-        CA_CERT,
-        CA_KEY,
-        SERVER_CERT,
-        SERVER_KEY,
-        CLIENT_CERT,
-        CLIENT_KEY,
-    ];
-    if !force {
-        if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
-            bail!(
-                "{} exists; remove it or pass --force to replace the whole set",
-                dir.join(f).display()
-            );
-        }
-    }
-    let now = time::OffsetDateTime::now_utc();
-    // An hour back: QEMU refuses certificates whose activation time is in the future, and
-    // clocks differ a little.
-    let not_before = now - time::Duration::hours(1);
-    let not_after = now + time::Duration::days(i64::from(days));
-    let base = |cn: &str| -> Result<CertificateParams> {
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::OrganizationName, "vccid");
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.not_before = not_before;
-        p.not_after = not_after;
-        let mut serial = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut serial).map_err(|_| anyhow!("no random numbers"))?;
-        serial[0] &= 0x7F;
-        p.serial_number = Some(rcgen::SerialNumber::from(serial.to_vec()));
-        Ok(p)
-    };
-    let ca_key = KeyPair::generate()?;
-    let mut ca = base("vccid CA")?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, &ca_key);
-    // GnuTLS (QEMU) checks a critical keyUsage for both of these, whatever the key type.
-    let leaf_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let server_key = KeyPair::generate()?;
-    let mut server = base(names.first().map_or("localhost", |s| s.as_str()))?;
-    server.subject_alt_names = names
-        .iter()
-        .map(|n| Ok(SanType::DnsName(n.clone().try_into()?)))
-        .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
-        .collect::<Result<Vec<_>>>()?;
-    server.key_usages = leaf_usages.clone();
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server.signed_by(&server_key, &issuer)?;
-    let client_key = KeyPair::generate()?;
-    let mut client = base("vccid client")?;
-    client.key_usages = leaf_usages;
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client.signed_by(&client_key, &issuer)?;
-    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
-        card::keystore::write_atomic(&dir.join(name), text.as_bytes(), mode)
-            .with_context(|| format!("cannot write {}", dir.join(name).display()))
-    };
-    write(CA_CERT, &ca_cert.pem(), 0o644)?;
-    write(CA_KEY, &ca_key.serialize_pem(), 0o600)?;
-    write(SERVER_CERT, &server_cert.pem(), 0o644)?;
-    write(SERVER_KEY, &server_key.serialize_pem(), 0o600)?;
-    write(CLIENT_CERT, &client_cert.pem(), 0o644)?;
-    write(CLIENT_KEY, &client_key.serialize_pem(), 0o600)?;
-    Ok(())
-}
-
-/// The QEMU and libvirt lines that use a `tls init` directory.
-pub fn usage_lines(dir: &Path, host: &str) -> String {
-    usage_lines_for(dir, host, &crate::qemu::Installed::detect())
-}
-
-/// [`usage_lines`] for a given QEMU (its reconnect syntax; see [`crate::usb::attach_lines_for`]
-/// for the xHCI controller). QEMU's own usb-ccid goes on the machine's default controller
-/// (`-usb`: UHCI or EHCI), because it misbehaves on xHCI (the README's "The USB reader").
-pub fn usage_lines_for(dir: &Path, host: &str, qemu: &crate::qemu::Installed) -> String {
-    let d = dir.display();
-    let reconnect = qemu.reconnect().option();
-    let note = qemu.note();
-    format!(
-        "{note}\n\
-         QEMU, vccid --usbredir --tls {d} listening (QEMU is the TLS client):\n\
-         \x20 -object tls-creds-x509,id=tls0,endpoint=client,dir={d}\n\
-         \x20 -device qemu-xhci,id=xhci -chardev socket,id=vccid0,host={host},port=4000,{reconnect},nodelay=on,tls-creds=tls0 -device usb-redir,chardev=vccid0,bus=xhci.0\n\
-         QEMU passthru, vscclient --tls {d} connecting (QEMU is the TLS server, client certificates required):\n\
-         \x20 -object tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir={d}\n\
-         \x20 -chardev socket,id=ccid0,host={host},port=2001,server=on,wait=off,tls-creds=tls0\n\
-         \x20 -usb -device usb-ccid -device ccid-card-passthru,chardev=ccid0\n\
-         libvirt (TLS for chardevs is set in /etc/libvirt/qemu.conf):\n\
-         \x20 chardev_tls = 1\n\
-         \x20 chardev_tls_x509_cert_dir = \"{d}\"\n\
-         \x20 chardev_tls_x509_verify = 1\n\
-         libvirt usbredir, in <devices> (the controller in place of the domain's USB controller):\n\
-         \x20 <controller type='usb' index='0' model='qemu-xhci'/>\n\
-         \x20 <redirdev bus='usb' type='tcp'><source mode='connect' host='{host}' service='4000' tls='yes'><reconnect enabled='yes' timeout='2'/></source></redirdev>\n\
-         libvirt passthru, in <devices>:\n\
-         \x20 <smartcard mode='passthrough' type='tcp'><source mode='bind' host='{host}' service='2001' tls='yes'/></smartcard>"
-    )
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// A fresh `tls init` directory and the options that use it (also for stream.rs's tests).
-    pub(crate) fn dir() -> (tempfile::TempDir, TlsOptions) {
-        let d = tempfile::tempdir().unwrap();
-        init(
-            d.path(),
-            &["localhost".into()],
-            &["127.0.0.1".parse().unwrap()],
-            30,
-            false,
-        )
-        .unwrap();
-        let o = TlsOptions {
-            dir: d.path().to_path_buf(),
-            verify_peer: true,
-            server_name: None,
-        };
-        (d, o)
-    }
-
-    #[test]
-    fn init_writes_qemus_layout_with_private_keys_0600() {
-        let (d, _) = dir();
-        for (f, mode) in [
-            (CA_CERT, 0o644),
-            (CA_KEY, 0o600),
-            (SERVER_CERT, 0o644),
-            (SERVER_KEY, 0o600),
-            (CLIENT_CERT, 0o644),
-            (CLIENT_KEY, 0o600),
-        ] {
-            let m = std::fs::metadata(d.path().join(f))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(m & 0o777, mode, "{f}");
-        }
-        let e = init(d.path(), &["localhost".into()], &[], 30, false).unwrap_err();
-        assert!(e.to_string().contains("--force"), "{e}");
-        init(d.path(), &["localhost".into()], &[], 30, true).unwrap();
-    }
-
-    #[test]
-    fn usage_lines_follow_the_qemu_version_and_have_controllers() {
-        let v = |major, minor| crate::qemu::Installed {
-            version: Some(crate::qemu::Version {
-                major,
-                minor,
-                micro: 0,
-            }),
-        };
-        let d = Path::new("/etc/vccid/tls");
-        let old = usage_lines_for(d, "192.0.2.10", &v(7, 2));
-        assert!(
-            old.contains("-device qemu-xhci,id=xhci -chardev socket,id=vccid0,host=192.0.2.10,port=4000,reconnect=2,nodelay=on,tls-creds=tls0 -device usb-redir,chardev=vccid0,bus=xhci.0"),
-            "{old}"
-        );
-        assert!(
-            old.contains("-usb -device usb-ccid -device ccid-card-passthru"),
-            "{old}"
-        );
-        assert!(
-            old.contains("tls='yes'><reconnect enabled='yes' timeout='2'/></source></redirdev>"),
-            "{old}"
-        );
-        assert!(
-            old.contains("<controller type='usb' index='0' model='qemu-xhci'/>"),
-            "{old}"
-        );
-        let new = usage_lines_for(d, "192.0.2.10", &v(9, 2));
-        assert!(
-            new.contains("port=4000,reconnect-ms=2000,nodelay=on"),
-            "{new}"
-        );
-        assert!(!new.contains("reconnect=2,"), "{new}");
     }
 }

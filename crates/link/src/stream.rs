@@ -6,19 +6,19 @@
 //! generic over the stream under it ([`tls::Transport`], implemented here for [`Stream`]), so
 //! `tls` knows nothing of this module.
 
-use anyhow::{bail, Context, Result};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accept::{self, Peer};
 pub use crate::addr::Addr;
 use crate::tls::{self, TlsStream};
+use crate::Error;
 
 /// A connected stream.
 #[derive(Debug)]
@@ -44,17 +44,17 @@ impl Stream {
         })
     }
     /// Connects, then with `tls` runs the client handshake (the server verified against the
-    /// CA, our client certificate presented). Errors are one line for the user.
-    pub fn connect_with(
-        addr: &Addr,
-        tls: Option<&TlsClient>,
-    ) -> std::result::Result<Stream, String> {
-        let raw = Stream::connect(addr).map_err(|e| e.to_string())?;
+    /// CA, our client certificate presented).
+    pub fn connect_with(addr: &Addr, tls: Option<&TlsClient>) -> Result<Stream, Error> {
+        let raw = Stream::connect(addr).map_err(Error::Connect)?;
         match tls {
             None => Ok(raw),
             Some(t) => TlsStream::connect(raw, t.config.clone(), t.name.clone())
                 .map(Stream::Tls)
-                .map_err(|e| format!("TLS handshake with {addr} failed: {}", tls::describe(&e))),
+                .map_err(|cause| Error::Handshake {
+                    addr: addr.clone(),
+                    cause,
+                }),
         }
     }
     /// Another handle to the same stream.
@@ -100,6 +100,12 @@ impl Stream {
             Stream::Unix(_) => "unix peer".into(),
             Stream::Tls(s) => format!("{} (TLS)", s.raw().peer()),
         }
+    }
+}
+
+impl Peer for Stream {
+    fn peer(&self) -> String {
+        Stream::peer(self)
     }
 }
 
@@ -182,7 +188,7 @@ pub struct TlsClient {
 
 impl TlsClient {
     /// From the command line's options, for connections to `addr`.
-    pub fn new(opts: &tls::TlsOptions, addr: &Addr) -> Result<TlsClient> {
+    pub fn new(opts: &tls::TlsOptions, addr: &Addr) -> Result<TlsClient, Error> {
         Ok(TlsClient {
             config: opts.client_config()?,
             name: opts.server_name_for(addr)?,
@@ -213,7 +219,7 @@ pub struct ListenSecurity {
 
 impl ListenSecurity {
     /// Binds a listener at `addr` accordingly.
-    pub fn bind(&self, addr: &Addr) -> Result<Listener> {
+    pub fn bind(&self, addr: &Addr) -> Result<Listener, Error> {
         match &self.tls {
             Some(cfg) => Listener::bind_tls(addr, cfg.clone()),
             None => Listener::bind(addr, self.plaintext),
@@ -237,16 +243,22 @@ enum Inner {
     Tls(Receiver<Stream>, Option<PathBuf>),
 }
 
-fn bind_raw(addr: &Addr) -> Result<Inner> {
+fn bind_raw(addr: &Addr) -> Result<Inner, Error> {
+    let bind = |cause| Error::Bind {
+        addr: addr.clone(),
+        cause,
+    };
     Ok(match addr {
-        Addr::Tcp(a) => {
-            Inner::Tcp(TcpListener::bind(a).with_context(|| format!("cannot listen on {a}"))?)
-        }
+        Addr::Tcp(a) => Inner::Tcp(TcpListener::bind(a).map_err(bind)?),
         Addr::Unix(p) => {
             let _ = std::fs::remove_file(p);
-            let l = UnixListener::bind(p)
-                .with_context(|| format!("cannot listen on {}", p.display()))?;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            let l = UnixListener::bind(p).map_err(bind)?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(
+                |cause| Error::Permissions {
+                    path: p.clone(),
+                    cause,
+                },
+            )?;
             Inner::Unix(l, p.clone())
         }
     })
@@ -278,14 +290,10 @@ impl Listener {
     /// Binds a plaintext listener; a Unix socket replaces a stale one and is made 0600. A
     /// non-loopback TCP address is refused unless `security` is
     /// [`Security::InsecurePlaintext`].
-    pub fn bind(addr: &Addr, security: Security) -> Result<Listener> {
+    pub fn bind(addr: &Addr, security: Security) -> Result<Listener, Error> {
         let warn_plaintext = !addr.is_local();
         if warn_plaintext && security != Security::InsecurePlaintext {
-            bail!(
-                "refusing to listen in plaintext on {addr}, which is not loopback: anyone who \
-                 reaches it could use the link unauthenticated and read it. Use --tls DIR, a \
-                 loopback or unix: address, or --insecure-plaintext"
-            );
+            return Err(Error::Plaintext(addr.clone()));
         }
         let inner = bind_raw(addr)?;
         let local = local_of(&inner, addr);
@@ -300,7 +308,7 @@ impl Listener {
     /// own (at most [`tls::MAX_HANDSHAKES`] at once, each bounded by
     /// [`tls::HANDSHAKE_TIMEOUT`]); failures are logged with the peer and close only that
     /// connection.
-    pub fn bind_tls(addr: &Addr, config: Arc<rustls::ServerConfig>) -> Result<Listener> {
+    pub fn bind_tls(addr: &Addr, config: Arc<rustls::ServerConfig>) -> Result<Listener, Error> {
         let raw = bind_raw(addr)?;
         let local = local_of(&raw, addr);
         let path = match &raw {
@@ -308,41 +316,31 @@ impl Listener {
             _ => None,
         };
         let (tx, rx) = channel();
-        let busy = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("tls-accept".into())
-            .spawn(move || loop {
-                let s = match accept_raw(&raw) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                let peer = s.peer();
-                if busy.fetch_add(1, Ordering::SeqCst) >= tls::MAX_HANDSHAKES {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!(%peer, "{} TLS handshakes already under way; closing this connection", tls::MAX_HANDSHAKES);
-                    continue;
-                }
-                let (tx, busy, config) = (tx.clone(), busy.clone(), config.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("tls-handshake".into())
-                    .spawn(move || {
-                        let r = TlsStream::accept(s, config);
-                        busy.fetch_sub(1, Ordering::SeqCst);
-                        match r {
+            .spawn(move || {
+                accept::on_threads(
+                    "TLS handshake",
+                    "tls-handshake",
+                    tls::MAX_HANDSHAKES,
+                    || accept_raw(&raw),
+                    move |s: Stream| {
+                        let peer = s.peer();
+                        match TlsStream::accept(s, config.clone()) {
                             Ok(t) => {
                                 tracing::debug!(%peer, "TLS handshake done");
                                 let _ = tx.send(Stream::Tls(t));
                             }
-                            Err(e) => tracing::warn!(%peer, "TLS handshake refused: {}", tls::describe(&e)),
+                            Err(e) => {
+                                tracing::warn!(%peer, "TLS handshake refused: {}", tls::describe(&e))
+                            }
                         }
-                    });
-                if spawned.is_err() {
-                    tracing::warn!("cannot start a TLS handshake thread");
-                }
+                    },
+                )
+            })
+            .map_err(|cause| Error::Thread {
+                what: "TLS accept",
+                cause,
             })?;
         Ok(Listener {
             inner: Inner::Tls(rx, path),
@@ -383,159 +381,11 @@ impl Drop for Listener {
     }
 }
 
-/// Writes frames, each in one write.
-pub fn write_frames(stream: &mut Stream, frames: &[vscard::Frame]) -> io::Result<()> {
-    for f in frames {
-        let bytes = f
-            .encode()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        stream.write_all(&bytes)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    //! TLS over these streams and listeners ([`crate::tls`] itself knows no streams).
+    //! Plaintext here; TLS over these streams is tested in `vccid` (`tls_init.rs`), which has
+    //! the certificate generator.
     use super::*;
-    use crate::tls::tests::dir;
-    use crate::tls::{
-        TlsOptions, CA_CERT, CLIENT_CERT, CLIENT_KEY, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
-    };
-
-    fn tls_listener(o: &TlsOptions) -> (Listener, Addr) {
-        let sec = ListenSecurity {
-            tls: Some(o.server_config().unwrap()),
-            plaintext: Security::Plaintext,
-        };
-        let l = sec.bind(&Addr::parse("127.0.0.1:0").unwrap()).unwrap();
-        let a = l.local_addr();
-        (l, a)
-    }
-
-    #[test]
-    fn mutual_tls_round_trips_with_a_reader_and_a_writer_on_two_threads() {
-        let (_d, o) = dir();
-        let (l, addr) = tls_listener(&o);
-        let server = std::thread::spawn(move || {
-            let mut s = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            // Echo each message from another handle, as the links do.
-            let mut buf = vec![0u8; 70000];
-            let mut total = 0;
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                if n == 0 {
-                    break total;
-                }
-                total += n;
-                w.write_all(&buf[..n]).unwrap();
-            }
-        });
-        let c = TlsClient::new(&o, &addr).unwrap();
-        let mut s = Stream::connect_with(&addr, Some(&c)).unwrap();
-        let mut r = s.try_clone().unwrap();
-        // 65 KiB crosses several records and rustls's 16 KiB plaintext limit.
-        let big: Vec<u8> = (0..65544u32).map(|i| i as u8).collect();
-        let reader = std::thread::spawn(move || {
-            let mut got = vec![0u8; 65544 + 5];
-            r.read_exact(&mut got).unwrap();
-            got
-        });
-        s.write_all(&big).unwrap();
-        s.write_all(b"hello").unwrap();
-        let got = reader.join().unwrap();
-        assert_eq!(&got[..65544], &big[..]);
-        assert_eq!(&got[65544..], b"hello");
-        s.shutdown();
-        assert_eq!(server.join().unwrap(), 65544 + 5);
-    }
-
-    #[test]
-    fn wrong_ca_no_certificate_and_garbage_are_refused() {
-        let (_d, o) = dir();
-        let (_d2, other) = dir();
-        let (l, addr) = tls_listener(&o);
-        // A client whose CA does not know the server: refused on our side.
-        let e =
-            Stream::connect_with(&addr, Some(&TlsClient::new(&other, &addr).unwrap())).unwrap_err();
-        assert!(e.contains("invalid peer certificate"), "{e}");
-        // A client certificate from another CA, trusting the right server: the server
-        // refuses it (in TLS 1.3 the client sees that on its first read).
-        let mixed = tempfile::tempdir().unwrap();
-        for f in [CLIENT_CERT, CLIENT_KEY] {
-            std::fs::copy(other.dir.join(f), mixed.path().join(f)).unwrap();
-        }
-        std::fs::copy(o.dir.join(CA_CERT), mixed.path().join(CA_CERT)).unwrap();
-        let m = TlsOptions {
-            dir: mixed.path().to_path_buf(),
-            ..o.clone()
-        };
-        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&m, &addr).unwrap())) {
-            Err(e) => e,
-            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
-        };
-        assert!(refused.contains("alert"), "{refused}");
-        // No client certificate at all.
-        let none = tempfile::tempdir().unwrap();
-        std::fs::copy(o.dir.join(CA_CERT), none.path().join(CA_CERT)).unwrap();
-        let n = TlsOptions {
-            dir: none.path().to_path_buf(),
-            ..o.clone()
-        };
-        let refused = match Stream::connect_with(&addr, Some(&TlsClient::new(&n, &addr).unwrap())) {
-            Err(e) => e,
-            Ok(mut s) => s.read(&mut [0u8; 16]).unwrap_err().to_string(),
-        };
-        assert!(refused.contains("alert"), "{refused}");
-        // Plaintext garbage: the handshake fails and only that connection closes.
-        let mut g = std::net::TcpStream::connect(match &addr {
-            Addr::Tcp(a) => *a,
-            Addr::Unix(_) => unreachable!(),
-        })
-        .unwrap();
-        g.write_all(b"VSCD\0\0\0\0 not a TLS record at all")
-            .unwrap();
-        let mut b = Vec::new();
-        let _ = g.read_to_end(&mut b);
-        // After all that, a good client still gets through.
-        let c = TlsClient::new(&o, &addr).unwrap();
-        let accepted = std::thread::spawn(move || l.accept().map(|s| s.peer()));
-        let s = Stream::connect_with(&addr, Some(&c)).unwrap();
-        assert!(accepted.join().unwrap().unwrap().contains("TLS"));
-        drop(s);
-    }
-
-    #[test]
-    fn stalled_handshakes_are_bounded_and_time_out() {
-        let (_d, o) = dir();
-        let (l, addr) = tls_listener(&o);
-        let a = match &addr {
-            Addr::Tcp(a) => *a,
-            Addr::Unix(_) => unreachable!(),
-        };
-        let c = TlsClient::new(&o, &addr).unwrap();
-        // Connections that never speak hold a handshake slot each; past the bound, a new
-        // connection is closed on arrival.
-        let mut stalled: Vec<_> = (0..MAX_HANDSHAKES)
-            .map(|_| std::net::TcpStream::connect(a).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let e = Stream::connect_with(&addr, Some(&c)).unwrap_err();
-        assert!(e.contains("TLS handshake"), "{e}");
-        // Each stalled handshake is dropped after HANDSHAKE_TIMEOUT.
-        let t = std::time::Instant::now();
-        let first = &mut stalled[0];
-        first
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(first.read(&mut [0u8; 8]).unwrap_or(0), 0);
-        assert!(t.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(4));
-        // Then a good client gets through.
-        let accepted = std::thread::spawn(move || l.accept().is_ok());
-        Stream::connect_with(&addr, Some(&c)).unwrap();
-        assert!(accepted.join().unwrap());
-    }
 
     #[test]
     fn plaintext_binds_off_loopback_need_the_explicit_flag() {
@@ -544,5 +394,40 @@ mod tests {
         assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
         Listener::bind(&any, Security::InsecurePlaintext).unwrap();
         Listener::bind(&Addr::parse("127.0.0.1:0").unwrap(), Security::Plaintext).unwrap();
+    }
+
+    #[test]
+    fn unix_listeners_are_private_and_round_trip() {
+        let d = std::env::temp_dir().join(format!("link-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let addr = Addr::Unix(d.join("s.sock"));
+        let l = Listener::bind(&addr, Security::Plaintext).unwrap();
+        let Addr::Unix(p) = l.local_addr() else {
+            panic!("not a unix address");
+        };
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let server = std::thread::spawn(move || {
+            let mut s = l.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+            l
+        });
+        let mut c = Stream::connect(&addr).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"hello");
+        drop(server.join().unwrap());
+        assert!(!p.exists(), "the socket file goes with its listener");
+        let e = Listener::bind(
+            &Addr::Unix(d.join("no/such/dir/s.sock")),
+            Security::Plaintext,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("cannot listen on unix:"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
     }
 }
