@@ -10,7 +10,7 @@
 use crate::descriptors::{self, Identity, EP_BULK_IN, EP_BULK_OUT, EP_INTERRUPT_IN};
 use crate::port::{CardPort, InlinePort, Progress};
 use crate::reader::{CardRequest, Reader};
-use crate::usb::{Setup, Transfer, UsbDevice};
+use crate::usb::{Setup, Tap, Transfer, UsbDevice};
 use card_api::Card;
 
 /// One slot's card port and the bookkeeping that pairs its answers with its requests.
@@ -33,6 +33,8 @@ struct SlotPort<P> {
 pub struct Ccid<P: CardPort = InlinePort> {
     reader: Reader,
     slots: Vec<SlotPort<P>>,
+    /// What watches the transfers (the `--pcap` capture), if anything.
+    tap: Option<Box<dyn Tap>>,
 }
 
 impl Ccid<InlinePort> {
@@ -80,7 +82,15 @@ impl<P: CardPort> Ccid<P> {
         Ccid {
             reader: Reader::with_slots(id, &present),
             slots,
+            tap: None,
         }
+    }
+
+    /// The reader with `tap` watching every transfer and its result (a usbmon capture:
+    /// [`crate::pcap::PcapTap`]).
+    pub fn with_tap(mut self, tap: impl Tap + 'static) -> Ccid<P> {
+        self.tap = Some(Box::new(tap));
+        self
     }
 
     /// The port of slot `slot`'s card.
@@ -91,6 +101,33 @@ impl<P: CardPort> Ccid<P> {
     /// The number of slots.
     pub fn slot_count(&self) -> usize {
         self.reader.slot_count()
+    }
+
+    /// A bulk OUT: a command for a slot's card is handed to its port.
+    fn handle_out(&mut self, ep: u8, data: &[u8]) -> Transfer {
+        if ep != EP_BULK_OUT {
+            return Transfer::Stall;
+        }
+        self.collect();
+        self.sync_presence();
+        match self.reader.bulk_out(data) {
+            Ok(Some((slot, req))) => {
+                // The reader answers commands for slots that do not exist itself.
+                let Some(s) = self.slots.get_mut(usize::from(slot)) else {
+                    return Transfer::Done(vec![]);
+                };
+                if req != CardRequest::PowerOff {
+                    s.asked += 1;
+                    s.waiting = Some(s.asked);
+                }
+                s.port.submit(req);
+                // An inline port has answered already: queue the reply now.
+                self.collect();
+                Transfer::Done(vec![])
+            }
+            Ok(None) => Transfer::Done(vec![]),
+            Err(_) => Transfer::Stall,
+        }
     }
 
     /// Mirrors insertions and removals of the cards into the reader.
@@ -145,37 +182,27 @@ impl<P: CardPort> UsbDevice for Ccid<P> {
         self.reader.configuration_descriptor()
     }
     fn control(&mut self, setup: &Setup, data: &[u8]) -> Transfer {
-        self.reader.control(setup, data)
+        let t = self.reader.control(setup, data);
+        if let Some(tap) = &mut self.tap {
+            tap.control(setup, data, &t);
+        }
+        t
     }
     fn out(&mut self, ep: u8, data: &[u8]) -> Transfer {
-        if ep != EP_BULK_OUT {
-            return Transfer::Stall;
+        let t = self.handle_out(ep, data);
+        if let Some(tap) = &mut self.tap {
+            tap.out(ep, data, &t);
         }
-        self.collect();
-        self.sync_presence();
-        match self.reader.bulk_out(data) {
-            Ok(Some((slot, req))) => {
-                // The reader answers commands for slots that do not exist itself.
-                let Some(s) = self.slots.get_mut(usize::from(slot)) else {
-                    return Transfer::Done(vec![]);
-                };
-                if req != CardRequest::PowerOff {
-                    s.asked += 1;
-                    s.waiting = Some(s.asked);
-                }
-                s.port.submit(req);
-                // An inline port has answered already: queue the reply now.
-                self.collect();
-                Transfer::Done(vec![])
-            }
-            Ok(None) => Transfer::Done(vec![]),
-            Err(_) => Transfer::Stall,
-        }
+        t
     }
     fn input(&mut self, ep: u8, max_len: usize) -> Transfer {
         self.collect();
         self.sync_presence();
-        self.reader.endpoint_in(ep, max_len)
+        let t = self.reader.endpoint_in(ep, max_len);
+        if let Some(tap) = &mut self.tap {
+            tap.input(ep, max_len, &t);
+        }
+        t
     }
     fn ready(&self, ep: u8) -> bool {
         self.reader.endpoint_ready(ep)
@@ -195,6 +222,9 @@ impl<P: CardPort> UsbDevice for Ccid<P> {
             s.waiting = None;
         }
         self.reader.reset();
+        if let Some(tap) = &mut self.tap {
+            tap.reset();
+        }
     }
 }
 

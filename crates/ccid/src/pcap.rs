@@ -1,16 +1,16 @@
-//! A [`UsbDevice`] decorator that records every completed transfer as a usbmon capture
+//! A [`Tap`] on THE reader that records every completed transfer as a usbmon capture
 //! (pcap, LINKTYPE_USB_LINUX_MMAPPED = 220, the format QEMU's `pcap=` property writes), so
 //! Wireshark and tshark decode the CCID messages and the APDUs in them. Each transfer becomes a
 //! submit ('S') and a complete ('C') record; an IN that stays pending is recorded when it
 //! completes. The writer is injected, so this module does no I/O of its own.
 //!
-//! Secrets are blanked unless asked for ([`PcapDevice::keep_secrets`]): the PIN, PUK and
+//! Secrets are blanked unless asked for ([`PcapTap::keep_secrets`]): the PIN, PUK and
 //! management-key bytes of XfrBlock commands and the data of the DataBlock answering a command
 //! whose response is secret (apdu::describe's redaction) are written as zeros, with every
 //! length kept, so Wireshark still parses the capture.
 
 use crate::message::{pc_to_rdr, rdr_to_pc, HEADER, TIME_EXTENSION};
-use crate::usb::{Setup, Transfer, UsbDevice};
+use crate::usb::{Setup, Tap, Transfer};
 use apdu::describe::{self, Decoder};
 use std::borrow::Cow;
 use std::io::Write;
@@ -35,9 +35,8 @@ const XFER_INTERRUPT: u8 = 1;
 const XFER_CONTROL: u8 = 2;
 const XFER_BULK: u8 = 3;
 
-/// Records transfers of the wrapped device into `W`.
-pub struct PcapDevice<D: UsbDevice, W: Write + Send> {
-    inner: D,
+/// Records the transfers of the reader it taps into `W`.
+pub struct PcapTap<W: Write + Send> {
     out: W,
     next_id: u64,
     failed: bool,
@@ -232,12 +231,11 @@ struct Record<'a> {
     data: &'a [u8],
 }
 
-impl<D: UsbDevice, W: Write + Send> PcapDevice<D, W> {
-    /// Wraps `inner`; writes the pcap header now.
-    pub fn new(inner: D, mut out: W) -> std::io::Result<Self> {
+impl<W: Write + Send> PcapTap<W> {
+    /// A capture into `out`; writes the pcap header now.
+    pub fn new(mut out: W) -> std::io::Result<Self> {
         out.write_all(&global_header())?;
-        Ok(PcapDevice {
-            inner,
+        Ok(PcapTap {
             out,
             next_id: 1,
             failed: false,
@@ -308,15 +306,8 @@ fn status_of(t: &Transfer) -> i32 {
     }
 }
 
-impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
-    fn device_descriptor(&self) -> Vec<u8> {
-        self.inner.device_descriptor()
-    }
-    fn config_descriptor(&self) -> Vec<u8> {
-        self.inner.config_descriptor()
-    }
-    fn control(&mut self, setup: &Setup, data: &[u8]) -> Transfer {
-        let t = self.inner.control(setup, data);
+impl<W: Write + Send> Tap for PcapTap<W> {
+    fn control(&mut self, setup: &Setup, data: &[u8], t: &Transfer) {
         let id = self.id();
         let raw = {
             let mut s = [setup.request_type, setup.request, 0, 0, 0, 0, 0, 0];
@@ -339,7 +330,7 @@ impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
                 data: out_data,
             },
         );
-        let reply: Vec<u8> = match &t {
+        let reply: Vec<u8> = match t {
             Transfer::Done(d) if setup.is_in() => d.clone(),
             _ => Vec::new(),
         };
@@ -351,15 +342,13 @@ impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
                 xfer: XFER_CONTROL,
                 ep,
                 setup: None,
-                status: status_of(&t),
+                status: status_of(t),
                 length: len,
                 data: &reply,
             },
         );
-        t
     }
-    fn out(&mut self, ep: u8, data: &[u8]) -> Transfer {
-        let t = self.inner.out(ep, data);
+    fn out(&mut self, ep: u8, data: &[u8], t: &Transfer) {
         let id = self.id();
         let n = data.len() as u32;
         let data = match &mut self.redactor {
@@ -386,17 +375,15 @@ impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
                 xfer: XFER_BULK,
                 ep,
                 setup: None,
-                status: status_of(&t),
+                status: status_of(t),
                 length: n,
                 data: &[],
             },
         );
-        t
     }
-    fn input(&mut self, ep: u8, max_len: usize) -> Transfer {
-        let t = self.inner.input(ep, max_len);
+    fn input(&mut self, ep: u8, max_len: usize, t: &Transfer) {
         if matches!(t, Transfer::Pending) {
-            return t;
+            return;
         }
         let xfer = if ep == crate::descriptors::EP_INTERRUPT_IN {
             XFER_INTERRUPT
@@ -416,7 +403,7 @@ impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
                 data: &[],
             },
         );
-        let data: Vec<u8> = match (&t, &mut self.redactor) {
+        let data: Vec<u8> = match (t, &mut self.redactor) {
             (Transfer::Done(d), Some(r)) if ep == crate::descriptors::EP_BULK_IN => {
                 r.input(d).into_owned()
             }
@@ -431,27 +418,57 @@ impl<D: UsbDevice, W: Write + Send> UsbDevice for PcapDevice<D, W> {
                 xfer,
                 ep,
                 setup: None,
-                status: status_of(&t),
+                status: status_of(t),
                 length: n,
                 data: &data,
             },
         );
-        t
-    }
-    fn ready(&self, ep: u8) -> bool {
-        self.inner.ready(ep)
     }
     fn reset(&mut self) {
         if let Some(r) = &mut self.redactor {
             *r = Redactor::default();
         }
-        self.inner.reset()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usb::UsbDevice;
+
+    /// A test double with a tap on it, as `Ccid::with_tap` puts one on THE reader.
+    struct Tapped<D: UsbDevice, W: Write + Send> {
+        dev: D,
+        tap: PcapTap<W>,
+    }
+
+    impl<D: UsbDevice, W: Write + Send> Tapped<D, W> {
+        fn new(dev: D, out: W) -> Self {
+            Tapped {
+                dev,
+                tap: PcapTap::new(out).unwrap(),
+            }
+        }
+        fn keep_secrets(mut self, keep: bool) -> Self {
+            self.tap = self.tap.keep_secrets(keep);
+            self
+        }
+        fn control(&mut self, setup: &Setup, data: &[u8]) -> Transfer {
+            let t = self.dev.control(setup, data);
+            self.tap.control(setup, data, &t);
+            t
+        }
+        fn out(&mut self, ep: u8, data: &[u8]) -> Transfer {
+            let t = self.dev.out(ep, data);
+            self.tap.out(ep, data, &t);
+            t
+        }
+        fn input(&mut self, ep: u8, max: usize) -> Transfer {
+            let t = self.dev.input(ep, max);
+            self.tap.input(ep, max, &t);
+            t
+        }
+    }
 
     struct Echo;
     impl UsbDevice for Echo {
@@ -550,7 +567,7 @@ mod tests {
         let mut buf = Vec::new();
         {
             let dev = Script(replies.into_iter().collect());
-            let mut d = PcapDevice::new(dev, &mut buf).unwrap().keep_secrets(keep);
+            let mut d = Tapped::new(dev, &mut buf).keep_secrets(keep);
             let ep_out = crate::descriptors::EP_BULK_OUT;
             let ep_in = crate::descriptors::EP_BULK_IN;
             d.out(ep_out, &xfr(1, 0, "00 20 00 80 08 33 31 34 31 35 39 32 36"));
@@ -647,7 +664,7 @@ mod tests {
         let mut buf = Vec::new();
         {
             let dev = Script(Default::default());
-            let mut d = PcapDevice::new(dev, &mut buf).unwrap();
+            let mut d = Tapped::new(dev, &mut buf);
             let ep = crate::descriptors::EP_BULK_OUT;
             d.out(ep, &xfr(1, 1, "00 24 00 80 10 31 32 33"));
             d.out(ep, &xfr(2, 3, "34 35 36 37 38"));
@@ -669,7 +686,7 @@ mod tests {
     fn records_layout() {
         let mut buf = Vec::new();
         {
-            let mut d = PcapDevice::new(Echo, &mut buf).unwrap();
+            let mut d = Tapped::new(Echo, &mut buf);
             let setup = Setup {
                 request_type: 0x80,
                 request: 6,

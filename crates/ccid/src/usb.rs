@@ -62,3 +62,19 @@ pub trait UsbDevice: Send {
     /// A USB bus reset.
     fn reset(&mut self);
 }
+
+/// An observer of a device's transfers and their results (the `--pcap` capture): it sees every
+/// transfer after the device has handled it, and cannot change it. A tap is part of THE reader
+/// ([`crate::device::Ccid::with_tap`]), not a second [`UsbDevice`] wrapped around it: one
+/// device implementation, whatever is watching.
+pub trait Tap: Send {
+    /// A control transfer and its result.
+    fn control(&mut self, setup: &Setup, data: &[u8], result: &Transfer);
+    /// An OUT transfer on `ep` and its result.
+    fn out(&mut self, ep: u8, data: &[u8], result: &Transfer);
+    /// An IN transfer on `ep` for at most `max_len` bytes and its result (called for pending
+    /// ones too: a tap that records completions skips them).
+    fn input(&mut self, ep: u8, max_len: usize, result: &Transfer);
+    /// The device was reset.
+    fn reset(&mut self) {}
+}

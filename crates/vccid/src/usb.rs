@@ -6,7 +6,7 @@ use anyhow::Result;
 use card::{Card, Presence};
 use ccid::descriptors::Identity;
 use ccid::device::Ccid;
-use ccid::pcap::PcapDevice;
+use ccid::pcap::PcapTap;
 use ccid::usb::UsbDevice;
 use link::pump::Waker;
 use link::retry::{self, Backoff, Stop};
@@ -246,7 +246,9 @@ fn reader_device(
             if secrets {
                 tracing::warn!(path = %path.display(), "--pcap-secrets: the capture holds PIN, PUK and management-key bytes");
             }
-            Box::new(PcapDevice::new(ccid, std::io::BufWriter::new(file))?.keep_secrets(secrets))
+            Box::new(
+                ccid.with_tap(PcapTap::new(std::io::BufWriter::new(file))?.keep_secrets(secrets)),
+            )
         }
         None => Box::new(ccid),
     };
