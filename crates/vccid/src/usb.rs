@@ -291,7 +291,12 @@ pub fn serve_usbip(
     }
     let busids: Vec<String> = devices.iter().map(|(b, _)| b.clone()).collect();
     let exporter = Arc::new(usbip::server::Exporter::with_devices(devices).warn_plaintext(exposed));
-    tracing::info!(addr = %listener.local_addr()?, busids = %busids.join(" "), "usbip: exporting the readers");
+    let local = listener.local_addr()?;
+    if let [busid] = busids.as_slice() {
+        tracing::info!(addr = %local, %busid, "usbip: exporting the reader");
+    } else {
+        tracing::info!(addr = %local, busids = %busids.join(" "), "usbip: exporting the readers");
+    }
     std::thread::Builder::new()
         .name("usbip".into())
         .spawn(move || {

@@ -5,6 +5,7 @@
 mod cardkey;
 mod default;
 mod files;
+mod key_error;
 mod pkcs11;
 mod privkey;
 mod rawec;

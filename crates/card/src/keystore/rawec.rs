@@ -3,7 +3,7 @@
 //! cannot do (its ECDSA hashes the message itself), so, as for raw RSA in `rawrsa.rs`, this
 //! module calls `aws-lc-sys` in the few lines below.
 
-use super::privkey::PrivateKeyError;
+use super::key_error::PrivateKeyError;
 use super::{EcCurve, KeyError};
 use std::ptr::NonNull;
 use zeroize::Zeroizing;

@@ -4,7 +4,7 @@
 //! builds with a C compiler only (no cmake, no -dev package). `aws-lc-rs` has no raw operation,
 //! so this module calls `aws-lc-sys` directly, in the few lines below.
 
-use super::privkey::PrivateKeyError;
+use super::key_error::PrivateKeyError;
 use super::KeyError;
 use std::ptr::NonNull;
 use zeroize::Zeroizing;
