@@ -139,16 +139,20 @@ impl Exporter {
     }
 
     /// Serves one connection to its end; returns why it ended.
-    pub fn serve<G>(&self, mut stream: TcpStream, on_import: &dyn Fn(&str, Waker) -> G) -> String {
+    pub fn serve<G>(
+        &self,
+        mut stream: TcpStream,
+        on_import: &dyn Fn(&str, Waker) -> G,
+    ) -> ConnectionEnd {
         let peer = stream.peer();
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(OP_TIMEOUT));
         let req = match read_op(&mut stream) {
             Ok(r) => r,
-            Err(None) => return "closed without a request".into(),
-            Err(Some(e)) => {
+            Err(OpError::Silent) => return ConnectionEnd::NoRequest,
+            Err(e) => {
                 tracing::warn!(%peer, "usbip: bad operation request: {e}");
-                return e;
+                return ConnectionEnd::BadRequest(e);
             }
         };
         let busid = match req {
@@ -156,14 +160,14 @@ impl Exporter {
                 tracing::debug!(%peer, "usbip: device list");
                 let records: Vec<Device> = self.exports.iter().map(|e| e.record.clone()).collect();
                 let _ = stream.write_all(&rep_devlist(&records));
-                return "device list sent".into();
+                return ConnectionEnd::DeviceListSent;
             }
             OpRequest::Import(busid) => busid,
         };
         let Some(export) = self.exports.iter().find(|e| e.record.busid == busid) else {
             tracing::warn!(%peer, "usbip: import of unknown bus id {busid:?} refused");
             let _ = stream.write_all(&rep_import(None));
-            return format!("unknown bus id {busid:?}");
+            return ConnectionEnd::UnknownBusId(busid);
         };
         let mut dev = match export.device.try_lock() {
             Ok(d) => d,
@@ -176,14 +180,16 @@ impl Exporter {
                     .map_or_else(|| "?".into(), |a| a.to_string());
                 tracing::warn!(%peer, %busid, "usbip: import refused: the device is in use by {holder}");
                 let _ = stream.write_all(&rep_import(None));
-                return format!("device in use by {holder}");
+                return ConnectionEnd::InUse(holder);
             }
         };
         *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = stream.peer_addr().ok();
         tracing::info!(%peer, %busid, "usbip: device imported");
         let why = match stream.write_all(&rep_import(Some(&export.record))) {
-            Ok(()) => urb_phase(stream, &mut **dev, &|w| on_import(&busid, w)).to_string(),
-            Err(e) => e.to_string(),
+            Ok(()) => {
+                ConnectionEnd::Imported(urb_phase(stream, &mut **dev, &|w| on_import(&busid, w)))
+            }
+            Err(e) => ConnectionEnd::Io(e),
         };
         // The reader outlives its importer: clean state for the next one.
         dev.reset();
@@ -192,23 +198,65 @@ impl Exporter {
     }
 }
 
-/// Reads OP_REQ_DEVLIST or OP_REQ_IMPORT (40 bytes at most); `Err(None)` when the peer closed
-/// without sending anything (a port probe).
-fn read_op(stream: &mut TcpStream) -> Result<OpRequest, Option<String>> {
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionEnd {
+    /// The peer closed without a request (a port probe).
+    #[error("closed without a request")]
+    NoRequest,
+    /// The request was not a USB/IP operation request.
+    #[error("{0}")]
+    BadRequest(OpError),
+    /// `usbip list` got its list.
+    #[error("device list sent")]
+    DeviceListSent,
+    /// An import of a bus id that is not exported.
+    #[error("unknown bus id {0:?}")]
+    UnknownBusId(String),
+    /// An import of a device another importer holds (named).
+    #[error("device in use by {0}")]
+    InUse(String),
+    /// An importer took the device; its URB phase ended so.
+    #[error("{0}")]
+    Imported(Ended),
+    /// Writing the reply failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+/// What is wrong with an operation request.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Nothing came before the peer closed.
+    #[error("closed without a request")]
+    Silent,
+    /// The bytes are not a request this server takes.
+    #[error("{0}")]
+    Bad(UsbipError),
+    /// The peer closed in the middle of one.
+    #[error("closed before a complete request")]
+    Truncated,
+    /// Reading failed (or timed out: [`OP_TIMEOUT`]).
+    #[error("reading the request: {0}")]
+    Io(std::io::Error),
+}
+
+/// Reads OP_REQ_DEVLIST or OP_REQ_IMPORT (40 bytes at most).
+fn read_op(stream: &mut TcpStream) -> Result<OpRequest, OpError> {
     let mut buf = [0u8; 40];
     let mut have = 0;
     loop {
         match parse_op(&buf[..have]) {
             Ok(Some((req, _))) => return Ok(req),
             Ok(None) => {}
-            Err(e) => return Err(Some(e.to_string())),
+            Err(e) => return Err(OpError::Bad(e)),
         }
         let want = if have < 8 { 8 } else { 40 };
         match stream.read(&mut buf[have..want]) {
-            Ok(0) if have == 0 => return Err(None),
-            Ok(0) => return Err(Some("closed before a complete request".into())),
+            Ok(0) if have == 0 => return Err(OpError::Silent),
+            Ok(0) => return Err(OpError::Truncated),
             Ok(n) => have += n,
-            Err(e) => return Err(Some(format!("reading the request: {e}"))),
+            Err(e) => return Err(OpError::Io(e)),
         }
     }
 }

@@ -203,8 +203,22 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
     }
 }
 
+/// Why a vpcd connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// vpcd closed it (pcscd stopped, or our side shut it on removal).
+    #[error("closed")]
+    Closed,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// vpcd sent something that is not a vpcd request.
+    #[error("protocol error: {0}")]
+    Protocol(crate::codec::CodecError),
+}
+
 /// Serves one connection until it ends; returns why it ended.
-fn session(mut stream: TcpStream, card: &SharedCard) -> String {
+fn session(mut stream: TcpStream, card: &SharedCard) -> Ended {
     // One write per answer plus TCP_NODELAY, and quick ACKs: vpcd writes length and body
     // separately, so a delayed ACK would cost ~40 ms per APDU (lab/README.md).
     let _ = stream.set_nodelay(true);
@@ -216,9 +230,9 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> String {
     let mut buf = vec![0u8; 65536 + 2];
     loop {
         let n = match stream.read(&mut buf) {
-            Ok(0) => return "closed".into(),
+            Ok(0) => return Ended::Closed,
             Ok(n) => n,
-            Err(e) => return e.to_string(),
+            Err(e) => return Ended::Io(e),
         };
         quickack(&stream);
         dec.feed(&buf[..n]);
@@ -226,7 +240,7 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> String {
             let req = match dec.next_request() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(e) => return format!("protocol error: {e}"),
+                Err(e) => return Ended::Protocol(e),
             };
             // The card stays locked until its answer is written (see watch_removal).
             let mut c = lock(card);
@@ -236,7 +250,7 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> String {
                     vec![0x00, 0x02, 0x6F, 0x00]
                 });
                 if let Err(e) = stream.write_all(&framed) {
-                    return e.to_string();
+                    return Ended::Io(e);
                 }
             }
         }
