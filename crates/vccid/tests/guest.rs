@@ -752,6 +752,32 @@ fn two_cards(dir: &Path) -> ([String; 2], [PathBuf; 2]) {
     )
 }
 
+/// vccid with the two cards of [`two_cards`] and these transport options.
+fn vccid_with_two_cards(args: &[&str], cards: &[String; 2]) -> Child {
+    Command::new(VCCID)
+        .args(args)
+        .args(["--card", &cards[0], "--card", &cards[1]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The guest saw `n` USB smart-card readers (interfaces of class 0x0B).
+fn assert_usb_readers(g: &Guest, n: usize) {
+    let r = g
+        .results
+        .get("readers_with_card")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        r.ends_with(&format!("usb_readers={n}")),
+        "{r}\n{}",
+        g.serial
+    );
+}
+
 /// A port whose successor is free too (two readers listen on consecutive ports).
 fn two_free_ports() -> u16 {
     for _ in 0..50 {
@@ -801,14 +827,7 @@ fn two_usbredir_readers_in_one_guest_each_card_signs() {
     let data = tempfile::tempdir().unwrap();
     let (cards, certs) = two_cards(data.path());
     let port = two_free_ports();
-    let mut v = Command::new(VCCID)
-        .args(["--usbredir", &format!("127.0.0.1:{port}")])
-        .args(["--card", &cards[0], "--card", &cards[1]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut v = vccid_with_two_cards(&["--usbredir", &format!("127.0.0.1:{port}")], &cards);
     let mut devices = vec!["-device".to_string(), "qemu-xhci,id=hc".into()];
     for (i, p) in [port, port + 1].iter().enumerate() {
         devices.extend([
@@ -820,12 +839,7 @@ fn two_usbredir_readers_in_one_guest_each_card_signs() {
     }
     let g = boot_with(&devices, "e2e.readers=2", |_| {});
     testkit::kill(&mut v, "vccid").unwrap();
-    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
-    assert!(
-        r("readers_with_card").ends_with("usb_readers=2"),
-        "{}",
-        g.serial
-    );
+    assert_usb_readers(&g, 2);
     assert_two_readers_signed(&g, &certs, false);
 }
 
@@ -836,22 +850,14 @@ fn one_usb_reader_with_two_slots_in_the_guest() {
     let data = tempfile::tempdir().unwrap();
     let (cards, certs) = two_cards(data.path());
     let port = free_port().unwrap();
-    let mut v = Command::new(VCCID)
-        .args(["--usbredir", &format!("127.0.0.1:{port}"), "--one-reader"])
-        .args(["--card", &cards[0], "--card", &cards[1]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut v = vccid_with_two_cards(
+        &["--usbredir", &format!("127.0.0.1:{port}"), "--one-reader"],
+        &cards,
+    );
     let g = boot_with(&usbredir_devices(port, "xhci"), "e2e.readers=2", |_| {});
     testkit::kill(&mut v, "vccid").unwrap();
+    assert_usb_readers(&g, 1);
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
-    assert!(
-        r("readers_with_card").ends_with("usb_readers=1"),
-        "{}",
-        g.serial
-    );
     let (a, b) = (r("reader_0"), r("reader_1"));
     assert!(
         a.ends_with(" 00 00\"") && b.ends_with(" 00 01\"") && a[..a.len() - 4] == b[..b.len() - 4],
@@ -869,14 +875,7 @@ fn usbip_exports_two_bus_ids_the_guest_attaches() {
     let data = tempfile::tempdir().unwrap();
     let (cards, certs) = two_cards(data.path());
     let port = free_port().unwrap();
-    let mut v = Command::new(VCCID)
-        .args(["--usbip", &format!("127.0.0.1:{port}")])
-        .args(["--card", &cards[0], "--card", &cards[1]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut v = vccid_with_two_cards(&["--usbip", &format!("127.0.0.1:{port}")], &cards);
     testkit::wait_for("vccid --usbip", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
@@ -898,11 +897,7 @@ fn usbip_exports_two_bus_ids_the_guest_attaches() {
     testkit::kill(&mut v, "vccid").unwrap();
     let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
     assert!(r("usbip_attach").starts_with("2 "), "{}", g.serial);
-    assert!(
-        r("readers_with_card").ends_with("usb_readers=2"),
-        "{}",
-        g.serial
-    );
+    assert_usb_readers(&g, 2);
     // Bus id 1-1 is card0's reader, 1-2 card1's; the guest may number them either way.
     assert_two_readers_signed(&g, &certs, false);
 }

@@ -38,17 +38,24 @@ fn files_card(dir: &Path, n: usize, profile: &str) -> String {
     )
 }
 
-#[test]
-fn four_cards_on_vpcd_are_four_readers_with_four_different_cards() {
-    // Two vpcd reader.conf entries: four readers on ports 35963..35966.
-    let mut pcscd = PrivatePcscd::start_with_vpcd_entries(2).expect("private pcscd starts");
+/// testkit's identities in `pcscd`'s scratch directory, and a vccid command for vpcd there
+/// (the cards still to add).
+fn vccid_on_vpcd(pcscd: PrivatePcscd) -> (PrivatePcscd, std::path::PathBuf, std::process::Command) {
     let ids = pcscd.dir.path().join("ids");
     std::fs::create_dir(&ids).unwrap();
     testkit::openssl_identities(&ids).unwrap();
     let mut cmd = pcscd.command(VCCID);
     cmd.args(["--vpcd", "127.0.0.1:35963", "--create", "--data-dir"])
-        .arg(pcscd.dir.path().join("data"))
-        .args(["--card", "emulated"])
+        .arg(pcscd.dir.path().join("data"));
+    (pcscd, ids, cmd)
+}
+
+#[test]
+fn four_cards_on_vpcd_are_four_readers_with_four_different_cards() {
+    // Two vpcd reader.conf entries: four readers on ports 35963..35966.
+    let pcscd = PrivatePcscd::start_with_vpcd_entries(2).expect("private pcscd starts");
+    let (mut pcscd, ids, mut cmd) = vccid_on_vpcd(pcscd);
+    cmd.args(["--card", "emulated"])
         .args(["--card", &files_card(&ids, 1, "cac")])
         .args(["--card", &files_card(&ids, 2, "piv")])
         .args(["--card", &files_card(&ids, 3, "cac")]);
@@ -95,14 +102,9 @@ fn four_cards_on_vpcd_are_four_readers_with_four_different_cards() {
 
 #[test]
 fn a_card_moved_between_slots_leaves_one_reader_and_enters_the_other() {
-    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
-    let ids = pcscd.dir.path().join("ids");
-    std::fs::create_dir(&ids).unwrap();
-    testkit::openssl_identities(&ids).unwrap();
-    let mut cmd = pcscd.command(VCCID);
-    cmd.args(["--vpcd", "127.0.0.1:35963", "--create", "--data-dir"])
-        .arg(pcscd.dir.path().join("data"))
-        .args(["--card", &files_card(&ids, 1, "cac")])
+    let (mut pcscd, ids, mut cmd) =
+        vccid_on_vpcd(PrivatePcscd::start().expect("private pcscd starts"));
+    cmd.args(["--card", &files_card(&ids, 1, "cac")])
         .args(["--card", &files_card(&ids, 2, "cac")]);
     let mut stdin = pcscd.spawn_with_stdin("vccid", cmd).unwrap();
     for i in 0..2 {
