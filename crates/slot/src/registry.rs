@@ -152,6 +152,15 @@ impl Registry {
         Ok(())
     }
 
+    /// A registered card itself (to ask it something outside any slot: its ATR, say).
+    pub fn card(&self, id: &str) -> Result<SharedCard, Error> {
+        self.state()
+            .cards
+            .get(id)
+            .map(|e| e.card.clone())
+            .ok_or_else(|| Error::UnknownCard(id.to_string()))
+    }
+
     /// Forgets a card, ejecting it first if it is in a slot; returns it.
     pub fn remove_card(&self, id: &str) -> Result<SharedCard, Error> {
         let mut st = self.state();

@@ -4,6 +4,9 @@
 
 pub mod card_port;
 pub mod commands;
+pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod emul_args;
 pub mod expiry;
 pub mod hardware;
@@ -11,6 +14,7 @@ pub mod keys;
 pub mod passthru;
 pub mod qemu;
 pub mod ready;
+pub mod service;
 pub mod spec;
 pub mod tls_init;
 pub mod usb;

@@ -121,6 +121,23 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
+    /// Run the service: the cards and readers of a configuration file in one process,
+    /// controlled at run time through the control socket (`vccid ctl`). Without a file, the
+    /// embedded default card on vpcd.
+    Serve {
+        /// The configuration (default: $XDG_CONFIG_HOME/vccid/vccid.toml, or
+        /// /etc/vccid/vccid.toml as root; none there: the embedded default).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Check the configuration and exit.
+        #[arg(long)]
+        check: bool,
+        /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
+    /// Talk to a running `vccid serve` through its control socket.
+    Ctl(vccid::ctl::CtlArgs),
     /// TLS certificates.
     #[command(subcommand)]
     Tls(TlsCmd),
@@ -230,8 +247,90 @@ fn check_applicable(args: &Args, specs: &[CardSpec]) -> Result<()> {
     Ok(())
 }
 
+/// The configuration file `vccid serve` reads without --config.
+fn default_config() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/etc/vccid/vccid.toml");
+    }
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("XDG_CONFIG_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("vccid/vccid.toml")
+}
+
+/// `vccid serve`.
+fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
+    let (cfg, from) = match config {
+        Some(path) => (
+            vccid::config::Config::load(&path)?,
+            path.display().to_string(),
+        ),
+        None => {
+            let path = default_config();
+            if path.exists() {
+                (
+                    vccid::config::Config::load(&path)?,
+                    path.display().to_string(),
+                )
+            } else {
+                (
+                    vccid::service::embedded_default(),
+                    format!("the embedded default ({} does not exist)", path.display()),
+                )
+            }
+        }
+    };
+    if check {
+        println!(
+            "{from}: {} card(s), {} reader(s): OK",
+            cfg.cards.len(),
+            cfg.readers.len()
+        );
+        return Ok(());
+    }
+    tracing::info!(config = %from, "vccid serve starting");
+    let state_dir = match &cfg.service.state_dir {
+        Some(d) => d.clone(),
+        None => card::keystore::default_data_dir().ok_or_else(|| {
+            anyhow::anyhow!("no state directory: set state_dir in [service], HOME or XDG_DATA_HOME")
+        })?,
+    };
+    vccid::keys::create_data_dir(&state_dir)?;
+    let svc = vccid::service::Service::start(&cfg, state_dir)?;
+    let control = cfg
+        .service
+        .control
+        .clone()
+        .unwrap_or_else(vccid::control::default_path);
+    vccid::control::serve(
+        &control,
+        cfg.service.control_mode.as_deref(),
+        cfg.service.control_group.as_deref(),
+        svc.clone(),
+    )?;
+    println!(
+        "vccid: serving {} card(s) in {} reader(s); control socket {}",
+        cfg.cards.len(),
+        cfg.readers.len(),
+        control.display()
+    );
+    vccid::wait_for_shutdown()?;
+    tracing::info!("shutting down");
+    svc.stop();
+    let _ = std::fs::remove_file(&control);
+    Ok(())
+}
+
 fn run(args: Args) -> Result<()> {
     match args.command {
+        Some(Cmd::Serve { config, check, .. }) => return serve(config, check),
+        Some(Cmd::Ctl(a)) => return vccid::ctl::run(a),
         Some(Cmd::Tls(cmd)) => return tls_init(cmd),
         Some(Cmd::Init { dir }) => {
             print!("{}", vccid::keys::init(dir.as_deref())?);
@@ -318,19 +417,13 @@ fn run(args: Args) -> Result<()> {
     let registry = slot::Registry::new();
     let mut slots = Vec::new();
     for (i, (spec, reader)) in specs.iter().zip(hardware_readers).enumerate() {
-        let card: slot::SharedCard = match spec {
-            // -vv: one decoded, redacted line per APDU (card::Traced).
-            CardSpec::Emulated(e) => Arc::new(Mutex::new(card::Traced::new(
-                vccid::keys::emulated_card(e, args.data_dir.clone())?,
-            ))),
-            CardSpec::Hardware { .. } => Arc::new(Mutex::new(card::Traced::new(
-                hostcard::HostCard::open(reader.as_deref(), &own_vpcd())
-                    .context("--card hardware")?,
-            ))),
-            CardSpec::Passthru { listen } => Arc::new(Mutex::new(card::Traced::new(
-                vccid::passthru::PassthruCard::listen(&Addr::parse(listen)?, &security)?,
-            ))),
-        };
+        let card = vccid::service::make_card(
+            spec,
+            args.data_dir.clone(),
+            &security,
+            reader.as_deref(),
+            &own_vpcd(),
+        )?;
         let (card_id, slot_id) = (format!("card{i}"), format!("slot{i}"));
         registry.add_card(&card_id, card)?;
         let handle = registry.add_slot(&slot_id)?;
@@ -414,7 +507,11 @@ fn run(args: Args) -> Result<()> {
 
 fn main() {
     let args: Args = vccid::parse_args("vccid");
-    vccid::init_logging(args.verbose);
+    let verbose = match &args.command {
+        Some(Cmd::Serve { verbose, .. }) => *verbose,
+        _ => args.verbose,
+    };
+    vccid::init_logging(verbose);
     if let Err(e) = run(args) {
         eprintln!("vccid: error: {e:#}");
         std::process::exit(2);

@@ -116,7 +116,8 @@ pub fn redact(spec: &str) -> String {
     parts.join(",")
 }
 
-fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
+/// Splits `KIND,key=value,...` into the kind and the properties (each key once).
+pub fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
     let mut parts = spec.split(',');
     let kind = parts.next().unwrap_or_default().trim().to_string();
     let mut props = BTreeMap::new();

@@ -1,0 +1,451 @@
+//! The control socket of `vccid serve` (issue #15): a Unix socket (never TCP; mode 0600 by
+//! default) speaking JSON in QMP's shape, one message per line:
+//!
+//! * the server greets: `{"QMP": {"version": {"vccid": "0.1.0"}, "capabilities": []}}`;
+//! * a client sends `{"execute": "card-insert", "arguments": {...}, "id": ANY}` and gets
+//!   `{"return": ..., "id": ANY}` or `{"error": {"class": "GenericError", "desc": "..."}}`;
+//! * events arrive as `{"event": "CARD_INSERTED", "data": {...}, "timestamp": {"seconds": S,
+//!   "microseconds": US}}`.
+//!
+//! `qmp_capabilities` is accepted (and needed by nothing), so QMP clients work unchanged.
+//! Every accepted client's uid is logged. Lines are limited to [`MAX_LINE`] bytes and clients
+//! to [`MAX_CLIENTS`]; a client that does not read its events within [`WRITE_TIMEOUT`] is
+//! dropped; none of them can stop the others or the service.
+
+use crate::config::{CardConfig, CardKind};
+use crate::service::Service;
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest request line.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Clients served at once; more are closed on arrival.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a write to a client may block before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Nesting deeper than this in a request is refused before it is parsed.
+pub const MAX_DEPTH: usize = 32;
+
+/// The default control socket: `$XDG_RUNTIME_DIR/vccid/control.sock`, or
+/// `/run/vccid/control.sock` as root (or without a runtime directory).
+pub fn default_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !root && !d.is_empty() => PathBuf::from(d).join("vccid/control.sock"),
+        _ => PathBuf::from("/run/vccid/control.sock"),
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `s`; `cred` and `len` are valid for writes
+    // of the sizes given, which is what SO_PEERCRED fills (socket(7)).
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+/// Binds the control socket at `path` (its directory made 0755 if missing; a stale socket
+/// nobody answers on is replaced, a live one is an error) with `mode` and `group`, and serves
+/// it on threads of its own.
+pub fn serve(
+    path: &Path,
+    mode: Option<&str>,
+    group: Option<&str>,
+    service: Arc<Service>,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "{} is in use: another vccid serve is running (stop it, or give another \
+                 control socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    crate::service::set_access(path, Some(mode.unwrap_or("0600")), None, group)?;
+    tracing::info!(socket = %path.display(), "control socket ready");
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            link::accept::on_threads(
+                "control",
+                "control-client",
+                MAX_CLIENTS,
+                || listener.accept().map(|(s, _)| Client(s)),
+                move |Client(s)| client(s, &service),
+            )
+        })?;
+    Ok(())
+}
+
+/// An accepted control connection (for link's accept loop, which names peers).
+struct Client(UnixStream);
+
+impl link::accept::Peer for Client {
+    fn peer(&self) -> String {
+        peer_uid(&self.0).map_or_else(|| "uid ?".into(), |u| format!("uid {u}"))
+    }
+}
+
+/// Writes one JSON message and a newline; an error means the client is gone or stuck.
+fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
+    let mut line = v.to_string();
+    line.push('\n');
+    let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
+    s.write_all(line.as_bytes())
+}
+
+fn timestamp() -> Value {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    json!({"seconds": t.as_secs(), "microseconds": t.subsec_micros()})
+}
+
+/// A registry event as a QMP event, or `None` for those the socket does not forward (every
+/// APDU's timing: that is the trace's business).
+pub fn event_json(e: &slot::Event) -> Option<Value> {
+    use slot::Event as E;
+    let (name, data) = match e {
+        E::ReaderAdded(r) => ("READER_ADDED", json!({"slot": r})),
+        E::ReaderRemoved(r) => ("READER_REMOVED", json!({"slot": r})),
+        E::CardInserted { card, slot } => ("CARD_INSERTED", json!({"card": card, "slot": slot})),
+        E::CardEjected { card, slot } => ("CARD_EJECTED", json!({"card": card, "slot": slot})),
+        E::HostConnected { slot, peer } => ("HOST_CONNECTED", json!({"slot": slot, "peer": peer})),
+        E::HostDisconnected { slot, peer } => {
+            ("HOST_DISCONNECTED", json!({"slot": slot, "peer": peer}))
+        }
+        E::ApduDone { .. } => return None,
+    };
+    Some(json!({"event": name, "data": data, "timestamp": timestamp()}))
+}
+
+/// How deep `text` nests arrays and objects (strings skipped), counted before parsing so that
+/// a hostile line cannot make the parser recurse.
+fn depth(text: &str) -> usize {
+    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for c in text.bytes() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                d += 1;
+                max = max.max(d);
+            }
+            b']' | b'}' => d = d.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Serves one client until it leaves or misbehaves beyond repair.
+fn client(s: UnixStream, service: &Arc<Service>) {
+    let who = peer_uid(&s).map_or_else(|| "uid ?".into(), |u| format!("uid {u}"));
+    tracing::info!(client = %who, "control: client connected");
+    let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+    let (Ok(reader), Ok(events_half)) = (s.try_clone(), s.try_clone()) else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(s));
+    let greeting =
+        json!({"QMP": {"version": {"vccid": env!("CARGO_PKG_VERSION")}, "capabilities": []}});
+    if send(&writer, &greeting).is_err() {
+        return;
+    }
+    // Events go out from a thread of their own, so that a request in progress never waits for
+    // them; the registry drops (and counts) what a slow client's queue cannot hold.
+    let events = service.registry().subscribe_with_capacity(256);
+    let ew = writer.clone();
+    let _ = std::thread::Builder::new()
+        .name("control-events".into())
+        .spawn(move || {
+            for e in events {
+                if let Some(v) = event_json(&e) {
+                    if send(&ew, &v).is_err() {
+                        let _ = events_half.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            }
+        });
+    let mut input = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        if n > MAX_LINE {
+            let _ = send(
+                &writer,
+                &error(
+                    None,
+                    &format!("request longer than {MAX_LINE} bytes; closing"),
+                ),
+            );
+            tracing::warn!(client = %who, "control: request line too long; client dropped");
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let reply = handle(&text, service, &who);
+        if send(&writer, &reply).is_err() {
+            break;
+        }
+    }
+    if let Ok(s) = writer.lock() {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    tracing::info!(client = %who, "control: client left");
+}
+
+fn error(id: Option<&Value>, desc: &str) -> Value {
+    let mut v = json!({"error": {"class": "GenericError", "desc": desc}});
+    if let Some(id) = id {
+        v["id"] = id.clone();
+    }
+    v
+}
+
+/// One request line to its answer.
+pub fn handle(text: &str, service: &Service, who: &str) -> Value {
+    if depth(text) > MAX_DEPTH {
+        return error(None, &format!("nested deeper than {MAX_DEPTH} levels"));
+    }
+    let req: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return error(None, &format!("not JSON: {e}")),
+    };
+    let id = req.get("id");
+    let Some(cmd) = req.get("execute").and_then(Value::as_str) else {
+        return error(id, "expected {\"execute\": COMMAND, \"arguments\": {...}}");
+    };
+    let args = req.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    if !args.is_object() {
+        return error(id, "arguments must be an object");
+    }
+    match execute(cmd, &args, service) {
+        Ok(ret) => {
+            if !cmd.starts_with("query-") && cmd != "qmp_capabilities" {
+                tracing::info!(client = %who, command = cmd, "control: done");
+            }
+            let mut v = json!({ "return": ret });
+            if let Some(id) = id {
+                v["id"] = id.clone();
+            }
+            v
+        }
+        Err(e) => {
+            tracing::info!(client = %who, command = cmd, "control: refused: {e:#}");
+            error(id, &format!("{e:#}"))
+        }
+    }
+}
+
+/// The commands, with the arguments each takes (unknown arguments are refused).
+pub const COMMANDS: &[(&str, &[&str])] = &[
+    ("qmp_capabilities", &[]),
+    ("query-version", &[]),
+    ("query-commands", &[]),
+    ("query-readers", &[]),
+    ("query-cards", &[]),
+    (
+        "card-add",
+        &[
+            "id",
+            "profile",
+            "keys",
+            "ephemeral",
+            "pin",
+            "puk",
+            "pin-tries",
+            "properties",
+            "reader",
+        ],
+    ),
+    ("card-remove", &["id", "delete"]),
+    ("card-insert", &["card", "reader"]),
+    ("card-eject", &["reader", "card"]),
+];
+
+fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("argument {name:?} (a string) is missing"))
+}
+
+fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
+    let Some((_, known)) = COMMANDS.iter().find(|(c, _)| *c == cmd) else {
+        let names: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
+        return Err(anyhow!(
+            "unknown command {cmd:?}; commands: {}",
+            names.join(", ")
+        ));
+    };
+    if let Some(obj) = args.as_object() {
+        if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(anyhow!(
+                "{cmd} takes no argument {k:?} (it takes: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(match cmd {
+        "qmp_capabilities" => json!({}),
+        "query-version" => json!({"vccid": env!("CARGO_PKG_VERSION")}),
+        "query-commands" => json!(COMMANDS
+            .iter()
+            .map(|(c, _)| json!({"name": c}))
+            .collect::<Vec<_>>()),
+        "query-readers" => serde_json::to_value(svc.readers())?,
+        "query-cards" => serde_json::to_value(svc.cards())?,
+        "card-add" => {
+            let id = arg(args, "id")?;
+            let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+            let properties = match args.get("properties") {
+                None => Default::default(),
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, v)| {
+                        v.as_str()
+                            .map(|s| (k.clone(), s.to_string()))
+                            .ok_or_else(|| anyhow!("properties.{k} must be a string"))
+                    })
+                    .collect::<Result<_>>()?,
+                Some(_) => return Err(anyhow!("properties must be an object of strings")),
+            };
+            let pin_tries = match args.get("pin-tries") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|n| u8::try_from(n).ok())
+                        .ok_or_else(|| anyhow!("pin-tries must be a number 1..15"))?,
+                ),
+            };
+            let c = CardConfig {
+                id: toml::Spanned::new(0..0, id.to_string()),
+                kind: CardKind::Emulated,
+                profile: text("profile"),
+                keys: text("keys"),
+                ephemeral: args
+                    .get("ephemeral")
+                    .map(|v| {
+                        v.as_bool()
+                            .ok_or_else(|| anyhow!("ephemeral must be true or false"))
+                    })
+                    .transpose()?
+                    .unwrap_or(false),
+                pin: text("pin"),
+                pin_file: None,
+                puk: text("puk"),
+                puk_file: None,
+                pin_tries,
+                properties,
+                listen: None,
+                reader: None,
+            };
+            let info = svc.add_card(c)?;
+            if let Some(reader) = args.get("reader").and_then(Value::as_str) {
+                svc.insert(id, reader)?;
+                serde_json::to_value(svc.card_info(id)?)?
+            } else {
+                serde_json::to_value(info)?
+            }
+        }
+        "card-remove" => {
+            let delete = args.get("delete").and_then(Value::as_bool).unwrap_or(false);
+            svc.remove_card(arg(args, "id")?, delete)?;
+            json!({})
+        }
+        "card-insert" => {
+            let slot = svc.insert(arg(args, "card")?, arg(args, "reader")?)?;
+            json!({ "slot": slot })
+        }
+        "card-eject" => {
+            let what = args
+                .get("reader")
+                .or_else(|| args.get("card"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("card-eject takes reader (a reader or slot) or card"))?;
+            let (card, slot) = svc.eject(what)?;
+            json!({"card": card, "slot": slot})
+        }
+        _ => return Err(anyhow!("{cmd} is listed but not implemented")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_outside_strings() {
+        assert_eq!(depth(r#"{"a": [1, {"b": "[[[["}]}"#), 3);
+        assert_eq!(depth(&"[".repeat(1000)), 1000);
+        assert_eq!(depth(r#""\"[""#), 0);
+    }
+
+    #[test]
+    fn events_in_qmp_shape() {
+        let v = event_json(&slot::Event::CardInserted {
+            card: "alice".into(),
+            slot: "vm1".into(),
+        })
+        .unwrap();
+        assert_eq!(v["event"], "CARD_INSERTED");
+        assert_eq!(v["data"], json!({"card": "alice", "slot": "vm1"}));
+        assert!(v["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000);
+        assert!(event_json(&slot::Event::ApduDone {
+            slot: "x".into(),
+            ins: 0xA4,
+            sw: 0x9000,
+            micros: 1
+        })
+        .is_none());
+    }
+}

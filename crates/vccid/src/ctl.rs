@@ -1,0 +1,346 @@
+//! `vccid ctl`: the command-line client of the control socket (issue #15). Human output by
+//! default, `--json` for scripts (the `return` value as it came), `events` streams events as
+//! JSON lines, `wait` blocks until an event happens (for test scripts).
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `vccid ctl` options.
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// The control socket (default: $VCCID_CONTROL, else $XDG_RUNTIME_DIR/vccid/control.sock,
+    /// or /run/vccid/control.sock as root).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Print the server's JSON answer instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCmd,
+}
+
+/// What to ask.
+#[derive(clap::Subcommand, Debug)]
+pub enum CtlCmd {
+    /// The service's version.
+    Version,
+    /// The readers, their slots and the cards in them.
+    Readers,
+    /// The cards.
+    Cards,
+    /// Cards: add, remove, insert, eject.
+    #[command(subcommand)]
+    Card(CardCmd),
+    /// Stream events as JSON lines until interrupted.
+    Events,
+    /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
+    /// reader-added, reader-removed) about SUBJECT (a card or slot), at most --timeout seconds;
+    /// exit status 1 on timeout.
+    Wait {
+        /// The event, e.g. card-inserted.
+        event: String,
+        /// A card or slot the event must name.
+        subject: Option<String>,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Send one raw request (a JSON object) and print the answer.
+    Raw {
+        /// The request, e.g. '{"execute": "query-cards"}'.
+        request: String,
+    },
+}
+
+/// `vccid ctl card ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum CardCmd {
+    /// Make a card (generated identities of its own unless --keys), optionally into a reader.
+    Add {
+        /// The card's id.
+        id: String,
+        /// cac, piv or cac+piv.
+        #[arg(long)]
+        profile: Option<String>,
+        /// generated (default), default, files, certificates or pkcs11.
+        #[arg(long)]
+        keys: Option<String>,
+        /// Keep nothing on disk.
+        #[arg(long)]
+        ephemeral: bool,
+        /// Put it into this reader (or slot) at once.
+        #[arg(long)]
+        reader: Option<String>,
+        /// More card properties, KEY=VALUE (as in --card), repeatable.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+    },
+    /// Remove a card (ejecting it first); --delete also deletes a generated card from disk.
+    Remove {
+        /// The card's id.
+        id: String,
+        /// Delete its identities and state.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Insert CARD into READER (its first empty slot) or a slot; a card in another reader
+    /// moves.
+    Insert {
+        /// The card.
+        card: String,
+        /// The reader or slot.
+        reader: String,
+    },
+    /// Eject the card of READER (or slot), or the named card.
+    Eject {
+        /// A reader, a slot, or a card.
+        what: String,
+    },
+}
+
+/// A connection to the control socket, past its greeting.
+pub struct Connection {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    /// Events that arrived while waiting for an answer.
+    pub pending_events: Vec<Value>,
+}
+
+impl Connection {
+    /// Connects and reads the greeting.
+    pub fn open(path: Option<PathBuf>) -> Result<Connection> {
+        let path = path
+            .or_else(|| std::env::var_os("VCCID_CONTROL").map(PathBuf::from))
+            .unwrap_or_else(crate::control::default_path);
+        let s = UnixStream::connect(&path).with_context(|| {
+            format!(
+                "cannot connect to {} (is `vccid serve` running, and may you use its socket?)",
+                path.display()
+            )
+        })?;
+        let writer = s.try_clone()?;
+        let mut c = Connection {
+            reader: BufReader::new(s),
+            writer,
+            pending_events: Vec::new(),
+        };
+        let greeting = c.next(None)?;
+        if greeting.get("QMP").is_none() {
+            bail!(
+                "{} is not a vccid control socket: {greeting}",
+                path.display()
+            );
+        }
+        Ok(c)
+    }
+
+    /// The next message, waiting at most until `deadline`.
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Value> {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            bail!("timed out");
+        }
+        self.reader.get_ref().set_read_timeout(left)?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => bail!("the service closed the connection"),
+            Ok(_) => Ok(serde_json::from_str(&line)
+                .with_context(|| format!("not JSON from the service: {line:?}"))?),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("timed out")
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends a request and returns its `return` value, or its error as an error.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let answer = self.request(&json!({"execute": command, "arguments": arguments}))?;
+        match (answer.get("return"), answer.get("error")) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(e)) => bail!("{}", e["desc"].as_str().unwrap_or("error")),
+            _ => bail!("unexpected answer: {answer}"),
+        }
+    }
+
+    /// Sends a raw request and returns the whole answer (events meanwhile are kept).
+    pub fn request(&mut self, req: &Value) -> Result<Value> {
+        let mut line = req.to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())?;
+        loop {
+            let v = self.next(Some(Instant::now() + Duration::from_secs(60)))?;
+            if v.get("event").is_some() {
+                self.pending_events.push(v);
+            } else {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The next event (kept ones first), waiting at most until `deadline`.
+    pub fn next_event(&mut self, deadline: Option<Instant>) -> Result<Value> {
+        if !self.pending_events.is_empty() {
+            return Ok(self.pending_events.remove(0));
+        }
+        loop {
+            let v = self.next(deadline)?;
+            if v.get("event").is_some() {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+fn print_readers(v: &Value) {
+    for r in v.as_array().into_iter().flatten() {
+        println!(
+            "{}  {}  {}",
+            r["id"].as_str().unwrap_or("?"),
+            r["transport"].as_str().unwrap_or("?"),
+            r["address"].as_str().unwrap_or("?")
+        );
+        for s in r["slots"].as_array().into_iter().flatten() {
+            println!(
+                "  {}: {}",
+                s["id"].as_str().unwrap_or("?"),
+                s["card"].as_str().unwrap_or("(empty)")
+            );
+        }
+    }
+}
+
+fn print_cards(v: &Value) {
+    for c in v.as_array().into_iter().flatten() {
+        let mut what = vec![c["kind"].as_str().unwrap_or("?").to_string()];
+        for k in ["profile", "keys"] {
+            if let Some(s) = c[k].as_str() {
+                what.push(s.to_string());
+            }
+        }
+        if c["ephemeral"].as_bool() == Some(true) {
+            what.push("ephemeral".into());
+        }
+        println!(
+            "{}  {}  in {}",
+            c["id"].as_str().unwrap_or("?"),
+            what.join(" "),
+            c["slot"].as_str().unwrap_or("no reader")
+        );
+    }
+}
+
+/// Runs `vccid ctl`.
+pub fn run(args: CtlArgs) -> Result<()> {
+    let mut c = Connection::open(args.socket)?;
+    let show = |v: &Value, human: &dyn Fn(&Value)| {
+        if args.json {
+            println!("{v}");
+        } else {
+            human(v);
+        }
+    };
+    match args.command {
+        CtlCmd::Version => show(&c.execute("query-version", json!({}))?, &|v| {
+            println!("vccid {}", v["vccid"].as_str().unwrap_or("?"))
+        }),
+        CtlCmd::Readers => show(&c.execute("query-readers", json!({}))?, &print_readers),
+        CtlCmd::Cards => show(&c.execute("query-cards", json!({}))?, &print_cards),
+        CtlCmd::Card(cmd) => match cmd {
+            CardCmd::Add {
+                id,
+                profile,
+                keys,
+                ephemeral,
+                reader,
+                properties,
+            } => {
+                let mut a = json!({"id": id, "ephemeral": ephemeral});
+                for (k, v) in [("profile", profile), ("keys", keys), ("reader", reader)] {
+                    if let Some(v) = v {
+                        a[k] = json!(v);
+                    }
+                }
+                if !properties.is_empty() {
+                    let mut m = serde_json::Map::new();
+                    for p in properties {
+                        let (k, v) = p
+                            .split_once('=')
+                            .ok_or_else(|| anyhow!("--property {p:?}: expected KEY=VALUE"))?;
+                        m.insert(k.to_string(), json!(v));
+                    }
+                    a["properties"] = Value::Object(m);
+                }
+                let v = c.execute("card-add", a)?;
+                show(&v, &|v| print_cards(&json!([v])));
+            }
+            CardCmd::Remove { id, delete } => {
+                let v = c.execute("card-remove", json!({"id": id, "delete": delete}))?;
+                show(&v, &|_| println!("card {id} removed"));
+            }
+            CardCmd::Insert { card, reader } => {
+                let v = c.execute("card-insert", json!({"card": card, "reader": reader}))?;
+                show(&v, &|v| {
+                    println!("card {card} in {}", v["slot"].as_str().unwrap_or("?"))
+                });
+            }
+            CardCmd::Eject { what } => {
+                let v = c.execute("card-eject", json!({ "reader": what }))?;
+                show(&v, &|v| {
+                    println!(
+                        "card {} ejected from {}",
+                        v["card"].as_str().unwrap_or("?"),
+                        v["slot"].as_str().unwrap_or("?")
+                    )
+                });
+            }
+        },
+        CtlCmd::Events => {
+            let mut out = std::io::stdout().lock();
+            loop {
+                let e = c.next_event(None)?;
+                writeln!(out, "{e}")?;
+                out.flush()?;
+            }
+        }
+        CtlCmd::Wait {
+            event,
+            subject,
+            timeout,
+        } => {
+            let name = event.to_uppercase().replace('-', "_");
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            loop {
+                let e = match c.next_event(Some(deadline)) {
+                    Ok(e) => e,
+                    Err(_) if Instant::now() >= deadline => {
+                        eprintln!("vccid ctl: no {event} within {timeout} s");
+                        std::process::exit(1);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let about = |k: &str| e["data"][k].as_str() == subject.as_deref();
+                if e["event"] == name.as_str()
+                    && (subject.is_none() || about("card") || about("slot"))
+                {
+                    show(&e, &|e| println!("{}", e["event"].as_str().unwrap_or("?")));
+                    return Ok(());
+                }
+            }
+        }
+        CtlCmd::Raw { request } => {
+            let req: Value = serde_json::from_str(&request).context("the request is not JSON")?;
+            println!("{}", c.request(&req)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,547 @@
+//! The service behind `vccid serve` (issue #15): the cards and readers of a configuration in
+//! one [`slot::Registry`], the transports serving the readers' slots, and the operations the
+//! control socket offers (insert, eject, add and remove cards). The command line's flag mode
+//! makes its cards with the same [`make_card`].
+
+use crate::config::{self, CardConfig, CardKind, Config, ReaderConfig, Transport};
+use crate::spec::{self, CardSpec};
+use anyhow::{anyhow, bail, Context, Result};
+use link::{Addr, ListenSecurity, Security};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A card as the transports share it.
+pub type SharedCard = Arc<Mutex<dyn card::Card>>;
+
+/// Makes the card of a `--card` specification, wrapped in `card::Traced` (one decoded,
+/// redacted line per APDU at `-vv`).
+pub fn make_card(
+    spec: &CardSpec,
+    data_dir: Option<PathBuf>,
+    security: &ListenSecurity,
+    hardware_reader: Option<&str>,
+    own_vpcd: &[hostcard::Excluded],
+) -> Result<slot::SharedCard> {
+    Ok(match spec {
+        CardSpec::Emulated(e) => Arc::new(Mutex::new(card::Traced::new(
+            crate::keys::emulated_card(e, data_dir)?,
+        ))),
+        CardSpec::Hardware { .. } => Arc::new(Mutex::new(card::Traced::new(
+            hostcard::HostCard::open(hardware_reader, own_vpcd).context("--card hardware")?,
+        ))),
+        CardSpec::Passthru { listen } => Arc::new(Mutex::new(card::Traced::new(
+            crate::passthru::PassthruCard::listen(&Addr::parse(listen)?, security)?,
+        ))),
+    })
+}
+
+/// What the control socket reports of a card.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CardInfo {
+    /// The card's id.
+    pub id: String,
+    /// emulated, passthru or hardware.
+    pub kind: String,
+    /// cac, piv or cac+piv (emulated cards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Where its keys are (emulated cards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
+    /// Nothing of it is on disk.
+    pub ephemeral: bool,
+    /// The slot it is in, if any.
+    pub slot: Option<String>,
+    /// Its ATR, hex.
+    pub atr: String,
+}
+
+/// What the control socket reports of a reader.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReaderInfo {
+    /// The reader's id.
+    pub id: String,
+    /// Its transport.
+    pub transport: String,
+    /// Where it listens or connects.
+    pub address: String,
+    /// Its slots and their cards.
+    pub slots: Vec<SlotInfo>,
+}
+
+/// A slot of a reader.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotInfo {
+    /// The slot's id (the reader's id for a one-slot reader, else `READER/N`).
+    pub id: String,
+    /// The card in it.
+    pub card: Option<String>,
+}
+
+/// A card the service holds, and how it was made.
+struct CardEntry {
+    config: CardConfig,
+}
+
+/// A reader the service runs.
+struct ReaderEntry {
+    transport: Transport,
+    address: String,
+    slots: Vec<String>,
+    /// The vpcd client, stopped when the service stops (the USB transports' threads live as
+    /// long as the process).
+    vpcd: Option<vpcd::Client>,
+}
+
+/// The running service.
+pub struct Service {
+    registry: slot::Registry,
+    state_dir: PathBuf,
+    security: ListenSecurity,
+    cards: Mutex<BTreeMap<String, CardEntry>>,
+    readers: Mutex<BTreeMap<String, ReaderEntry>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The configuration `vccid serve` runs without a file: the embedded default card on vpcd,
+/// what `vccid --vpcd` serves.
+pub fn embedded_default() -> Config {
+    let text = "[[card]]\nid = \"default\"\nkeys = \"default\"\n\n\
+                [[reader]]\nid = \"vpcd0\"\ntransport = \"vpcd\"\ncards = [\"default\"]\n";
+    Config::parse(text, "(embedded default)").unwrap_or_default()
+}
+
+impl Service {
+    /// Starts every card and reader of `cfg`; nothing is left half-started on error (the
+    /// process exits).
+    pub fn start(cfg: &Config, state_dir: PathBuf) -> Result<Arc<Service>> {
+        let security = ListenSecurity {
+            tls: None,
+            plaintext: if cfg.service.insecure_plaintext {
+                Security::InsecurePlaintext
+            } else {
+                Security::Plaintext
+            },
+        };
+        let svc = Arc::new(Service {
+            registry: slot::Registry::new(),
+            state_dir,
+            security,
+            cards: Mutex::default(),
+            readers: Mutex::default(),
+        });
+        for c in &cfg.cards {
+            svc.add_card(c.clone())
+                .with_context(|| format!("card {:?}", c.id.get_ref()))?;
+        }
+        // USB/IP readers on one address share a server (bus ids 1-1, 1-2, ... in file order).
+        let mut usbip: BTreeMap<String, Vec<&ReaderConfig>> = BTreeMap::new();
+        for r in &cfg.readers {
+            if r.transport == Transport::Usbip {
+                let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:3240".into());
+                usbip.entry(a).or_default().push(r);
+            } else {
+                svc.start_reader(r)
+                    .with_context(|| format!("reader {:?}", r.id.get_ref()))?;
+            }
+        }
+        for (addr, readers) in usbip {
+            svc.start_usbip(&addr, &readers)
+                .with_context(|| format!("USB/IP on {addr}"))?;
+        }
+        Ok(svc)
+    }
+
+    /// The registry of slots and cards.
+    pub fn registry(&self) -> &slot::Registry {
+        &self.registry
+    }
+
+    /// Makes a card and adds it to the registry (in no slot).
+    pub fn add_card(&self, c: CardConfig) -> Result<CardInfo> {
+        let id = c.id.get_ref().clone();
+        config::valid_id(&id).map_err(|e| anyhow!(e))?;
+        if lock(&self.cards).contains_key(&id) {
+            bail!("a card {id:?} exists already");
+        }
+        let spec = match c.kind {
+            CardKind::Emulated => {
+                let mut text = config::emulated_spec_text(&c);
+                let props = spec::split(&text)?.1;
+                // A generated persistent PIV card keeps its state beside its identities, so
+                // that deleting the card deletes all of it.
+                let piv = c.profile.as_deref().is_some_and(|p| p.contains("piv"));
+                if piv && !props.contains_key("state") {
+                    if c.ephemeral {
+                        text.push_str(",state=off");
+                    } else if props.get("backend").map(String::as_str) == Some("generated") {
+                        let dir = self.state_dir.join("cards").join(&id);
+                        text.push_str(&format!(",state={}", dir.join("piv-state.json").display()));
+                    }
+                }
+                let mut s = spec::parse(&text)?;
+                if let CardSpec::Emulated(e) = &mut s {
+                    e.pin = match (&c.pin, &c.pin_file) {
+                        (Some(p), _) => Some(zeroize::Zeroizing::new(p.clone())),
+                        (None, Some(f)) => spec::secret(Some(f), "")?,
+                        (None, None) => None,
+                    };
+                    e.puk = match (&c.puk, &c.puk_file) {
+                        (Some(p), _) => Some(zeroize::Zeroizing::new(p.clone())),
+                        (None, Some(f)) => spec::secret(Some(f), "")?,
+                        (None, None) => None,
+                    };
+                }
+                s
+            }
+            CardKind::Passthru => CardSpec::Passthru {
+                listen: c.listen.clone().unwrap_or_else(|| "127.0.0.1:2001".into()),
+            },
+            CardKind::Hardware => CardSpec::Hardware {
+                reader: c.reader.clone(),
+            },
+        };
+        let card = make_card(
+            &spec,
+            Some(self.state_dir.clone()),
+            &self.security,
+            c.reader.as_deref(),
+            &[],
+        )?;
+        self.registry.add_card(&id, card)?;
+        lock(&self.cards).insert(id.clone(), CardEntry { config: c });
+        tracing::info!(card = %id, "card added");
+        self.card_info(&id)
+    }
+
+    /// Removes a card (ejecting it first); with `delete`, a generated card's identities and
+    /// state go from disk too.
+    pub fn remove_card(&self, id: &str, delete: bool) -> Result<()> {
+        let entry = lock(&self.cards)
+            .remove(id)
+            .ok_or_else(|| anyhow!("no card {id:?}"))?;
+        self.registry.remove_card(id)?;
+        let generated = entry.config.kind == CardKind::Emulated
+            && entry.config.keys.as_deref().unwrap_or("generated") == "generated";
+        if delete && generated && !entry.config.ephemeral {
+            let dir = self.state_dir.join("cards").join(id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(card = id, dir = %dir.display(), "card deleted"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("card {id:?} removed, but {} stays: {e}", dir.display()),
+            }
+        } else {
+            tracing::info!(card = id, "card removed");
+        }
+        Ok(())
+    }
+
+    /// The slot a reader argument names: a slot id, or a reader whose first empty slot (for an
+    /// insertion) or first slot is meant.
+    fn slot_for(&self, reader: &str, empty: bool) -> Result<String> {
+        if self.registry.slots().iter().any(|s| s == reader) {
+            return Ok(reader.to_string());
+        }
+        let readers = lock(&self.readers);
+        let r = readers
+            .get(reader)
+            .ok_or_else(|| anyhow!("no reader or slot {reader:?}"))?;
+        let pick = r.slots.iter().find(|s| {
+            let held = self.registry.card_in(s).ok().flatten();
+            if empty {
+                held.is_none()
+            } else {
+                held.is_some()
+            }
+        });
+        pick.cloned().ok_or_else(|| {
+            anyhow!(
+                "reader {reader:?} has no {} slot",
+                if empty { "empty" } else { "occupied" }
+            )
+        })
+    }
+
+    /// Puts a card into a reader (its first empty slot) or a named slot; a card in another
+    /// slot moves (its old host sees a removal).
+    pub fn insert(&self, card: &str, reader: &str) -> Result<String> {
+        let slot = self.slot_for(reader, true)?;
+        self.registry.move_card(card, &slot)?;
+        Ok(slot)
+    }
+
+    /// Takes the card out of a slot (or a reader's first occupied slot), or the named card out
+    /// of wherever it is; returns the card and the slot.
+    pub fn eject(&self, what: &str) -> Result<(String, String)> {
+        if lock(&self.cards).contains_key(what) {
+            let slot = self
+                .registry
+                .slot_of(what)?
+                .ok_or_else(|| anyhow!("card {what:?} is in no reader"))?;
+            self.registry.eject(&slot)?;
+            return Ok((what.to_string(), slot));
+        }
+        let slot = self.slot_for(what, false)?;
+        let card = self
+            .registry
+            .eject(&slot)?
+            .ok_or_else(|| anyhow!("no card in {slot:?}"))?;
+        Ok((card, slot))
+    }
+
+    /// One card's report.
+    pub fn card_info(&self, id: &str) -> Result<CardInfo> {
+        let cards = lock(&self.cards);
+        let c = &cards
+            .get(id)
+            .ok_or_else(|| anyhow!("no card {id:?}"))?
+            .config;
+        let emulated = c.kind == CardKind::Emulated;
+        let atr = self
+            .registry
+            .card(id)
+            .map(|c| {
+                let atr = lock(&c).atr();
+                apdu::hex::spaced(&atr).replace(' ', "")
+            })
+            .unwrap_or_default();
+        Ok(CardInfo {
+            id: id.to_string(),
+            kind: format!("{:?}", c.kind).to_lowercase(),
+            profile: emulated.then(|| c.profile.clone().unwrap_or_else(|| "cac".into())),
+            keys: emulated.then(|| c.keys.clone().unwrap_or_else(|| "generated".into())),
+            ephemeral: c.ephemeral,
+            slot: self.registry.slot_of(id).ok().flatten(),
+            atr,
+        })
+    }
+
+    /// Every card's report, by id.
+    pub fn cards(&self) -> Vec<CardInfo> {
+        let ids: Vec<String> = lock(&self.cards).keys().cloned().collect();
+        ids.iter()
+            .filter_map(|id| self.card_info(id).ok())
+            .collect()
+    }
+
+    /// Every reader's report, by id.
+    pub fn readers(&self) -> Vec<ReaderInfo> {
+        lock(&self.readers)
+            .iter()
+            .map(|(id, r)| ReaderInfo {
+                id: id.clone(),
+                transport: r.transport.to_string(),
+                address: r.address.clone(),
+                slots: r
+                    .slots
+                    .iter()
+                    .map(|s| SlotInfo {
+                        id: s.clone(),
+                        card: self.registry.card_in(s).ok().flatten(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Adds the reader's slots to the registry and inserts its cards.
+    fn add_slots(&self, r: &ReaderConfig) -> Result<Vec<slot::SlotCard>> {
+        let mut handles = Vec::new();
+        for n in 0..r.slot_count() {
+            let id = r.slot_id(n);
+            handles.push(self.registry.add_slot(&id)?);
+            if let Some(card) = r.cards.get(n).filter(|c| !c.is_empty()) {
+                self.registry.insert(card, &id)?;
+            }
+        }
+        Ok(handles)
+    }
+
+    fn shared(h: slot::SlotCard) -> SharedCard {
+        Arc::new(Mutex::new(h))
+    }
+
+    fn start_reader(&self, r: &ReaderConfig) -> Result<()> {
+        let handles = self.add_slots(r)?;
+        let slots: Vec<String> = handles.iter().map(|h| h.id().to_string()).collect();
+        let (address, vpcd) = match r.transport {
+            Transport::Vpcd => {
+                let a = r
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:35963".into());
+                let addr = match Addr::parse(&a)? {
+                    Addr::Tcp(t) => t,
+                    Addr::Unix(_) => bail!("vpcd runs over TCP only"),
+                };
+                let card = handles
+                    .into_iter()
+                    .next()
+                    .map(Self::shared)
+                    .ok_or_else(|| anyhow!("a vpcd reader has one slot"))?;
+                let client = vpcd::spawn(card, vpcd::ClientOptions::new(addr))
+                    .context("cannot start the vpcd client")?;
+                (a, Some(client))
+            }
+            Transport::Usbredir | Transport::UsbredirConnect => {
+                let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:4000".into());
+                let addr = Addr::parse(&a)?;
+                let tls = r.tls.as_ref().map(|dir| link::tls::TlsOptions {
+                    dir: dir.clone(),
+                    verify_peer: r.tls_verify_peer.unwrap_or(true),
+                    server_name: None,
+                    on_certificate: Some(crate::expiry::warn),
+                });
+                let role = if r.transport == Transport::Usbredir {
+                    let security = ListenSecurity {
+                        tls: tls.as_ref().map(|t| t.server_config()).transpose()?,
+                        plaintext: self.security.plaintext,
+                    };
+                    crate::usb::Role::Listen(addr.clone(), security)
+                } else {
+                    let client = tls
+                        .as_ref()
+                        .map(|t| link::TlsClient::new(t, &addr))
+                        .transpose()?;
+                    crate::usb::Role::Connect(addr.clone(), client)
+                };
+                crate::usb::serve(&role, handles.into_iter().map(Self::shared).collect(), None)?;
+                if let (Addr::Unix(path), Transport::Usbredir) = (&addr, r.transport) {
+                    set_access(
+                        path,
+                        r.mode.as_deref(),
+                        r.owner.as_deref(),
+                        r.group.as_deref(),
+                    )?;
+                }
+                (a, None)
+            }
+            Transport::Usbip => bail!("USB/IP readers start together (start_usbip)"),
+        };
+        lock(&self.readers).insert(
+            r.id.get_ref().clone(),
+            ReaderEntry {
+                transport: r.transport,
+                address,
+                slots,
+                vpcd,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_usbip(&self, address: &str, readers: &[&ReaderConfig]) -> Result<()> {
+        let addr = match Addr::parse(address)? {
+            Addr::Tcp(t) => t,
+            Addr::Unix(_) => bail!("USB/IP runs over TCP only"),
+        };
+        let mut devices = Vec::new();
+        for r in readers {
+            let handles = self.add_slots(r)?;
+            devices.push(handles);
+        }
+        let slots: Vec<Vec<String>> = devices
+            .iter()
+            .map(|h| h.iter().map(|s| s.id().to_string()).collect())
+            .collect();
+        crate::usb::serve_usbip(
+            addr,
+            devices
+                .into_iter()
+                .map(|h| h.into_iter().map(Self::shared).collect())
+                .collect(),
+            None,
+            self.security.plaintext,
+        )?;
+        for (i, (r, slots)) in readers.iter().zip(slots).enumerate() {
+            lock(&self.readers).insert(
+                r.id.get_ref().clone(),
+                ReaderEntry {
+                    transport: Transport::Usbip,
+                    address: format!("{address} bus id {}", crate::usb::usbip_busid(i)),
+                    slots,
+                    vpcd: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the transports that connect out (vpcd): pcscd sees their readers' cards go.
+    pub fn stop(&self) {
+        for r in lock(&self.readers).values_mut() {
+            if let Some(c) = r.vpcd.take() {
+                c.stop();
+            }
+        }
+    }
+}
+
+/// A Unix socket's mode (default 0600), owner and group.
+pub fn set_access(
+    path: &Path,
+    mode: Option<&str>,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = mode
+        .map(config::parse_mode)
+        .transpose()
+        .map_err(|e| anyhow!(e))?
+        .unwrap_or(0o600);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    let uid = owner.map(|o| lookup_id("/etc/passwd", o)).transpose()?;
+    let gid = group.map(|g| lookup_id("/etc/group", g)).transpose()?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid)
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A user's or group's numeric id from /etc/passwd or /etc/group (a number is taken as it is).
+fn lookup_id(file: &str, name: &str) -> Result<u32> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let id = f.nth(1)?;
+            (n == name).then(|| id.parse::<u32>().ok()).flatten()
+        })
+        .next()
+        .ok_or_else(|| anyhow!("no {name:?} in {file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_passwd_and_group() {
+        assert_eq!(lookup_id("/etc/passwd", "root").unwrap(), 0);
+        assert_eq!(lookup_id("/etc/group", "root").unwrap(), 0);
+        assert_eq!(lookup_id("/etc/group", "42").unwrap(), 42);
+        assert!(lookup_id("/etc/group", "no-such-group-here")
+            .unwrap_err()
+            .to_string()
+            .contains("no \"no-such-group-here\" in /etc/group"));
+    }
+
+    #[test]
+    fn the_embedded_default_is_the_default_card_on_vpcd() {
+        let c = embedded_default();
+        assert_eq!(c.cards.len(), 1);
+        assert_eq!(c.readers[0].transport, Transport::Vpcd);
+        assert_eq!(c.readers[0].cards, ["default"]);
+    }
+}

@@ -1,0 +1,338 @@
+//! `vccid serve` with a configuration file and `vccid ctl` over the real control socket
+//! (issue #15), against a private pcscd + vpcd: the configured cards are in their readers,
+//! cards are ejected, inserted, added and removed at run time and pcscd sees it, events reach
+//! a listening client, and bad control input gets an error without disturbing anything.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::{text, CommandExt, PrivatePcscd};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+
+/// The certificate serials `pkcs15-tool --list-certificates` shows for reader `index`.
+fn serials(pcscd: &PrivatePcscd, index: usize) -> Vec<String> {
+    let out = pcscd
+        .command("pkcs15-tool")
+        .args(["--reader", &index.to_string(), "--list-certificates"])
+        .output_within(testkit::TOOL_TIMEOUT)
+        .expect("pkcs15-tool runs");
+    text(&out)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Encoded serial"))
+        .map(|v| v.trim_start_matches([' ', ':']).to_string())
+        .collect()
+}
+
+/// `vccid ctl ARGS` against `socket`; its stdout, or a panic with its stderr.
+fn ctl(socket: &Path, args: &[&str]) -> String {
+    let o = Command::new(VCCID)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output_within(testkit::TOOL_TIMEOUT)
+        .expect("vccid ctl runs");
+    assert!(o.status.success(), "vccid ctl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Served {
+    pcscd: PrivatePcscd,
+    socket: PathBuf,
+    ids: PathBuf,
+}
+
+/// `vccid serve` in `pcscd`'s namespaces with the configuration `config` (where `{ids}` is the
+/// directory of testkit's identities and `{socket}` the control socket).
+fn serve(config: &str) -> Served {
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let dir = pcscd.dir.path().to_path_buf();
+    let ids = dir.join("ids");
+    std::fs::create_dir(&ids).unwrap();
+    testkit::openssl_identities(&ids).unwrap();
+    let socket = dir.join("control.sock");
+    let config = config
+        .replace("{ids}", &ids.display().to_string())
+        .replace("{socket}", &socket.display().to_string())
+        .replace("{state}", &dir.join("state").display().to_string());
+    let file = dir.join("vccid.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = pcscd.command(VCCID);
+    cmd.arg("serve").arg("--config").arg(&file);
+    pcscd.spawn("vccid", cmd).unwrap();
+    testkit::wait_for("the control socket", Duration::from_secs(30), || {
+        UnixStream::connect(&socket).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pcscd.child_log("vccid")));
+    Served { pcscd, socket, ids }
+}
+
+const TWO_READERS: &str = r#"
+[service]
+state_dir = "{state}"
+control = "{socket}"
+
+[[card]]
+id = "alice"
+keys = "files"
+properties = { cert1 = "{ids}/cert1.crt.pem", key1 = "{ids}/cert1.key.pem" }
+
+[[card]]
+id = "bob"
+keys = "files"
+properties = { cert1 = "{ids}/cert2.crt.pem", key1 = "{ids}/cert2.key.pem" }
+
+[[card]]
+id = "carol"
+keys = "files"
+profile = "piv"
+properties = { cert1 = "{ids}/cert3.crt.pem", key1 = "{ids}/cert3.key.pem", state = "off" }
+
+[[reader]]
+id = "r0"
+transport = "vpcd"
+address = "127.0.0.1:35963"
+cards = ["alice"]
+
+[[reader]]
+id = "r1"
+transport = "vpcd"
+address = "127.0.0.1:35964"
+cards = ["bob"]
+"#;
+
+#[test]
+fn configured_cards_are_in_their_readers_and_ctl_moves_them() {
+    let s = serve(TWO_READERS);
+    for i in 0..2 {
+        if let Err(e) = s.pcscd.wait_card(i, Duration::from_secs(30)) {
+            panic!("{e}\n{}", s.pcscd.child_log("vccid"));
+        }
+    }
+    let (alice, bob) = (serials(&s.pcscd, 0), serials(&s.pcscd, 1));
+    assert!(!alice.is_empty() && alice != bob, "{alice:?} {bob:?}");
+    let readers = ctl(&s.socket, &["readers"]);
+    assert_eq!(
+        readers,
+        "r0  vpcd  127.0.0.1:35963\n  r0: alice\nr1  vpcd  127.0.0.1:35964\n  r1: bob\n"
+    );
+    let cards: serde_json::Value =
+        serde_json::from_str(&ctl(&s.socket, &["--json", "cards"])).unwrap();
+    assert_eq!(cards.as_array().unwrap().len(), 3, "{cards}");
+    assert_eq!(cards[2]["id"], "carol");
+    assert_eq!(cards[2]["slot"], serde_json::Value::Null);
+    assert_eq!(cards[2]["profile"], "piv");
+
+    // A client listening for events sees what the next commands do.
+    let mut events = Command::new(VCCID)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert_eq!(
+        ctl(&s.socket, &["card", "eject", "r1"]),
+        "card bob ejected from r1\n"
+    );
+    s.pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        ctl(&s.socket, &["card", "insert", "carol", "r1"]),
+        "card carol in r1\n"
+    );
+    s.pcscd.wait_card(1, Duration::from_secs(10)).unwrap();
+    let n = text(
+        &s.pcscd
+            .command("opensc-tool")
+            .args(["--reader", "1", "-n"])
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap(),
+    );
+    assert!(n.contains("Personal Identity Verification"), "{n}");
+    // Ejected by the card's name, then bob into the reader alice left.
+    assert_eq!(
+        ctl(&s.socket, &["card", "eject", "alice"]),
+        "card alice ejected from r0\n"
+    );
+    s.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    ctl(&s.socket, &["card", "insert", "bob", "r0"]);
+    s.pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
+    assert_eq!(serials(&s.pcscd, 0), bob, "r0 now holds bob");
+
+    let names: Vec<String> = lines
+        .map_while(Result::ok)
+        .take(4)
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(&l).unwrap();
+            format!("{} {} {}", e["event"], e["data"]["card"], e["data"]["slot"])
+        })
+        .collect();
+    testkit::kill(&mut events, "vccid ctl events").unwrap();
+    assert_eq!(
+        names,
+        [
+            r#""CARD_EJECTED" "bob" "r1""#,
+            r#""CARD_INSERTED" "carol" "r1""#,
+            r#""CARD_EJECTED" "alice" "r0""#,
+            r#""CARD_INSERTED" "bob" "r0""#,
+        ]
+    );
+    // Cards made and removed at run time.
+    let added = ctl(
+        &s.socket,
+        &[
+            "card",
+            "add",
+            "dave",
+            "--keys",
+            "files",
+            "--property",
+            &format!("cert1={}/cert1.crt.pem", s.ids.display()),
+            "--property",
+            &format!("key1={}/cert1.key.pem", s.ids.display()),
+        ],
+    );
+    assert_eq!(added, "dave  emulated cac files  in no reader\n");
+    ctl(&s.socket, &["card", "remove", "dave"]);
+    assert!(!ctl(&s.socket, &["cards"]).contains("dave"));
+    let log = s.pcscd.child_log("vccid");
+    assert!(
+        log.contains("control: client connected client=uid 0"),
+        "{log}"
+    );
+}
+
+/// A raw control connection: the greeting read.
+fn raw(socket: &Path) -> (BufReader<UnixStream>, UnixStream) {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    assert!(
+        greeting.starts_with(r#"{"QMP":{"capabilities":[],"version":{"vccid":"#),
+        "{greeting}"
+    );
+    (r, s)
+}
+
+fn ask(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> serde_json::Value {
+    w.write_all(line.as_bytes()).unwrap();
+    w.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    r.read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[test]
+fn bad_control_input_gets_errors_and_the_service_goes_on() {
+    let s = serve(TWO_READERS);
+    let (mut r, mut w) = raw(&s.socket);
+    let desc = |v: serde_json::Value| v["error"]["desc"].as_str().unwrap_or_default().to_string();
+    assert!(desc(ask(&mut r, &mut w, "{not json")).starts_with("not JSON"));
+    assert!(desc(ask(&mut r, &mut w, r#"{"execute": "format-disk"}"#))
+        .starts_with("unknown command \"format-disk\""));
+    assert!(desc(ask(
+        &mut r,
+        &mut w,
+        r#"{"execute": "card-eject", "arguments": {"slot": "r0", "x": 1}}"#
+    ))
+    .contains("takes no argument"));
+    assert!(desc(ask(
+        &mut r,
+        &mut w,
+        r#"{"execute": "card-insert", "arguments": {"card": "nobody", "reader": "r0"}}"#
+    ))
+    .contains("nobody"));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(desc(ask(&mut r, &mut w, &deep)).starts_with("nested deeper than"));
+    let ok = ask(&mut r, &mut w, r#"{"execute": "query-version", "id": 7}"#);
+    assert_eq!(ok["id"], 7);
+    assert_eq!(ok["return"]["vccid"], env!("CARGO_PKG_VERSION"));
+    // A line past the limit: an error, then the connection is closed.
+    let (mut r2, mut w2) = raw(&s.socket);
+    // The service stops reading at the limit, so the rest of the write may fail.
+    let long = "x".repeat(vccid::control::MAX_LINE + 10);
+    let _ = w2.write_all(long.as_bytes());
+    let mut answer = String::new();
+    r2.read_line(&mut answer).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(desc(e).starts_with("request longer than"), "{answer}");
+    let mut rest = String::new();
+    assert_eq!(
+        r2.read_to_string(&mut rest).unwrap_or(0),
+        0,
+        "closed: {rest:?}"
+    );
+    // Many clients at once, one of them never reading: the others are answered.
+    let idle: Vec<UnixStream> = (0..40)
+        .map(|_| UnixStream::connect(&s.socket).unwrap())
+        .collect();
+    let readers = ctl(&s.socket, &["readers"]);
+    assert!(readers.contains("r0: alice"), "{readers}");
+    drop(idle);
+    // Someone other than the socket's owner (mode 0600) cannot connect.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            VCCID,
+            "ctl",
+            "--socket",
+        ])
+        .arg(&s.socket)
+        .arg("version")
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // The cards are still served.
+    s.pcscd.wait_card(0, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_bad_configuration_names_file_line_and_key_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vccid.toml");
+    std::fs::write(
+        &file,
+        "[[card]]\nid = \"a\"\n\n[[reader]]\nid = \"r\"\ntransport = \"vpcd\"\ncards = [\"b\"]\n",
+    )
+    .unwrap();
+    let o = Command::new(VCCID)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "vccid: error: {}:5: reader[0].cards: no card \"b\" is defined",
+            file.display()
+        )
+    );
+    std::fs::write(&file, "[[card]]\nid = \"a\"\nkeys = \"default\"\n").unwrap();
+    let o = Command::new(VCCID)
+        .args(["serve", "--check", "--config"])
+        .arg(&file)
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 card(s), 0 reader(s): OK"),
+        "{}",
+        text(&o)
+    );
+}
