@@ -304,6 +304,7 @@ impl Registry {
         // Waits for a command in flight through the slot's handle to finish (see SlotCard).
         let mut held = inner.held();
         let h = held.take()?;
+        h.card_presence.unobserve(h.observer);
         lock(&h.card).power_off();
         inner.presence.set(false);
         drop(held);
@@ -324,11 +325,20 @@ impl Registry {
             return;
         };
         let mut held = inner.held();
+        // The slot shows the card's own presence while it holds the card: observed first, then
+        // read, so no change in between is lost.
+        let card_presence = lock(&entry.card).presence();
+        let slot_presence = inner.presence.clone();
+        let observer = card_presence.observe(move |present| {
+            slot_presence.set(present);
+        });
+        inner.presence.set(card_presence.is_present());
         *held = Some(Held {
             card_id: card.to_string(),
             card: entry.card.clone(),
+            card_presence,
+            observer,
         });
-        inner.presence.set(true);
         drop(held);
         entry.slot = Some(slot.to_string());
         tracing::debug!(card, slot, "card inserted");

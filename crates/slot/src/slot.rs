@@ -15,12 +15,17 @@ pub const MUTE_RESPONSE: [u8; 2] = [0x6F, 0x00];
 pub(crate) struct Held {
     pub(crate) card_id: String,
     pub(crate) card: SharedCard,
+    /// The card's own presence and the observer that mirrors it into the slot's.
+    pub(crate) card_presence: Presence,
+    pub(crate) observer: u64,
 }
 
 /// One slot, shared by the registry and every handle to it.
 pub(crate) struct SlotInner {
     pub(crate) id: String,
-    /// True exactly while `held` is `Some`; both change under the `held` lock.
+    /// True while `held` is `Some` and the card in it is present itself (a passthru card's
+    /// client connected, a real card in its PC/SC reader); the registry mirrors the card's own
+    /// presence into it while the card is held.
     pub(crate) presence: Presence,
     pub(crate) held: Mutex<Option<Held>>,
     /// Set when the registry removes the slot, so a transport holding the handle can tell a
@@ -54,9 +59,8 @@ impl SlotInner {
 /// ejecting or moving a card waits for the command in flight on its slot to finish.
 ///
 /// With no card in the slot, the handle acts as a mute card: an empty ATR and [`MUTE_RESPONSE`].
-/// `presence()` is the slot's: present while a card is in it. A card's own presence (a real
-/// card pulled from its PC/SC reader) is not folded in; whoever watches that ejects the card
-/// through the registry.
+/// `presence()` is the slot's: present while a card is in it and that card is present itself
+/// (a passthru card whose client is connected, a real card in its PC/SC reader).
 #[derive(Clone)]
 pub struct SlotCard {
     pub(crate) inner: Arc<SlotInner>,

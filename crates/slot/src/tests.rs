@@ -486,3 +486,36 @@ mod random {
         }
     }
 }
+
+/// A card that comes and goes by itself (a passthru card whose client connects and leaves):
+/// the slot holding it shows its presence, and stops following it once the card is ejected.
+#[test]
+fn a_held_card_s_own_presence_shows_in_its_slot() {
+    let reg = Registry::new();
+    let mut slot = reg.add_slot("A").unwrap();
+    let own = Presence::new(false);
+    let card = CountingCard {
+        power_offs: Arc::default(),
+        presence: own.clone(),
+    };
+    reg.add_card("p", Arc::new(Mutex::new(card))).unwrap();
+    reg.insert("p", "A").unwrap();
+    assert!(
+        !slot.presence().is_present(),
+        "held, but its client is away"
+    );
+    own.set(true);
+    assert!(slot.presence().is_present());
+    own.set(false);
+    assert!(!slot.presence().is_present());
+    own.set(true);
+    assert_eq!(reg.eject("A").unwrap().as_deref(), Some("p"));
+    assert!(!slot.presence().is_present());
+    own.set(false);
+    own.set(true);
+    assert!(
+        !slot.presence().is_present(),
+        "an ejected card no longer drives the slot"
+    );
+    assert_eq!(slot.transmit(&hex("00 A4 04 00")), MUTE_RESPONSE);
+}

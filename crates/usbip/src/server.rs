@@ -114,11 +114,11 @@ impl Exporter {
 
     /// Accepts connections on `listener` for ever, each on a thread of its own (at most
     /// [`MAX_CONNECTIONS`]). `on_import` runs when an importer takes a device, with the
-    /// device's bus id and the session's [`Waker`]; what it returns is dropped when that
-    /// importer leaves.
+    /// device's bus id, the importer's address and the session's [`Waker`]; what it returns
+    /// is dropped when that importer leaves.
     pub fn run<G, F>(self: Arc<Self>, listener: TcpListener, on_import: F)
     where
-        F: Fn(&str, Waker) -> G + Send + Sync + 'static,
+        F: Fn(&str, &str, Waker) -> G + Send + Sync + 'static,
         G: 'static,
     {
         accept::on_threads(
@@ -142,7 +142,7 @@ impl Exporter {
     pub fn serve<G>(
         &self,
         mut stream: TcpStream,
-        on_import: &dyn Fn(&str, Waker) -> G,
+        on_import: &dyn Fn(&str, &str, Waker) -> G,
     ) -> ConnectionEnd {
         let peer = stream.peer();
         let _ = stream.set_nodelay(true);
@@ -186,9 +186,9 @@ impl Exporter {
         *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = stream.peer_addr().ok();
         tracing::info!(%peer, %busid, "usbip: device imported");
         let why = match stream.write_all(&rep_import(Some(&export.record))) {
-            Ok(()) => {
-                ConnectionEnd::Imported(urb_phase(stream, &mut **dev, &|w| on_import(&busid, w)))
-            }
+            Ok(()) => ConnectionEnd::Imported(urb_phase(stream, &mut **dev, &|w| {
+                on_import(&busid, &peer, w)
+            })),
             Err(e) => ConnectionEnd::Io(e),
         };
         // The reader outlives its importer: clean state for the next one.

@@ -11,6 +11,7 @@ pub mod emul_args;
 pub mod expiry;
 pub mod hardware;
 pub mod keys;
+pub mod notify;
 pub mod passthru;
 pub mod qemu;
 pub mod ready;

@@ -314,12 +314,17 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
         cfg.service.control_group.as_deref(),
         svc.clone(),
     )?;
-    println!(
-        "vccid: serving {} card(s) in {} reader(s); control socket {}",
+    let status = format!(
+        "serving {} card(s) in {} reader(s); control socket {}",
         cfg.cards.len(),
         cfg.readers.len(),
         control.display()
     );
+    println!("vccid: {status}");
+    // Every reader listens (or connects) by now: Service::start returned.
+    if let Err(e) = vccid::notify::notify(&format!("READY=1\nSTATUS={status}")) {
+        tracing::warn!("cannot notify systemd of readiness: {e}");
+    }
     vccid::wait_for_shutdown()?;
     tracing::info!("shutting down");
     svc.stop();
@@ -454,13 +459,14 @@ fn run(args: Args) -> Result<()> {
         None => (None, pcap),
     };
     if let Some(a) = usbip_addr {
-        vccid::usb::serve_usbip(a, readers.clone(), usbip_pcap, security.plaintext)?;
+        vccid::usb::serve_usbip(a, readers.clone(), usbip_pcap, security.plaintext, None)?;
         println!("{}", vccid::usb::usbip_lines(&a, readers.len()));
     }
     if let Some(role) = &usbredir {
         for (i, cards) in readers.iter().enumerate() {
             let role = role.for_reader(i)?;
-            vccid::usb::serve(&role, cards.clone(), if i == 0 { redir_pcap } else { None })?;
+            let pcap = if i == 0 { redir_pcap } else { None };
+            vccid::usb::serve(&role, cards.clone(), pcap, None)?;
             if let vccid::usb::Role::Listen(addr, _) = &role {
                 println!("{}", vccid::usb::attach_lines(addr, args.tls.as_deref()));
             }

@@ -361,6 +361,21 @@ impl Service {
         Ok(handles)
     }
 
+    /// Reports hosts arriving at and leaving reader `i` (whose slots are `slots[i]`) as
+    /// registry events (HOST_CONNECTED, HOST_DISCONNECTED on the control socket).
+    fn host_hook(&self, slots: Vec<Vec<String>>) -> crate::usb::HostHook {
+        let registry = self.registry.clone();
+        Arc::new(move |i, peer, arrived| {
+            for s in slots.get(i).into_iter().flatten() {
+                let _ = if arrived {
+                    registry.host_connected(s, peer)
+                } else {
+                    registry.host_disconnected(s, peer)
+                };
+            }
+        })
+    }
+
     fn shared(h: slot::SlotCard) -> SharedCard {
         Arc::new(Mutex::new(h))
     }
@@ -409,7 +424,13 @@ impl Service {
                         .transpose()?;
                     crate::usb::Role::Connect(addr.clone(), client)
                 };
-                crate::usb::serve(&role, handles.into_iter().map(Self::shared).collect(), None)?;
+                let hook = self.host_hook(vec![slots.clone()]);
+                crate::usb::serve(
+                    &role,
+                    handles.into_iter().map(Self::shared).collect(),
+                    None,
+                    Some(hook),
+                )?;
                 if let (Addr::Unix(path), Transport::Usbredir) = (&addr, r.transport) {
                     set_access(
                         path,
@@ -448,6 +469,7 @@ impl Service {
             .iter()
             .map(|h| h.iter().map(|s| s.id().to_string()).collect())
             .collect();
+        let hook = self.host_hook(slots.clone());
         crate::usb::serve_usbip(
             addr,
             devices
@@ -456,6 +478,7 @@ impl Service {
                 .collect(),
             None,
             self.security.plaintext,
+            Some(hook),
         )?;
         for (i, (r, slots)) in readers.iter().zip(slots).enumerate() {
             lock(&self.readers).insert(

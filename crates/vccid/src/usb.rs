@@ -123,6 +123,38 @@ pub enum Role {
     Connect(Addr, Option<TlsClient>),
 }
 
+/// Told when a host takes a reader and when it leaves: the reader's index among those one call
+/// serves (0 for usbredir), the host's address, and `true` on arrival.
+pub type HostHook = Arc<dyn Fn(usize, &str, bool) + Send + Sync>;
+
+/// Reports a host's arrival on creation and its leaving on drop.
+struct HostGuard {
+    hook: Option<HostHook>,
+    reader: usize,
+    peer: String,
+}
+
+impl HostGuard {
+    fn new(hook: Option<HostHook>, reader: usize, peer: &str) -> HostGuard {
+        if let Some(h) = &hook {
+            h(reader, peer, true);
+        }
+        HostGuard {
+            hook,
+            reader,
+            peer: peer.to_string(),
+        }
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        if let Some(h) = &self.hook {
+            h(self.reader, &self.peer, false);
+        }
+    }
+}
+
 /// How a slot of a reader wakes its session: the card port's wake slot (the card answered)
 /// and the slot's presence (a card inserted or removed).
 #[derive(Clone)]
@@ -271,6 +303,7 @@ pub fn serve_usbip(
     readers: Vec<Vec<Arc<Mutex<dyn Card>>>>,
     pcap: Option<Pcap<'_>>,
     security: Security,
+    hosts: Option<HostHook>,
 ) -> Result<()> {
     let exposed = !addr.ip().is_loopback();
     if exposed && security != Security::InsecurePlaintext {
@@ -290,19 +323,24 @@ pub fn serve_usbip(
         wakes.insert(usbip_busid(i), slots);
     }
     let busids: Vec<String> = devices.iter().map(|(b, _)| b.clone()).collect();
+    let names = busids.clone();
     let exporter = Arc::new(usbip::server::Exporter::with_devices(devices).warn_plaintext(exposed));
     let local = listener.local_addr()?;
-    if let [busid] = busids.as_slice() {
+    if let [busid] = names.as_slice() {
         tracing::info!(addr = %local, %busid, "usbip: exporting the reader");
     } else {
-        tracing::info!(addr = %local, busids = %busids.join(" "), "usbip: exporting the readers");
+        tracing::info!(addr = %local, busids = %names.join(" "), "usbip: exporting the readers");
     }
     std::thread::Builder::new()
         .name("usbip".into())
         .spawn(move || {
-            exporter.run(listener, move |busid, waker| {
+            exporter.run(listener, move |busid, peer, waker| {
                 let slots = wakes.get(busid).map(Vec::as_slice).unwrap_or_default();
-                SessionWaker::start(slots, waker)
+                let index = busids.iter().position(|b| b == busid).unwrap_or(0);
+                (
+                    SessionWaker::start(slots, waker),
+                    HostGuard::new(hosts.clone(), index, peer),
+                )
             })
         })?;
     Ok(())
@@ -330,6 +368,7 @@ pub fn usbip_lines(addr: &std::net::SocketAddr, readers: usize) -> String {
 struct Redir {
     device: Box<dyn UsbDevice>,
     wakes: Vec<SlotWake>,
+    hosts: Option<HostHook>,
 }
 
 impl Redir {
@@ -337,6 +376,7 @@ impl Redir {
     fn serve(&mut self, stream: Stream) {
         let peer = stream.peer();
         tracing::info!(%peer, "usbredir: QEMU connected");
+        let _host = HostGuard::new(self.hosts.clone(), 0, &peer);
         let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
@@ -360,7 +400,12 @@ impl Redir {
 /// Listens at `addr` and serves a reader with a slot for each of `cards` to one QEMU at a time,
 /// on a thread of its own; the reader (and its cards) outlive connections, so QEMU may
 /// restart. With `pcap`, every USB transfer is also written there as a usbmon capture.
-pub fn serve(role: &Role, cards: Vec<Arc<Mutex<dyn Card>>>, pcap: Option<Pcap<'_>>) -> Result<()> {
+pub fn serve(
+    role: &Role,
+    cards: Vec<Arc<Mutex<dyn Card>>>,
+    pcap: Option<Pcap<'_>>,
+    hosts: Option<HostHook>,
+) -> Result<()> {
     /// The role with its listener bound.
     enum Way {
         Listen(link::Listener),
@@ -374,7 +419,11 @@ pub fn serve(role: &Role, cards: Vec<Arc<Mutex<dyn Card>>>, pcap: Option<Pcap<'_
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
     let (device, wakes) = reader_device(cards, pcap)?;
-    let mut redir = Redir { device, wakes };
+    let mut redir = Redir {
+        device,
+        wakes,
+        hosts,
+    };
     let thread = std::thread::Builder::new().name("usbredir".into());
     match way {
         Way::Listen(l) => {

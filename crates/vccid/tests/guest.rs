@@ -79,11 +79,21 @@ fn usbredir_devices(port: u16, controller: &str) -> Vec<String> {
 
 /// Boots the guest with these devices and kernel parameters; `on_wait` gets each
 /// `E2E-WAIT <what>` the guest prints while it runs.
-fn boot_with(devices: &[String], append: &str, mut on_wait: impl FnMut(&str)) -> Guest {
+fn boot_with(devices: &[String], append: &str, on_wait: impl FnMut(&str)) -> Guest {
+    boot_cmd(Command::new("qemu-system-x86_64"), devices, append, on_wait)
+}
+
+/// [`boot_with`] with QEMU started by `qemu` (`qemu-system-x86_64` in some namespace).
+fn boot_cmd(
+    mut qemu: Command,
+    devices: &[String],
+    append: &str,
+    mut on_wait: impl FnMut(&str),
+) -> Guest {
     let img = image();
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
-    let mut q = Command::new("qemu-system-x86_64")
+    let mut q = qemu
         .args([
             "-machine",
             "q35",
@@ -900,4 +910,157 @@ fn usbip_exports_two_bus_ids_the_guest_attaches() {
     assert_usb_readers(&g, 2);
     // Bus id 1-1 is card0's reader, 1-2 card1's; the guest may number them either way.
     assert_two_readers_signed(&g, &certs, false);
+}
+
+/// Issue #15's service: ONE `vccid serve` with eight cards. Four generated CAC cards in four
+/// vpcd readers of a private pcscd (four different serials and subjects for OpenSC), two in
+/// usbredir readers on unix sockets and one in a USB/IP export, all three in one guest (each
+/// signs; each signature verifies with that card's own certificate), and a passthru card fed
+/// by our vscclient in a fifth vpcd reader.
+#[test]
+fn one_serve_eight_cards_vpcd_usbredir_usbip_passthru() {
+    let pcscd = testkit::PrivatePcscd::start_with_vpcd_entries(3).expect("private pcscd starts");
+    let dir = pcscd.dir.path().to_path_buf();
+    let state = dir.join("state");
+    let (usbip, vsc) = (free_port().unwrap(), free_port().unwrap());
+    let db = dir.join("nss");
+    std::fs::create_dir(&db).unwrap();
+    testkit::nss_db(&db, None).unwrap();
+    let mut cfg = format!(
+        "[service]\nstate_dir = \"{}\"\ncontrol = \"{}\"\n",
+        state.display(),
+        dir.join("control.sock").display()
+    );
+    for c in ["v0", "v1", "v2", "v3", "g0", "g1", "u0"] {
+        cfg += &format!("\n[[card]]\nid = \"{c}\"\n");
+    }
+    cfg += &format!("\n[[card]]\nid = \"p0\"\nkind = \"passthru\"\nlisten = \"127.0.0.1:{vsc}\"\n");
+    for (i, c) in ["v0", "v1", "v2", "v3", "p0"].iter().enumerate() {
+        cfg += &format!(
+            "\n[[reader]]\nid = \"pcsc{i}\"\ntransport = \"vpcd\"\naddress = \"127.0.0.1:{}\"\ncards = [\"{c}\"]\n",
+            35963 + i
+        );
+    }
+    for c in ["g0", "g1"] {
+        cfg += &format!(
+            "\n[[reader]]\nid = \"vm-{c}\"\ntransport = \"usbredir\"\naddress = \"unix:{}\"\ncards = [\"{c}\"]\n",
+            dir.join(format!("{c}.sock")).display()
+        );
+    }
+    cfg += &format!(
+        "\n[[reader]]\nid = \"vm-u0\"\ntransport = \"usbip\"\naddress = \"127.0.0.1:{usbip}\"\ncards = [\"u0\"]\n"
+    );
+    let file = dir.join("vccid.toml");
+    std::fs::write(&file, &cfg).unwrap();
+    let mut pcscd = pcscd;
+    let mut serve = pcscd.command(VCCID);
+    serve.args(["serve", "--config"]).arg(&file);
+    pcscd.spawn("vccid", serve).unwrap();
+    let mut client = pcscd.command(VSCCLIENT);
+    client
+        .arg("-e")
+        .arg(format!(
+            "db=\"sql:{}\" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)",
+            db.display()
+        ))
+        .args(["127.0.0.1", &vsc.to_string()]);
+    pcscd.spawn("vscclient", client).unwrap();
+    for i in 0..5 {
+        if let Err(e) = pcscd.wait_card(i, Duration::from_secs(60)) {
+            panic!("{e}\nvccid:\n{}", pcscd.child_log("vccid"));
+        }
+    }
+    // Four emulated cards on vpcd: four serial numbers, four subjects.
+    let mut serials = std::collections::BTreeSet::new();
+    for (i, c) in ["v0", "v1", "v2", "v3"].iter().enumerate() {
+        let o = pcscd
+            .command("pkcs15-tool")
+            .args(["--reader", &i.to_string(), "-D"])
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        let t = text(&o);
+        let serial = t
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Serial number"))
+            .map(|s| s.trim_start_matches([' ', ':']).to_string())
+            .unwrap_or_default();
+        assert!(!serial.is_empty(), "{t}");
+        serials.insert(serial);
+        let subject = testkit::output(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-subject", "-in"])
+                .arg(state.join(format!("cards/{c}/cert1.crt.pem"))),
+            testkit::TOOL_TIMEOUT,
+            "openssl x509",
+        )
+        .unwrap();
+        assert!(
+            text(&subject).contains(&format!("CN = {c}")),
+            "{}",
+            text(&subject)
+        );
+    }
+    assert_eq!(serials.len(), 4, "{serials:?}");
+    // The passthru card: vscclient's NSS card in pcsc4.
+    let n = text(
+        &pcscd
+            .command("opensc-tool")
+            .args(["--reader", "4", "-n"])
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap(),
+    );
+    assert!(n.contains("Common Access Card"), "{n}");
+    // The guest: two usbredir readers on the unix sockets, the USB/IP export over QEMU's
+    // user-mode network (QEMU runs in the namespace where the export listens).
+    let mut devices = vec!["-device".to_string(), "qemu-xhci,id=hc".into()];
+    for (i, c) in ["g0", "g1"].iter().enumerate() {
+        devices.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=cc{i},path={},reconnect=1",
+                dir.join(format!("{c}.sock")).display()
+            ),
+            "-device".into(),
+            format!("usb-redir,chardev=cc{i},bus=hc.0"),
+        ]);
+    }
+    devices.extend([
+        "-netdev".into(),
+        "user,id=n0".into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ]);
+    let g = boot_cmd(
+        pcscd.command("qemu-system-x86_64"),
+        &devices,
+        &format!(
+            "e2e.usbip=3 e2e.usbipserver=10.0.2.2 e2e.usbipport={usbip} e2e.busids=1-1 \
+             e2e.readers=3"
+        ),
+        |_| {},
+    );
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    assert!(r("usbip_attach").starts_with("1 "), "{}", g.serial);
+    assert_usb_readers(&g, 3);
+    let certs: Vec<PathBuf> = ["g0", "g1", "u0"]
+        .iter()
+        .map(|c| state.join(format!("cards/{c}/cert1.crt.pem")))
+        .collect();
+    let mut signed_by = Vec::new();
+    for i in 0..3 {
+        assert_eq!(r(&format!("sign_{i}")), "1", "{}", g.serial);
+        let d = tempfile::tempdir().unwrap();
+        let (data, sig) = (d.path().join("data"), d.path().join("sig"));
+        std::fs::write(&data, &g.blobs[&format!("data_{i}")]).unwrap();
+        std::fs::write(&sig, &g.blobs[&format!("sig_{i}")]).unwrap();
+        let which: Vec<usize> = (0..3)
+            .filter(|c| testkit::verify_sha256(&certs[*c], &data, &sig).is_ok())
+            .collect();
+        assert_eq!(which.len(), 1, "reader {i}: {which:?}\n{}", g.serial);
+        signed_by.push(which[0]);
+    }
+    signed_by.sort();
+    assert_eq!(signed_by, [0, 1, 2], "each card signed in its own reader");
+    let log = pcscd.child_log("vccid");
+    assert!(!log.contains("panicked"), "{log}");
 }

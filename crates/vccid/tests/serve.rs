@@ -336,3 +336,51 @@ fn a_bad_configuration_names_file_line_and_key_and_nothing_starts() {
         text(&o)
     );
 }
+
+/// systemd readiness: READY=1 reaches a NOTIFY_SOCKET the test owns, and only once every
+/// reader listens (the usbredir reader's unix socket accepts, the control socket answers).
+#[test]
+fn ready_is_sent_once_every_reader_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (usb, control) = (dir.path().join("vm1.sock"), dir.path().join("control.sock"));
+    let file = dir.path().join("vccid.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[service]\nstate_dir = \"{state}\"\ncontrol = \"{control}\"\n\n\
+             [[card]]\nid = \"a\"\nkeys = \"default\"\n\n\
+             [[reader]]\nid = \"vm1\"\ntransport = \"usbredir\"\naddress = \"unix:{usb}\"\n\
+             mode = \"0660\"\ncards = [\"a\"]\n",
+            state = dir.path().join("state").display(),
+            control = control.display(),
+            usb = usb.display()
+        ),
+    )
+    .unwrap();
+    let mut v = Command::new(VCCID)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = rx.recv(&mut buf).expect("READY=1 within 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // Checked at once, before anything else can happen: what READY=1 promises.
+    let usb_up = UnixStream::connect(&usb).is_ok();
+    let control_up = UnixStream::connect(&control).is_ok();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&usb).unwrap().permissions());
+    testkit::terminate(&mut v, Duration::from_secs(5), "vccid serve").unwrap();
+    assert!(
+        msg.starts_with("READY=1\nSTATUS=serving 1 card(s) in 1 reader(s)"),
+        "{msg}"
+    );
+    assert!(usb_up && control_up, "READY=1 before the sockets listened");
+    assert_eq!(mode & 0o777, 0o660);
+}
