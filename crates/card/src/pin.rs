@@ -172,6 +172,7 @@ mod tests {
         let cac = CacConfig {
             pin: Zeroizing::new(PIN.to_vec()),
             pin_tries: 3,
+            ..Default::default()
         };
         assert_absent("CacConfig", &format!("{cac:?}"), PIN);
 

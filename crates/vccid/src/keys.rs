@@ -3,11 +3,11 @@
 
 use crate::spec::{self, Backend, EmulatedSpec, Profile, StateSpec};
 use anyhow::{anyhow, Result};
-use card::cac::{CacCard, CacConfig};
+use card::cac::{CacCard, CacConfig, CardIdentifier};
 use card::dual::DualCard;
 use card::keystore::{
-    default_data_dir, DefaultIdentities, FileIdentity, FileStore, KeyStore, Pkcs11Config,
-    Pkcs11Store, SharedStore,
+    default_data_dir, DefaultIdentities, FileIdentity, FileStore, GeneratedIdentities, KeyStore,
+    Pkcs11Config, Pkcs11Store, SharedStore,
 };
 use card::piv::{PivCard, PivConfig};
 use card::Card;
@@ -76,8 +76,8 @@ pub fn init(given: Option<&Path>) -> Result<String> {
     Ok(out)
 }
 
-/// Opens the key store a backend names; the embedded default carries its ECC identity when
-/// `with_ecc` (the PIV application's).
+/// Opens the key store a backend names; the embedded default and the generated cards carry
+/// their ECC identity when `with_ecc` (the PIV application's).
 pub fn key_store(
     backend: &Backend,
     data_dir_given: Option<&Path>,
@@ -87,6 +87,24 @@ pub fn key_store(
         Backend::Default => {
             let d = DefaultIdentities::new(&data_dir(data_dir_given)?);
             Box::new(d.open(with_ecc)?)
+        }
+        Backend::Generated {
+            name,
+            subject,
+            ephemeral: true,
+        } => {
+            // The data directory is not even looked up: nothing of this card touches the disk.
+            let store = GeneratedIdentities::ephemeral(name, subject.as_ref(), with_ecc)?;
+            tracing::info!(card = %name, "generated card made in memory (ephemeral: a new card at every start, nothing written)");
+            Box::new(store)
+        }
+        Backend::Generated {
+            name,
+            subject,
+            ephemeral: false,
+        } => {
+            let g = GeneratedIdentities::new(&data_dir(data_dir_given)?, name, subject.as_ref());
+            Box::new(g.open(with_ecc)?)
         }
         Backend::Files(files, p12_password) => {
             let mut files = files.clone();
@@ -203,10 +221,34 @@ fn piv_config(
     if let Some(t) = spec.pin_tries {
         cfg.pin_tries = t;
     }
-    cfg.state = match &spec.state {
-        Some(StateSpec::Off) => None,
-        Some(StateSpec::File(f)) => Some(f.clone()),
-        None => {
+    cfg.state = match (&spec.state, &spec.backend) {
+        (Some(StateSpec::Off), _) => None,
+        (Some(StateSpec::File(f)), _) => Some(f.clone()),
+        // Nothing of an ephemeral card is kept (`spec` refuses state=FILE with it).
+        (
+            None,
+            Backend::Generated {
+                ephemeral: true, ..
+            },
+        ) => None,
+        // A generated card keeps its state beside its identities: moving or deleting the
+        // card's directory takes all of it (and `vccid serve` names the same file).
+        (
+            None,
+            Backend::Generated {
+                name,
+                ephemeral: false,
+                ..
+            },
+        ) => {
+            let dir = data_dir(data_dir_given)?;
+            Some(
+                GeneratedIdentities::cards_dir(&dir)
+                    .join(name.as_str())
+                    .join("piv-state.json"),
+            )
+        }
+        (None, _) => {
             let id = card::piv::card_id(keys.identities());
             let dir = data_dir(data_dir_given).map_err(|e| {
                 anyhow!("{e}; the PIV card keeps its state there (or give state=FILE or state=off)")
@@ -246,6 +288,12 @@ fn cac_view(keys: Box<dyn KeyStore>) -> Result<(Box<dyn KeyStore>, SharedStore)>
 
 fn cac_config(spec: &EmulatedSpec) -> Result<CacConfig> {
     let mut cfg = CacConfig::default();
+    // An NSS database is QEMU's ccid-card-emulated card: keep libcacard's card identifier, so
+    // that a guest that knew that card sees the same one. Every other card's identifier comes
+    // from its first certificate, so that no two cards look like one (issue #15).
+    if matches!(spec.backend, Backend::Nss { .. }) {
+        cfg.card_identifier = CardIdentifier::Libcacard;
+    }
     if let Some(pin) = &spec.pin {
         if pin.is_empty() || pin.len() > 8 {
             anyhow::bail!("pin= must be 1 to 8 characters (CAC pads PINs to 8 bytes)");

@@ -1,8 +1,9 @@
 //! `--card` specifications in QEMU's property syntax (qemu-ccid.md §3.1):
-//! `emulated[,backend=certificates,db=sql:DIR,cert1=NICK,...]`.
+//! `emulated[,backend=certificates,db=sql:DIR,cert1=NICK,...]`. As in QEMU's option syntax, a
+//! comma inside a value is written twice (`subject=CN={id},,O=Example`).
 
 use anyhow::{anyhow, bail, Context, Result};
-use card::keystore::{FileIdentity, Pkcs11Config, TokenSelector};
+use card::keystore::{CardName, FileIdentity, Pkcs11Config, SubjectTemplate, TokenSelector};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use zeroize::Zeroizing;
@@ -12,6 +13,16 @@ use zeroize::Zeroizing;
 pub enum Backend {
     /// The embedded default identities.
     Default,
+    /// Identities generated for a card of this name (`backend=generated,name=ID`), kept in
+    /// `DATA_DIR/cards/ID/`, or in memory only.
+    Generated {
+        /// `name=`.
+        name: CardName,
+        /// `subject=`: the certificates' subjects.
+        subject: Option<SubjectTemplate>,
+        /// `ephemeral=on`: made in memory at every start, nothing written.
+        ephemeral: bool,
+    },
     /// An NSS database, certificates by nickname (QEMU's `backend=certificates`).
     Nss {
         db: String,
@@ -106,20 +117,40 @@ pub enum CardSpec {
 /// `pin-value=`) replaced by `***`, for error messages that quote it (issue #13: no error
 /// message shows a PIN).
 pub fn redact(spec: &str) -> String {
-    let parts: Vec<String> = spec
-        .split(',')
+    let parts: Vec<String> = parts(spec)
+        .iter()
         .map(|p| match p.split_once('=') {
             Some((k, _)) if matches!(k.trim(), "pin" | "puk") => format!("{k}=***"),
-            _ => card::keystore::redact_pin_value(p),
+            _ => card::keystore::redact_pin_value(p).replace(',', ",,"),
         })
         .collect();
     parts.join(",")
 }
 
-/// Splits `KIND,key=value,...` into the kind and the properties (each key once).
+/// The comma-separated parts of a specification, `,,` standing for a comma inside a part
+/// (QEMU's option syntax).
+fn parts(spec: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' && chars.next_if_eq(&',').is_none() {
+            out.push(String::new());
+        } else if let Some(part) = out.last_mut() {
+            part.push(c);
+        }
+    }
+    out
+}
+
+/// Splits `KIND,key=value,...` into the kind and the properties (each key once); `,,` is a
+/// comma inside a value.
 pub fn split(spec: &str) -> Result<(String, BTreeMap<String, String>)> {
-    let mut parts = spec.split(',');
-    let kind = parts.next().unwrap_or_default().trim().to_string();
+    let all = parts(spec);
+    let mut parts = all.iter();
+    let kind = parts
+        .next()
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
     let mut props = BTreeMap::new();
     for p in parts {
         let (k, v) = p
@@ -220,12 +251,37 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
                 .ok_or_else(|| anyhow!("pin-tries={t:?}: expected 1..15"))
         })
         .transpose()?;
+    let generated = (
+        props.remove("name"),
+        props.remove("subject"),
+        props.remove("ephemeral"),
+    );
     let backend = match props.remove("backend").as_deref() {
         None | Some("default") => {
             if props.keys().any(|k| k.starts_with("cert")) || props.contains_key("db") {
                 bail!("cert1=/db= need backend=certificates (NSS) or backend=files");
             }
             Backend::Default
+        }
+        Some("generated") => {
+            let (name, subject, ephemeral) = generated.clone();
+            let name = name.ok_or_else(|| {
+                anyhow!("backend=generated needs name=ID (the card's name: its directory under DATA_DIR/cards and its certificates' CN)")
+            })?;
+            let name = CardName::new(&name).map_err(|e| anyhow!("name={name:?}: {e}"))?;
+            let subject = subject.map(|s| SubjectTemplate::parse(&s)).transpose()?;
+            let ephemeral = match ephemeral.as_deref() {
+                None => false,
+                Some(v) => on_off(v).ok_or_else(|| anyhow!("ephemeral={v:?}: expected on or off"))?,
+            };
+            if ephemeral && matches!(state, Some(StateSpec::File(_))) {
+                bail!("ephemeral=on keeps nothing, so the PIV state is off: drop state=FILE (or ephemeral=on)");
+            }
+            Backend::Generated {
+                name,
+                subject,
+                ephemeral,
+            }
         }
         Some("certificates") => {
             let db = props.remove("db").unwrap_or_else(|| "sql:/etc/pki/nssdb".into());
@@ -286,8 +342,19 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         Some("nss-emulated") => bail!(
             "backend=nss-emulated (mirroring the host's hardware tokens) is not supported; use backend=pkcs11,uri=... for a token"
         ),
-        Some(other) => bail!("unknown backend {other:?}; expected default, certificates, files or pkcs11"),
+        Some(other) => bail!("unknown backend {other:?}; expected default, generated, certificates, files or pkcs11"),
     };
+    if !matches!(backend, Backend::Generated { .. }) {
+        for (k, v) in [
+            ("name", &generated.0),
+            ("subject", &generated.1),
+            ("ephemeral", &generated.2),
+        ] {
+            if v.is_some() {
+                bail!("{k}= applies to backend=generated only");
+            }
+        }
+    }
     if uri.is_some() && !matches!(backend, Backend::Pkcs11(..)) {
         bail!("uri= applies to backend=pkcs11 only");
     }
@@ -303,9 +370,10 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
     if let Some(k) = props.keys().next() {
         bail!(
             "unknown card property {k:?}; emulated takes profile=, pin=, puk= (PIV), \
-             pin-tries=, state= (PIV), backend= and the backend's own: db=, certN=, \
-             password-file= (certificates); certN=, keyN=, p12-password-file= (files); uri=, \
-             module=, token=, certN=, token-pin-file= (pkcs11)"
+             pin-tries=, state= (PIV), backend= and the backend's own: name=, subject=, \
+             ephemeral= (generated); db=, certN=, password-file= (certificates); certN=, \
+             keyN=, p12-password-file= (files); uri=, module=, token=, certN=, \
+             token-pin-file= (pkcs11)"
         );
     }
     Ok(EmulatedSpec {
@@ -316,6 +384,15 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         pin,
         pin_tries,
     })
+}
+
+/// A QEMU boolean property value: on/yes/true or off/no/false.
+fn on_off(v: &str) -> Option<bool> {
+    match v {
+        "on" | "yes" | "true" => Some(true),
+        "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
 }
 
 /// Reads a secret from a file (its first line) or an environment variable.
@@ -458,6 +535,76 @@ mod tests {
             let e = emulated(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn generated_cards() {
+        match emulated("emulated,backend=generated,name=alice")
+            .unwrap()
+            .backend
+        {
+            Backend::Generated {
+                name,
+                subject: None,
+                ephemeral: false,
+            } => assert_eq!(name.as_str(), "alice"),
+            b => panic!("{b:?}"),
+        }
+        let e = emulated(
+            "emulated,backend=generated,name=ci-7,subject=CN={id} {n},,O=Example,,OU=CI,ephemeral=on,profile=piv,state=off",
+        )
+        .unwrap();
+        assert_eq!(e.state, Some(StateSpec::Off));
+        match e.backend {
+            Backend::Generated {
+                subject: Some(t),
+                ephemeral: true,
+                ..
+            } => assert_eq!(
+                t,
+                SubjectTemplate::parse("CN={id} {n},O=Example,OU=CI").unwrap()
+            ),
+            b => panic!("{b:?}"),
+        }
+        for (spec, words) in [
+            ("emulated,backend=generated", "needs name=ID"),
+            ("emulated,backend=generated,name=../x", "'/'"),
+            ("emulated,backend=generated,name=.x", "starts with '.'"),
+            ("emulated,backend=generated,name=", "empty"),
+            (
+                "emulated,backend=generated,name=a,ephemeral=maybe",
+                "on or off",
+            ),
+            (
+                "emulated,backend=generated,name=a,subject=XX=1",
+                "unknown attribute",
+            ),
+            (
+                "emulated,backend=generated,name=a,ephemeral=on,profile=piv,state=/s.json",
+                "drop state=FILE",
+            ),
+            ("emulated,name=a", "backend=generated only"),
+            (
+                "emulated,backend=files,cert1=/a,subject=CN=x",
+                "backend=generated only",
+            ),
+            ("emulated,ephemeral=on", "backend=generated only"),
+        ] {
+            let e = parse(spec).unwrap_err().to_string();
+            assert!(e.contains(words), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn doubled_commas_are_commas_in_values_and_redaction_sees_them() {
+        let (kind, props) = split("emulated,pin=12,,34,db=sql:/a,,b").unwrap();
+        assert_eq!(kind, "emulated");
+        assert_eq!(props["pin"], "12,34");
+        assert_eq!(props["db"], "sql:/a,b");
+        assert_eq!(
+            redact("emulated,pin=12,,34,db=sql:/a,,b"),
+            "emulated,pin=***,db=sql:/a,,b"
+        );
     }
 
     /// Issue #14: `{:?}` of a parsed card specification shows no PIN, PUK, token PIN (from a

@@ -99,10 +99,19 @@ fn yubico_piv_tool_status_verify_and_test_signatures() {
     let t = text(&o);
     assert!(o.status.success(), "{t}\n{}", p.vccid_log());
     assert!(t.contains("Version:\t5.4.3"), "{t}");
-    assert!(
-        t.contains("CHUID:\t3019d4e739da739ced39ce739d836858210842108421c84210c3eb"),
-        "{t}"
-    );
+    // The CHUID's FASC-N is the card's own (issue #15), from its first certificate; it used
+    // to be one constant for every card.
+    let first = card::keystore::FileStore::open(&[card::keystore::FileIdentity::new(
+        p.cert(1),
+        Some(p.data("default/cert1.key.pem")),
+    )])
+    .unwrap();
+    let fascn: String = card::piv::fascn(&card::keystore::KeyStore::identities(&first)[0].cert_der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(t.contains(&format!("CHUID:\t3019{fascn}3410")), "{t}");
+    assert_ne!(fascn, "d4e739da739ced39ce739d836858210842108421c84210c3eb");
     assert!(t.contains("CCC:\tf015a000000116ff02"), "{t}");
     for (slot, cn) in [("9a", "cert1"), ("9c", "cert2"), ("9d", "cert3")] {
         let at = t

@@ -137,11 +137,30 @@ const CCC_URLS: [([u8; 5], [u8; 2], [u8; 2]); 11] = [
     (RID_CAC, [0x12, 0x02], [0x12, 0x02]),
 ];
 
-/// The static card identifier libcacard puts in F0 (GSC RID, manufacturer 03, type 02, ID).
+/// The static card identifier libcacard puts in F0 (RID, manufacturer 03, type 02, ID), the
+/// same on every libcacard card.
 pub const CCC_CARD_ID: [u8; 21] = [
     0xA0, 0x00, 0x00, 0x00, 0x79, 0x03, 0x02, 0x40, 0x70, 0x50, 0x72, 0x36, 0x0E, 0x00, 0x00, 0x58,
     0xBD, 0x00, 0x2C, 0x19, 0xB5,
 ];
+
+/// Bytes of the card identifier before the card ID: RID, manufacturer, card type (GSC-IS 2.1
+/// §6.2.1.1 cardIdentifier; OpenSC's `cac_cuid_t`).
+const CARD_ID_HEADER: usize = 7;
+
+/// The card identifier of a card whose first certificate is `first_cert`: libcacard's RID,
+/// manufacturer and card type, then a 14-byte card ID from SHA-256 of the certificate (bytes
+/// 16..30, as the PIV application's CCC takes them, so a CAC+PIV card shows one card ID).
+/// OpenSC's `cac` driver reads those 14 bytes as the card's serial number
+/// (`cac_parse_cuid`, `cac_get_serial_nr_from_CUID`), so two cards with different certificates
+/// have different serial numbers.
+pub fn card_identifier(first_cert: &[u8]) -> [u8; 21] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(first_cert);
+    let mut id = CCC_CARD_ID;
+    id[CARD_ID_HEADER..].copy_from_slice(&digest[16..30]);
+    id
+}
 
 fn card_url(rid: [u8; 5], app_type: u8, oid: [u8; 2], app_id: [u8; 2]) -> Vec<u8> {
     let mut u = rid.to_vec();

@@ -40,6 +40,22 @@ pub struct CacConfig {
     pub pin: zeroize::Zeroizing<Vec<u8>>,
     /// Consecutive wrong tries before the PIN blocks.
     pub pin_tries: u8,
+    /// The card identifier in the CCC (tag F0).
+    pub card_identifier: CardIdentifier,
+}
+
+/// Which card identifier the CCC carries (tag F0): what OpenSC takes for the card's serial
+/// number, and so what tells two cards apart (issue #15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CardIdentifier {
+    /// Derived from the first certificate ([`applets::card_identifier`]): cards with
+    /// different certificates have different identifiers.
+    #[default]
+    FromCertificate,
+    /// libcacard's constant ([`applets::CCC_CARD_ID`]), the same on every card: for the NSS
+    /// database cards of QEMU's `ccid-card-emulated`, so that a guest that knew the card from
+    /// libcacard sees the same card.
+    Libcacard,
 }
 
 impl CacConfig {
@@ -54,6 +70,7 @@ impl std::fmt::Debug for CacConfig {
         f.debug_struct("CacConfig")
             .field("pin", &crate::Redacted)
             .field("pin_tries", &self.pin_tries)
+            .field("card_identifier", &self.card_identifier)
             .finish()
     }
 }
@@ -63,6 +80,7 @@ impl Default for CacConfig {
         CacConfig {
             pin: zeroize::Zeroizing::new(Self::DEFAULT_PIN.as_bytes().to_vec()),
             pin_tries: Self::DEFAULT_TRIES,
+            card_identifier: CardIdentifier::default(),
         }
     }
 }
@@ -147,7 +165,11 @@ impl CacCard {
             .enumerate()
             .map(|(i, id)| applets::pki(i, &id.cert_der, id.modulus_bits))
             .collect();
-        list.push(applets::ccc(ids.len(), &applets::CCC_CARD_ID));
+        let card_id = match config.card_identifier {
+            CardIdentifier::FromCertificate => applets::card_identifier(&ids[0].cert_der),
+            CardIdentifier::Libcacard => applets::CCC_CARD_ID,
+        };
+        list.push(applets::ccc(ids.len(), &card_id));
         list.extend(applets::fixed_applets());
         // GP CPLC carries 6 bytes of SHA-256 of the first certificate (libcacard.md §1.12).
         let digest = sha2::Sha256::digest(&ids[0].cert_der);

@@ -117,10 +117,64 @@ fn ccc_buffers() {
         ],
     );
     let v = tx(&mut c, "80 52 00 02 02 02 FF 00");
-    assert_eq!(spaced(&v[..21]), spaced(&applets::CCC_CARD_ID));
+    // Issue #15: the card identifier is libcacard's RID, manufacturer and card type, then a
+    // card ID from the first certificate (libcacard's constant would make every card one card
+    // to OpenSC); the rest of the CCC is libcacard's byte for byte.
+    assert_eq!(
+        spaced(&v[..21]),
+        spaced(&applets::card_identifier(&cert(0)))
+    );
+    assert_eq!(spaced(&v[..7]), spaced(&applets::CCC_CARD_ID[..7]));
     // The three PKI CardURLs follow the eleven fixed ones.
     let off = 21 + 2 + 16 * 11;
     assert_eq!(spaced(&v[off..off + 10]), "A0 00 00 00 79 04 01 00 01 00");
+}
+
+/// The card ID OpenSC's `cac` driver takes for the serial number: the CCC's F0 value after
+/// RID, manufacturer and card type (`cac_parse_cuid`).
+fn opensc_serial(c: &mut CacCard) -> Vec<u8> {
+    transcript(c, &[(SELECT_CCC, "61 0D")]);
+    let v = tx(c, "80 52 00 02 02 02 FF 00");
+    v[7..21].to_vec()
+}
+
+#[test]
+fn two_key_stores_are_two_cards() {
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = DefaultIdentities::new(other_dir.path()).ensure().unwrap();
+    let mut a = card();
+    let mut b = CacCard::new(
+        Box::new(FileStore::open(&other).unwrap()),
+        &CacConfig::default(),
+    )
+    .unwrap();
+    b.power_on();
+    let (sa, sb) = (opensc_serial(&mut a), opensc_serial(&mut b));
+    assert_ne!(sa, sb);
+    // The same certificates are the same card, in every process.
+    assert_eq!(opensc_serial(&mut card()), sa);
+    // GP CPLC's serial differs too.
+    let cplc = |c: &mut CacCard| {
+        transcript(c, &[("00 A4 04 00 07 A0 00 00 00 03 00 00", "61 1B")]);
+        tx(c, "00 CA 9F 7F 00")
+    };
+    assert_ne!(cplc(&mut a), cplc(&mut b));
+}
+
+#[test]
+fn libcacard_card_identifier_on_request() {
+    let cfg = CacConfig {
+        card_identifier: CardIdentifier::Libcacard,
+        ..Default::default()
+    };
+    let mut c = CacCard::new(Box::new(FileStore::open(identities()).unwrap()), &cfg).unwrap();
+    c.power_on();
+    transcript(&mut c, &[(SELECT_CCC, "61 0D")]);
+    let v = tx(&mut c, "80 52 00 02 02 02 FF 00");
+    assert_eq!(
+        spaced(&v[..21]),
+        "A0 00 00 00 79 03 02 40 70 50 72 36 0E 00 00 58 BD 00 2C 19 B5"
+    );
 }
 
 #[test]

@@ -236,6 +236,24 @@ impl FileStore {
         }
         Ok(FileStore { identities, keys })
     }
+
+    /// A store over identities held in memory, each (label, DER certificate, DER private
+    /// key); for identities that are never written to disk.
+    pub(crate) fn from_der(
+        parts: Vec<(String, Vec<u8>, Zeroizing<Vec<u8>>)>,
+    ) -> Result<Self, KeyError> {
+        let mut identities = Vec::new();
+        let mut keys = Vec::new();
+        for (label, cert, key) in parts {
+            let key = Key::from_der(&key).map_err(|e| KeyError::Certificate {
+                label: label.clone(),
+                why: e.to_string(),
+            })?;
+            identities.push(Identity::from_cert_rsa_or_ec(label, cert)?);
+            keys.push(key);
+        }
+        Ok(FileStore { identities, keys })
+    }
 }
 
 /// Whether the certificate's public key has this modulus (the bytes appear in its SPKI).

@@ -2,9 +2,11 @@
 //! private key never leaves its store: the store performs the raw RSA operation, ECDSA over a
 //! digest and ECDH itself.
 
+mod carddir;
 mod cardkey;
 mod default;
 mod files;
+mod generated;
 mod key_error;
 mod pkcs11;
 mod privkey;
@@ -16,6 +18,9 @@ pub use cardkey::{CardKey, KeyKind, PublicKey};
 pub use default::{certificate_subject, default_data_dir, write_atomic, DefaultIdentities};
 pub(crate) use files::exposed;
 pub use files::{FileIdentity, FileStore};
+pub use generated::{
+    CardName, CardNameError, GeneratedIdentities, SubjectError, SubjectTemplate, MAX_NAME,
+};
 pub use pkcs11::{redact_pin_value, Pkcs11Config, Pkcs11Store, TokenSelector};
 pub use shared::SharedStore;
 

@@ -24,11 +24,13 @@
 
 mod admin;
 mod crypto;
+mod fascn;
 mod mgmt;
 mod objects;
 mod state;
 
 pub use crypto::{MAX_IDENTITIES, SLOTS};
+pub use fascn::fascn;
 pub use mgmt::{ManagementKey, ALG_3DES, ALG_AES128, ALG_AES192, ALG_AES256};
 pub use state::{PinState, SavedKey, State, StateError};
 
@@ -327,6 +329,10 @@ impl PivCard {
         self.puk = Pin::restore(&state.puk.value, state.puk.tries, state.puk.left);
         self.management_key = state.management_key;
         self.objects = state.objects;
+        if objects::renew_shared_chuid(&mut self.objects, self.keys.identities()) {
+            // Saved with the next change; until then every start renews it the same way.
+            tracing::info!("the saved CHUID had the FASC-N every earlier vccid card shared; this card's own replaces it");
+        }
         Ok(())
     }
 

@@ -45,19 +45,9 @@ pub(super) fn factory_objects(ids: &[Identity]) -> Objects {
     }
     let first = ids.first().map(|id| &id.cert_der[..]).unwrap_or_default();
     let digest = sha2::Sha256::digest(first);
-    // CHUID (SP 800-73-4 Part 1 Table 9): FASC-N, GUID from the first certificate,
-    // expiration, an empty issuer signature, LRC.
-    let mut chuid = tlv(
-        0x30,
-        &apdu::hex::h("D4E739DA739CED39CE739D836858210842108421C84210C3EB"),
-    );
-    chuid.extend(tlv(0x34, &digest[..16]));
-    chuid.extend(tlv(0x35, b"20991231"));
-    chuid.extend(tlv(0x3E, &[]));
-    chuid.extend(tlv(0xFE, &[]));
-    objects.insert(CHUID, chuid);
-    // CCC (Table 8): card identifier (GSC-RID + manufacturer + card id), versions, and the
-    // empty optional elements.
+    objects.insert(CHUID, chuid(first, &super::fascn::fascn(first)));
+    // CCC (Table 8): card identifier (GSC-RID + manufacturer + card id from the first
+    // certificate), versions, and the empty optional elements.
     let mut card_id = apdu::hex::h("A000000116FF02");
     card_id.extend_from_slice(&digest[16..30]);
     let mut ccc = tlv(0xF0, &card_id);
@@ -89,6 +79,35 @@ pub(super) fn factory_objects(ids: &[Identity]) -> Objects {
     disc.extend(tlv(0x5F2F, &[0x40, 0x00]));
     objects.insert(DISCOVERY, tlv(0x7E, &disc));
     objects
+}
+
+/// The CHUID (SP 800-73-4 Part 1 Table 9) of a card whose first certificate is `first`: the
+/// FASC-N, the GUID (the first 16 bytes of SHA-256 of the certificate), expiration, an empty
+/// issuer signature, LRC.
+fn chuid(first: &[u8], fascn: &[u8; 25]) -> Vec<u8> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(first);
+    let mut chuid = tlv(0x30, fascn);
+    chuid.extend(tlv(0x34, &digest[..16]));
+    chuid.extend(tlv(0x35, b"20991231"));
+    chuid.extend(tlv(0x3E, &[]));
+    chuid.extend(tlv(0xFE, &[]));
+    chuid
+}
+
+/// Replaces a CHUID saved by a vccid from before issue #15, whose FASC-N was the same on every
+/// card, with this card's factory CHUID; only that exact factory object is replaced (a CHUID
+/// written with PUT DATA is the user's and stays). Whether it replaced it.
+pub(super) fn renew_shared_chuid(objects: &mut Objects, ids: &[Identity]) -> bool {
+    let first = ids.first().map(|id| &id.cert_der[..]).unwrap_or_default();
+    let old = chuid(first, &super::fascn::SHARED_BEFORE);
+    match objects.get_mut(&CHUID) {
+        Some(saved) if *saved == old => {
+            *saved = chuid(first, &super::fascn::fascn(first));
+            true
+        }
+        _ => false,
+    }
 }
 
 impl PivCard {

@@ -473,3 +473,81 @@ fn the_cac_card_refuses_ec_keys() {
         crate::cac::CacCard::new(Box::new(store), &crate::cac::CacConfig::default()).unwrap_err();
     assert!(e.to_string().contains("RSA-only"), "{e}");
 }
+
+/// The value of `tag` inside the object GET DATA answers (53 wrapper, GET RESPONSE followed).
+fn object_field(c: &mut PivCard, object: &str, tag: u32) -> Vec<u8> {
+    tx(c, SELECT);
+    let r = tx(c, &format!("00 CB 3F FF 05 5C 03 {object} 00"));
+    assert_eq!(sw(&r), "90 00", "{object}");
+    let (o, _) = ber::parse_one(&r[..r.len() - 2]).unwrap();
+    let field = ber::iter(o.value)
+        .map(Result::unwrap)
+        .find(|t| t.tag == tag)
+        .unwrap_or_else(|| panic!("{object} has no {tag:X}"))
+        .value
+        .to_vec();
+    field
+}
+
+/// Issue #15: two key stores are two cards to every reader of the card's identifiers: the
+/// CHUID's FASC-N and GUID, the CCC's card identifier, YubiKey's serial, and (on the CAC side)
+/// the CCC card identifier OpenSC takes for the serial number.
+#[test]
+fn two_key_stores_are_two_cards() {
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = DefaultIdentities::new(other_dir.path()).ensure().unwrap();
+    let mut a = card();
+    let mut b = PivCard::new(
+        Box::new(FileStore::open(&other).unwrap()),
+        &PivConfig::default(),
+    )
+    .unwrap();
+    b.power_on();
+    let first = |ids: &[crate::keystore::FileIdentity]| {
+        FileStore::open(ids).unwrap().identities()[0]
+            .cert_der
+            .clone()
+    };
+    for (c, cert) in [(&mut a, first(identities())), (&mut b, first(&other))] {
+        let fascn = object_field(c, "5F C1 02", 0x30);
+        assert_eq!(fascn, super::fascn(&cert));
+        let fields = super::fascn::tests::decode(&fascn).unwrap();
+        assert_eq!(fields.agency, [9; 4]);
+        use sha2::Digest;
+        assert_eq!(
+            object_field(c, "5F C1 02", 0x34),
+            sha2::Sha256::digest(&cert)[..16]
+        );
+    }
+    for (object, tag) in [("5F C1 02", 0x30), ("5F C1 02", 0x34), ("5F C1 07", 0xF0)] {
+        assert_ne!(
+            object_field(&mut a, object, tag),
+            object_field(&mut b, object, tag),
+            "{object} {tag:X}"
+        );
+    }
+    assert_ne!(a.serial(), b.serial());
+    // The same certificates are the same card.
+    assert_eq!(
+        object_field(&mut card(), "5F C1 02", 0x30),
+        object_field(&mut a, "5F C1 02", 0x30)
+    );
+    let cac = |ids: &[crate::keystore::FileIdentity]| {
+        let mut c = crate::cac::CacCard::new(
+            Box::new(FileStore::open(ids).unwrap()),
+            &crate::cac::CacConfig::default(),
+        )
+        .unwrap();
+        c.power_on();
+        assert_eq!(
+            sw(&tx_cac(&mut c, "00 A4 04 00 07 A0 00 00 01 16 DB 00")),
+            "61 0D"
+        );
+        tx_cac(&mut c, "80 52 00 02 02 02 15 00")[..21].to_vec()
+    };
+    assert_ne!(cac(identities()), cac(&other));
+}
+
+fn tx_cac(c: &mut crate::cac::CacCard, cmd: &str) -> Vec<u8> {
+    c.transmit(&h(cmd))
+}

@@ -473,6 +473,36 @@ fn bad_state_files_are_reported_with_their_path_and_left_alone() {
     assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "63 C2");
 }
 
+/// A state file saved before issue #15 holds the factory CHUID whose FASC-N every card shared:
+/// the card puts its own in place, and keeps a CHUID the user wrote with PUT DATA. The state
+/// file's name (`card_id`) is the same as before: it names the certificates alone.
+#[test]
+fn a_saved_shared_chuid_is_renewed_and_a_written_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = state_config(dir.path());
+    let path = cfg.state.clone().unwrap();
+    let fresh = open(&PivConfig::default()).unwrap().state();
+    let ids = FileStore::open(identities()).unwrap();
+    assert_eq!(fresh.card, super::card_id(ids.identities()));
+    let mut old = fresh.clone();
+    let chuid = old.objects.get_mut(&0x5F_C1_02).unwrap();
+    chuid[2..27].copy_from_slice(&super::fascn::SHARED_BEFORE);
+    assert_ne!(old.objects, fresh.objects);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    old.save(&path).unwrap();
+    let c = open(&cfg).unwrap();
+    assert!(c.state().objects == fresh.objects);
+    drop(c);
+    // A CHUID written with PUT DATA is the user's.
+    let mut written = fresh.clone();
+    written
+        .objects
+        .insert(0x5F_C1_02, apdu::hex::h("30 19 D4 E7 39 DA 73 9C ED 39 CE 73 9D 83 68 58 21 08 42 10 84 21 C8 42 10 C3 EB 34 10 00 01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F FE 00"));
+    written.save(&path).unwrap();
+    let c = open(&cfg).unwrap();
+    assert!(c.state().objects == written.objects);
+}
+
 #[test]
 fn state_file_version_1_golden() {
     let golden = include_str!("testdata/state-v1.json");
