@@ -63,6 +63,35 @@ pub fn in_turn<S>(
     }
 }
 
+/// [`in_turn`] until `stop` is set: the loop ends at the next accepted connection or failed
+/// accept after it (whoever stops it connects once to wake a blocked accept), without serving
+/// that connection.
+pub fn in_turn_until<S>(
+    what: &str,
+    stop: &crate::retry::Stop,
+    mut accept: impl FnMut() -> io::Result<S>,
+    mut serve: impl FnMut(S),
+) {
+    let mut last = String::new();
+    while !stop.is_stopped() {
+        match accept() {
+            Ok(s) if stop.is_stopped() => drop(s),
+            Ok(s) => {
+                last.clear();
+                serve(s);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != last {
+                    tracing::warn!("{what}: accept failed: {text}");
+                    last = text;
+                }
+                stop.sleep(PAUSE);
+            }
+        }
+    }
+}
+
 /// Serves each connection on a thread of its own (named `thread`), at most `cap` at once,
 /// for ever: past the cap a connection is closed on arrival with a warning, so stalled peers
 /// cannot pile up threads.

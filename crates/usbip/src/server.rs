@@ -64,6 +64,10 @@ struct Export {
     record: Device,
     device: Mutex<Box<dyn UsbDevice>>,
     importer: Mutex<Option<SocketAddr>>,
+    /// The importer's connection, so that [`Exporter::withdraw`] can end it.
+    stream: Mutex<Option<TcpStream>>,
+    /// Withdrawn: listed no more, imported no more.
+    withdrawn: std::sync::atomic::AtomicBool,
 }
 
 /// The exported devices (each under its own bus id, e.g. "1-1", "1-2": a reader each).
@@ -93,6 +97,8 @@ impl Exporter {
                         record,
                         device: Mutex::new(device),
                         importer: Mutex::new(None),
+                        stream: Mutex::new(None),
+                        withdrawn: Default::default(),
                     }
                 })
                 .collect(),
@@ -105,6 +111,27 @@ impl Exporter {
     pub fn warn_plaintext(mut self, on: bool) -> Exporter {
         self.warn_plaintext = on;
         self
+    }
+
+    /// Withdraws the device exported as `busid`: `usbip list` shows it no more, a new import
+    /// is refused, and its importer (if any) is disconnected (its kernel sees the device go).
+    /// `false` when no such device is exported.
+    pub fn withdraw(&self, busid: &str) -> bool {
+        let Some(e) = self.exports.iter().find(|e| e.record.busid == busid) else {
+            return false;
+        };
+        e.withdrawn.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(s) = e.stream.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        tracing::info!(%busid, "usbip: device withdrawn");
+        true
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Export> {
+        self.exports
+            .iter()
+            .filter(|e| !e.withdrawn.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// The device records, in export order.
@@ -158,13 +185,13 @@ impl Exporter {
         let busid = match req {
             OpRequest::DevList => {
                 tracing::debug!(%peer, "usbip: device list");
-                let records: Vec<Device> = self.exports.iter().map(|e| e.record.clone()).collect();
+                let records: Vec<Device> = self.live().map(|e| e.record.clone()).collect();
                 let _ = stream.write_all(&rep_devlist(&records));
                 return ConnectionEnd::DeviceListSent;
             }
             OpRequest::Import(busid) => busid,
         };
-        let Some(export) = self.exports.iter().find(|e| e.record.busid == busid) else {
+        let Some(export) = self.live().find(|e| e.record.busid == busid) else {
             tracing::warn!(%peer, "usbip: import of unknown bus id {busid:?} refused");
             let _ = stream.write_all(&rep_import(None));
             return ConnectionEnd::UnknownBusId(busid);
@@ -184,6 +211,7 @@ impl Exporter {
             }
         };
         *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = stream.peer_addr().ok();
+        *export.stream.lock().unwrap_or_else(|e| e.into_inner()) = stream.try_clone().ok();
         tracing::info!(%peer, %busid, "usbip: device imported");
         let why = match stream.write_all(&rep_import(Some(&export.record))) {
             Ok(()) => ConnectionEnd::Imported(urb_phase(stream, &mut **dev, &|w| {
@@ -194,6 +222,7 @@ impl Exporter {
         // The reader outlives its importer: clean state for the next one.
         dev.reset();
         *export.importer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *export.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
         why
     }
 }

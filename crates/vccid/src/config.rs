@@ -3,7 +3,7 @@
 //! keys are refused (`deny_unknown_fields`), and a mistake is reported with the file, the line
 //! and the key; nothing starts before the whole file has been checked.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -76,8 +76,8 @@ pub struct ServiceConfig {
     pub insecure_plaintext: bool,
 }
 
-/// `[[card]]`: one card.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[card]]`: one card. `Debug` leaves the PIN and PUK out.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CardConfig {
     /// The card's name (letters, digits, `-`, `_`, `.`).
@@ -114,8 +114,30 @@ pub struct CardConfig {
     pub reader: Option<String>,
 }
 
+impl fmt::Debug for CardConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("CardConfig")
+            .field("id", self.id.get_ref())
+            .field("kind", &self.kind)
+            .field("profile", &self.profile)
+            .field("keys", &self.keys)
+            .field("ephemeral", &self.ephemeral)
+            .field("pin", &secret(&self.pin))
+            .field("pin_file", &self.pin_file)
+            .field("puk", &secret(&self.puk))
+            .field("puk_file", &self.puk_file)
+            .field("pin_tries", &self.pin_tries)
+            // Names only: a PKCS#11 URI may carry pin-value=.
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("listen", &self.listen)
+            .field("reader", &self.reader)
+            .finish()
+    }
+}
+
 /// What a card is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CardKind {
     /// vccid's own CAC/PIV card.
@@ -128,7 +150,7 @@ pub enum CardKind {
 }
 
 /// How a reader reaches its host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// pcscd's vsmartcard vpcd driver (one slot per reader: vpcd's port for that reader).
@@ -154,7 +176,7 @@ impl fmt::Display for Transport {
 }
 
 /// `[[reader]]`: one reader.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderConfig {
     /// The reader's name (letters, digits, `-`, `_`, `.`).
@@ -263,130 +285,44 @@ impl Config {
             };
         let mut cards = BTreeSet::new();
         for (i, c) in self.cards.iter().enumerate() {
-            let key = format!("card[{i}].id");
-            valid_id(c.id.get_ref()).map_err(|w| invalid(c.id.span(), key.clone(), w))?;
-            if !cards.insert(c.id.get_ref().clone()) {
-                return Err(invalid(
-                    c.id.span(),
-                    key,
-                    format!("a card {:?} is defined already", c.id.get_ref()),
-                ));
-            }
-            if let Some(t) = c.pin_tries {
-                if !(1..=15).contains(&t) {
-                    return Err(invalid(
-                        c.id.span(),
-                        format!("card[{i}].pin_tries"),
-                        format!("{t}: expected 1..15"),
-                    ));
-                }
-            }
-            if c.pin.is_some() && c.pin_file.is_some() {
-                return Err(invalid(
-                    c.id.span(),
-                    format!("card[{i}].pin"),
-                    "give pin or pin_file, not both".into(),
-                ));
-            }
-            let wrong_kind = match c.kind {
-                CardKind::Emulated => (c.listen.is_some() || c.reader.is_some())
-                    .then_some("listen and reader apply to kind = \"passthru\" / \"hardware\""),
-                CardKind::Passthru | CardKind::Hardware => (c.keys.is_some()
-                    || c.profile.is_some()
-                    || c.ephemeral
-                    || !c.properties.is_empty())
-                .then_some("keys, profile, ephemeral and properties apply to emulated cards"),
+            let at = |(k, why): (&str, String)| {
+                let key = if k.is_empty() {
+                    format!("card[{i}]")
+                } else {
+                    format!("card[{i}].{k}")
+                };
+                invalid(c.id.span(), key, why)
             };
-            if let Some(why) = wrong_kind {
-                return Err(invalid(c.id.span(), format!("card[{i}]"), why.into()));
+            check_card(c).map_err(at)?;
+            if !cards.insert(c.id.get_ref().clone()) {
+                return Err(at((
+                    "id",
+                    format!("a card {:?} is defined already", c.id.get_ref()),
+                )));
             }
         }
         let mut readers = BTreeSet::new();
         let mut placed: BTreeMap<&str, String> = BTreeMap::new();
         for (i, r) in self.readers.iter().enumerate() {
-            let key = |k: &str| format!("reader[{i}].{k}");
-            valid_id(r.id.get_ref()).map_err(|w| invalid(r.id.span(), key("id"), w))?;
+            let at =
+                |(k, why): (&str, String)| invalid(r.id.span(), format!("reader[{i}].{k}"), why);
+            check_reader(r).map_err(at)?;
             if !readers.insert(r.id.get_ref().clone()) {
-                return Err(invalid(
-                    r.id.span(),
-                    key("id"),
+                return Err(at((
+                    "id",
                     format!("a reader {:?} is defined already", r.id.get_ref()),
-                ));
-            }
-            let slots = r.slots.unwrap_or(1);
-            let max = if r.transport == Transport::Vpcd {
-                1
-            } else {
-                16
-            };
-            if !(1..=max).contains(&slots) {
-                return Err(invalid(
-                    r.id.span(),
-                    key("slots"),
-                    format!("{slots}: a {} reader has 1..{max}", r.transport),
-                ));
-            }
-            if r.cards.len() > usize::from(slots) {
-                return Err(invalid(
-                    r.id.span(),
-                    key("cards"),
-                    format!("{} cards for {slots} slot(s)", r.cards.len()),
-                ));
+                )));
             }
             for c in r.cards.iter().filter(|c| !c.is_empty()) {
                 if !cards.contains(c) {
-                    return Err(invalid(
-                        r.id.span(),
-                        key("cards"),
-                        format!("no card {c:?} is defined"),
-                    ));
+                    return Err(at(("cards", format!("no card {c:?} is defined"))));
                 }
                 if let Some(other) = placed.insert(c, r.id.get_ref().clone()) {
-                    return Err(invalid(
-                        r.id.span(),
-                        key("cards"),
+                    return Err(at((
+                        "cards",
                         format!("card {c:?} is in reader {other:?} already"),
-                    ));
+                    )));
                 }
-            }
-            for (k, v) in [("mode", &r.mode)] {
-                if let Some(m) = v {
-                    parse_mode(m).map_err(|w| invalid(r.id.span(), key(k), w))?;
-                }
-            }
-            if let Some(a) = &r.address {
-                let parsed = link::Addr::parse(a)
-                    .map_err(|e| invalid(r.id.span(), key("address"), e.to_string()))?;
-                let unix = matches!(parsed, link::Addr::Unix(_));
-                if unix && matches!(r.transport, Transport::Vpcd | Transport::Usbip) {
-                    return Err(invalid(
-                        r.id.span(),
-                        key("address"),
-                        format!("{} runs over TCP only: give HOST:PORT", r.transport),
-                    ));
-                }
-                if !unix && (r.mode.is_some() || r.owner.is_some() || r.group.is_some()) {
-                    return Err(invalid(
-                        r.id.span(),
-                        key("mode"),
-                        "mode, owner and group apply to unix: addresses".into(),
-                    ));
-                }
-            }
-            if r.tls.is_some()
-                && !matches!(
-                    r.transport,
-                    Transport::Usbredir | Transport::UsbredirConnect
-                )
-            {
-                return Err(invalid(
-                    r.id.span(),
-                    key("tls"),
-                    format!(
-                        "{} has no TLS (its peer speaks plaintext): keep it on loopback",
-                        r.transport
-                    ),
-                ));
             }
         }
         if let Some(m) = &self.service.control_mode {
@@ -402,6 +338,90 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What is wrong with one card table on its own: the key ("" for the table) and why. The
+/// configuration file and the control socket's `card-add` both check with it.
+pub fn check_card(c: &CardConfig) -> Result<(), (&'static str, String)> {
+    valid_id(c.id.get_ref()).map_err(|w| ("id", w))?;
+    if let Some(t) = c.pin_tries {
+        if !(1..=15).contains(&t) {
+            return Err(("pin_tries", format!("{t}: expected 1..15")));
+        }
+    }
+    if c.pin.is_some() && c.pin_file.is_some() {
+        return Err(("pin", "give pin or pin_file, not both".into()));
+    }
+    let wrong_kind = match c.kind {
+        CardKind::Emulated => (c.listen.is_some() || c.reader.is_some())
+            .then_some("listen and reader apply to kind = \"passthru\" / \"hardware\""),
+        CardKind::Passthru | CardKind::Hardware => {
+            (c.keys.is_some() || c.profile.is_some() || c.ephemeral || !c.properties.is_empty())
+                .then_some("keys, profile, ephemeral and properties apply to emulated cards")
+        }
+    };
+    match wrong_kind {
+        Some(why) => Err(("", why.into())),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with one reader table on its own (the cards it names aside): the key and
+/// why. The configuration file and the control socket's `reader-add` both check with it.
+pub fn check_reader(r: &ReaderConfig) -> Result<(), (&'static str, String)> {
+    valid_id(r.id.get_ref()).map_err(|w| ("id", w))?;
+    let slots = r.slots.unwrap_or(1);
+    let max = if r.transport == Transport::Vpcd {
+        1
+    } else {
+        16
+    };
+    if !(1..=max).contains(&slots) {
+        return Err((
+            "slots",
+            format!("{slots}: a {} reader has 1..{max}", r.transport),
+        ));
+    }
+    if r.cards.len() > usize::from(slots) {
+        return Err((
+            "cards",
+            format!("{} cards for {slots} slot(s)", r.cards.len()),
+        ));
+    }
+    if let Some(m) = &r.mode {
+        parse_mode(m).map_err(|w| ("mode", w))?;
+    }
+    if let Some(a) = &r.address {
+        let parsed = link::Addr::parse(a).map_err(|e| ("address", e.to_string()))?;
+        let unix = matches!(parsed, link::Addr::Unix(_));
+        if unix && matches!(r.transport, Transport::Vpcd | Transport::Usbip) {
+            return Err((
+                "address",
+                format!("{} runs over TCP only: give HOST:PORT", r.transport),
+            ));
+        }
+        if !unix && (r.mode.is_some() || r.owner.is_some() || r.group.is_some()) {
+            return Err((
+                "mode",
+                "mode, owner and group apply to unix: addresses".into(),
+            ));
+        }
+    }
+    if r.tls.is_some()
+        && !matches!(
+            r.transport,
+            Transport::Usbredir | Transport::UsbredirConnect
+        )
+    {
+        return Err((
+            "tls",
+            format!(
+                "{} has no TLS (its peer speaks plaintext): keep it on loopback",
+                r.transport
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The `--card` specification text of an emulated card of the configuration (the same parser
@@ -533,6 +553,18 @@ cards = ["bob", ""]
         );
         let e = err("[[reader]]\nid = \"r\"\ntransport = \"vpcd\"\ntls = \"/etc/vccid/tls\"\n");
         assert!(e.contains("reader[0].tls: vpcd has no TLS"), "{e}");
+    }
+
+    #[test]
+    fn debug_shows_no_pin() {
+        let c = Config::parse(
+            "[[card]]\nid = \"a\"\npin = \"31415926\"\npuk = \"27182818\"\n",
+            "x",
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("31415926") && !d.contains("27182818"), "{d}");
+        assert!(d.contains("[redacted]"), "{d}");
     }
 
     #[test]

@@ -311,6 +311,23 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ("card-remove", &["id", "delete"]),
     ("card-insert", &["card", "reader"]),
     ("card-eject", &["reader", "card"]),
+    (
+        "reader-add",
+        &[
+            "id",
+            "transport",
+            "address",
+            "mode",
+            "owner",
+            "group",
+            "tls",
+            "tls-verify-peer",
+            "slots",
+            "cards",
+        ],
+    ),
+    ("reader-remove", &["id"]),
+    ("config-reload", &[]),
 ];
 
 fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str> {
@@ -415,6 +432,46 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
             let (card, slot) = svc.eject(what)?;
             json!({"card": card, "slot": slot})
         }
+        "reader-add" => {
+            let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+            let transport: crate::config::Transport = serde_json::from_value(
+                args.get("transport")
+                    .cloned()
+                    .ok_or_else(|| anyhow!("argument \"transport\" is missing"))?,
+            )
+            .map_err(|e| anyhow!("transport: {e}"))?;
+            let cards = match args.get("cards") {
+                None => Vec::new(),
+                Some(v) => serde_json::from_value::<Vec<String>>(v.clone())
+                    .map_err(|_| anyhow!("cards must be a list of card ids"))?,
+            };
+            let slots = match args.get("slots") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|n| u8::try_from(n).ok())
+                        .ok_or_else(|| anyhow!("slots must be a number 1..16"))?,
+                ),
+            };
+            let r = crate::config::ReaderConfig {
+                id: toml::Spanned::new(0..0, arg(args, "id")?.to_string()),
+                transport,
+                address: text("address"),
+                mode: text("mode"),
+                owner: text("owner"),
+                group: text("group"),
+                tls: text("tls").map(std::path::PathBuf::from),
+                tls_verify_peer: args.get("tls-verify-peer").and_then(Value::as_bool),
+                slots,
+                cards,
+            };
+            serde_json::to_value(svc.add_reader(r)?)?
+        }
+        "reader-remove" => {
+            svc.remove_reader(arg(args, "id")?)?;
+            json!({})
+        }
+        "config-reload" => svc.reload_file()?,
         _ => return Err(anyhow!("{cmd} is listed but not implemented")),
     })
 }

@@ -35,6 +35,11 @@ pub enum CtlCmd {
     /// Cards: add, remove, insert, eject.
     #[command(subcommand)]
     Card(CardCmd),
+    /// Readers: add, remove.
+    #[command(subcommand)]
+    Reader(ReaderCmd),
+    /// Read the configuration file again and apply what changed (as SIGHUP does).
+    Reload,
     /// Stream events as JSON lines until interrupted.
     Events,
     /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
@@ -99,6 +104,39 @@ pub enum CardCmd {
     Eject {
         /// A reader, a slot, or a card.
         what: String,
+    },
+}
+
+/// `vccid ctl reader ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ReaderCmd {
+    /// Add and start a reader.
+    Add {
+        /// The reader's id.
+        id: String,
+        /// vpcd, usbredir, usbredir-connect or usbip.
+        #[arg(long)]
+        transport: String,
+        /// HOST:PORT, or unix:PATH (usbredir).
+        #[arg(long)]
+        address: Option<String>,
+        /// A unix socket's mode, octal.
+        #[arg(long)]
+        mode: Option<String>,
+        /// A unix socket's group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Slots (USB readers).
+        #[arg(long)]
+        slots: Option<u8>,
+        /// A card for the next slot, repeatable.
+        #[arg(long = "card", value_name = "CARD")]
+        cards: Vec<String>,
+    },
+    /// Stop and remove a reader (its cards stay, in no reader).
+    Remove {
+        /// The reader's id.
+        id: String,
     },
 }
 
@@ -304,6 +342,47 @@ pub fn run(args: CtlArgs) -> Result<()> {
                 });
             }
         },
+        CtlCmd::Reader(ReaderCmd::Add {
+            id,
+            transport,
+            address,
+            mode,
+            group,
+            slots,
+            cards,
+        }) => {
+            let mut a = json!({"id": id, "transport": transport, "cards": cards});
+            for (k, v) in [("address", address), ("mode", mode), ("group", group)] {
+                if let Some(v) = v {
+                    a[k] = json!(v);
+                }
+            }
+            if let Some(n) = slots {
+                a["slots"] = json!(n);
+            }
+            let v = c.execute("reader-add", a)?;
+            show(&v, &|v| print_readers(&json!([v])));
+        }
+        CtlCmd::Reader(ReaderCmd::Remove { id }) => {
+            let v = c.execute("reader-remove", json!({ "id": id }))?;
+            show(&v, &|_| println!("reader {id} removed"));
+        }
+        CtlCmd::Reload => {
+            let v = c.execute("config-reload", json!({}))?;
+            show(&v, &|v| {
+                for (k, ids) in v.as_object().into_iter().flatten() {
+                    let ids: Vec<&str> = ids
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if !ids.is_empty() {
+                        println!("{k}: {}", ids.join(", "));
+                    }
+                }
+            });
+        }
         CtlCmd::Events => {
             let mut out = std::io::stdout().lock();
             loop {

@@ -52,6 +52,26 @@ pub fn init_logging(level: u8) {
         .init();
 }
 
+/// Blocks until SIGINT or SIGTERM; calls `on_hup` at every SIGHUP (`vccid serve` reloads its
+/// configuration, as daemons do).
+pub fn wait_for_signals(on_hup: impl Fn()) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+                _ = hup.recv() => on_hup(),
+            }
+        }
+    })
+}
+
 /// Blocks until SIGINT or SIGTERM.
 pub fn wait_for_shutdown() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -266,25 +266,16 @@ fn default_config() -> PathBuf {
 
 /// `vccid serve`.
 fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
-    let (cfg, from) = match config {
-        Some(path) => (
-            vccid::config::Config::load(&path)?,
-            path.display().to_string(),
+    let path = config.or_else(|| Some(default_config()).filter(|p| p.exists()));
+    let (cfg, from) = match &path {
+        Some(p) => (vccid::config::Config::load(p)?, p.display().to_string()),
+        None => (
+            vccid::service::embedded_default(),
+            format!(
+                "the embedded default ({} does not exist)",
+                default_config().display()
+            ),
         ),
-        None => {
-            let path = default_config();
-            if path.exists() {
-                (
-                    vccid::config::Config::load(&path)?,
-                    path.display().to_string(),
-                )
-            } else {
-                (
-                    vccid::service::embedded_default(),
-                    format!("the embedded default ({} does not exist)", path.display()),
-                )
-            }
-        }
     };
     if check {
         println!(
@@ -302,7 +293,7 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
         })?,
     };
     vccid::keys::create_data_dir(&state_dir)?;
-    let svc = vccid::service::Service::start(&cfg, state_dir)?;
+    let svc = vccid::service::Service::start(&cfg, state_dir, path)?;
     let control = cfg
         .service
         .control
@@ -325,7 +316,12 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
     if let Err(e) = vccid::notify::notify(&format!("READY=1\nSTATUS={status}")) {
         tracing::warn!("cannot notify systemd of readiness: {e}");
     }
-    vccid::wait_for_shutdown()?;
+    let reloading = svc.clone();
+    vccid::wait_for_signals(move || {
+        if let Err(e) = reloading.reload_file() {
+            tracing::warn!("SIGHUP: configuration not reloaded: {e:#}");
+        }
+    })?;
     tracing::info!("shutting down");
     svc.stop();
     let _ = std::fs::remove_file(&control);

@@ -82,22 +82,57 @@ pub struct SlotInfo {
 /// A card the service holds, and how it was made.
 struct CardEntry {
     config: CardConfig,
+    /// Made at run time (`card-add`), not by the configuration file: kept in the state
+    /// directory's `runtime.toml` unless ephemeral.
+    runtime: bool,
+}
+
+/// What stops a running reader.
+enum Running {
+    Vpcd(vpcd::Client),
+    Usb(crate::usb::UsbReader),
+    Usbip(Arc<usbip::server::Exporter>, String),
+}
+
+impl Running {
+    fn stop(self) {
+        match self {
+            Running::Vpcd(c) => c.stop(),
+            Running::Usb(r) => r.stop(),
+            Running::Usbip(e, busid) => {
+                e.withdraw(&busid);
+            }
+        }
+    }
 }
 
 /// A reader the service runs.
 struct ReaderEntry {
-    transport: Transport,
+    config: ReaderConfig,
     address: String,
     slots: Vec<String>,
-    /// The vpcd client, stopped when the service stops (the USB transports' threads live as
-    /// long as the process).
-    vpcd: Option<vpcd::Client>,
+    running: Option<Running>,
+}
+
+/// The cards made at run time, and where they were, as `runtime.toml` keeps them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Runtime {
+    #[serde(default, rename = "card")]
+    cards: Vec<CardConfig>,
+    /// Slot → the card in it ("" for none), for the slots run time changed against the
+    /// configuration.
+    #[serde(default)]
+    slots: BTreeMap<String, String>,
 }
 
 /// The running service.
 pub struct Service {
     registry: slot::Registry,
     state_dir: PathBuf,
+    /// Where the configuration came from (`None`: the embedded default), for `config-reload`.
+    config_path: Option<PathBuf>,
+    /// The configuration running now (what a reload compares the file against).
+    config: Mutex<Config>,
     security: ListenSecurity,
     cards: Mutex<BTreeMap<String, CardEntry>>,
     readers: Mutex<BTreeMap<String, ReaderEntry>>,
@@ -118,7 +153,11 @@ pub fn embedded_default() -> Config {
 impl Service {
     /// Starts every card and reader of `cfg`; nothing is left half-started on error (the
     /// process exits).
-    pub fn start(cfg: &Config, state_dir: PathBuf) -> Result<Arc<Service>> {
+    pub fn start(
+        cfg: &Config,
+        state_dir: PathBuf,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Service>> {
         let security = ListenSecurity {
             tls: None,
             plaintext: if cfg.service.insecure_plaintext {
@@ -130,12 +169,14 @@ impl Service {
         let svc = Arc::new(Service {
             registry: slot::Registry::new(),
             state_dir,
+            config_path,
+            config: Mutex::new(cfg.clone()),
             security,
             cards: Mutex::default(),
             readers: Mutex::default(),
         });
         for c in &cfg.cards {
-            svc.add_card(c.clone())
+            svc.make_card(c.clone(), false)
                 .with_context(|| format!("card {:?}", c.id.get_ref()))?;
         }
         // USB/IP readers on one address share a server (bus ids 1-1, 1-2, ... in file order).
@@ -153,6 +194,7 @@ impl Service {
             svc.start_usbip(&addr, &readers)
                 .with_context(|| format!("USB/IP on {addr}"))?;
         }
+        svc.load_runtime();
         Ok(svc)
     }
 
@@ -161,10 +203,114 @@ impl Service {
         &self.registry
     }
 
-    /// Makes a card and adds it to the registry (in no slot).
+    fn runtime_path(&self) -> PathBuf {
+        // TOML, like the configuration: the same card tables, readable and editable.
+        self.state_dir.join("runtime.toml")
+    }
+
+    /// Brings back the cards made at run time before a restart (and puts each back in its
+    /// slot when that slot exists and is empty). A card the configuration now defines, or one
+    /// that cannot be made any more, is left out with a warning.
+    fn load_runtime(&self) {
+        let path = self.runtime_path();
+        let rt: Runtime = match std::fs::read_to_string(&path) {
+            Ok(b) => match toml::from_str(&b) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "run-time cards not restored: {e}");
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "run-time cards not restored: {e}");
+                return;
+            }
+        };
+        for c in rt.cards {
+            let id = c.id.get_ref().clone();
+            if let Err(e) = self.make_card(c, true) {
+                tracing::warn!(card = %id, "run-time card not restored: {e:#}");
+            }
+        }
+        // The slots as they were: what was inserted, ejected and moved at run time stays so.
+        let slots = self.registry.slots();
+        for (slot, card) in &rt.slots {
+            if !slots.contains(slot) {
+                continue;
+            }
+            let now = self.registry.card_in(slot).ok().flatten();
+            if now.as_deref() == Some(card.as_str()) || (card.is_empty() && now.is_none()) {
+                continue;
+            }
+            if now.is_some() {
+                let _ = self.registry.eject(slot);
+            }
+            if !card.is_empty() {
+                if let Err(e) = self.registry.move_card(card, slot) {
+                    tracing::warn!(%card, %slot, "card not put back: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes `runtime.toml` (atomically, 0600): the cards made at run time that are not
+    /// ephemeral, and the slots whose card is not the configuration's.
+    fn save_runtime(&self) -> Result<()> {
+        let mut rt = Runtime::default();
+        for e in lock(&self.cards).values() {
+            if e.runtime && !e.config.ephemeral {
+                rt.cards.push(e.config.clone());
+            }
+        }
+        // The slots whose card differs from the configuration's: what run time changed.
+        let configured: BTreeMap<String, String> = lock(&self.config)
+            .readers
+            .iter()
+            .flat_map(|r| {
+                (0..r.slot_count())
+                    .map(move |n| (r.slot_id(n), r.cards.get(n).cloned().unwrap_or_default()))
+            })
+            .collect();
+        for slot in self.registry.slots() {
+            let card = self
+                .registry
+                .card_in(&slot)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if configured
+                .get(&slot)
+                .map_or(!card.is_empty(), |c| *c != card)
+            {
+                rt.slots.insert(slot, card);
+            }
+        }
+        let path = self.runtime_path();
+        let text = toml::to_string(&rt)?;
+        card::keystore::write_atomic(&path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Makes a card at run time (`card-add`) and adds it to the registry, in no slot; a card
+    /// that is not ephemeral is kept for the next start.
     pub fn add_card(&self, c: CardConfig) -> Result<CardInfo> {
         let id = c.id.get_ref().clone();
-        config::valid_id(&id).map_err(|e| anyhow!(e))?;
+        self.make_card(c, true)?;
+        self.save_runtime()?;
+        self.card_info(&id)
+    }
+
+    /// Makes a card and adds it to the registry (in no slot).
+    fn make_card(&self, c: CardConfig, runtime: bool) -> Result<()> {
+        let id = c.id.get_ref().clone();
+        config::check_card(&c).map_err(|(k, why)| {
+            if k.is_empty() {
+                anyhow!(why)
+            } else {
+                anyhow!("{k}: {why}")
+            }
+        })?;
         if lock(&self.cards).contains_key(&id) {
             bail!("a card {id:?} exists already");
         }
@@ -213,9 +359,9 @@ impl Service {
             &[],
         )?;
         self.registry.add_card(&id, card)?;
-        lock(&self.cards).insert(id.clone(), CardEntry { config: c });
+        lock(&self.cards).insert(id.clone(), CardEntry { config: c, runtime });
         tracing::info!(card = %id, "card added");
-        self.card_info(&id)
+        Ok(())
     }
 
     /// Removes a card (ejecting it first); with `delete`, a generated card's identities and
@@ -236,6 +382,9 @@ impl Service {
             }
         } else {
             tracing::info!(card = id, "card removed");
+        }
+        if entry.runtime {
+            self.save_runtime()?;
         }
         Ok(())
     }
@@ -271,6 +420,7 @@ impl Service {
     pub fn insert(&self, card: &str, reader: &str) -> Result<String> {
         let slot = self.slot_for(reader, true)?;
         self.registry.move_card(card, &slot)?;
+        self.save_runtime()?;
         Ok(slot)
     }
 
@@ -283,6 +433,7 @@ impl Service {
                 .slot_of(what)?
                 .ok_or_else(|| anyhow!("card {what:?} is in no reader"))?;
             self.registry.eject(&slot)?;
+            self.save_runtime()?;
             return Ok((what.to_string(), slot));
         }
         let slot = self.slot_for(what, false)?;
@@ -290,6 +441,7 @@ impl Service {
             .registry
             .eject(&slot)?
             .ok_or_else(|| anyhow!("no card in {slot:?}"))?;
+        self.save_runtime()?;
         Ok((card, slot))
     }
 
@@ -334,7 +486,7 @@ impl Service {
             .iter()
             .map(|(id, r)| ReaderInfo {
                 id: id.clone(),
-                transport: r.transport.to_string(),
+                transport: r.config.transport.to_string(),
                 address: r.address.clone(),
                 slots: r
                     .slots
@@ -355,7 +507,8 @@ impl Service {
             let id = r.slot_id(n);
             handles.push(self.registry.add_slot(&id)?);
             if let Some(card) = r.cards.get(n).filter(|c| !c.is_empty()) {
-                self.registry.insert(card, &id)?;
+                // move_card: on a reload a card may come from a reader that stays.
+                self.registry.move_card(card, &id)?;
             }
         }
         Ok(handles)
@@ -383,7 +536,7 @@ impl Service {
     fn start_reader(&self, r: &ReaderConfig) -> Result<()> {
         let handles = self.add_slots(r)?;
         let slots: Vec<String> = handles.iter().map(|h| h.id().to_string()).collect();
-        let (address, vpcd) = match r.transport {
+        let (address, running) = match r.transport {
             Transport::Vpcd => {
                 let a = r
                     .address
@@ -400,7 +553,7 @@ impl Service {
                     .ok_or_else(|| anyhow!("a vpcd reader has one slot"))?;
                 let client = vpcd::spawn(card, vpcd::ClientOptions::new(addr))
                     .context("cannot start the vpcd client")?;
-                (a, Some(client))
+                (a, Running::Vpcd(client))
             }
             Transport::Usbredir | Transport::UsbredirConnect => {
                 let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:4000".into());
@@ -425,31 +578,38 @@ impl Service {
                     crate::usb::Role::Connect(addr.clone(), client)
                 };
                 let hook = self.host_hook(vec![slots.clone()]);
-                crate::usb::serve(
+                let reader = crate::usb::serve(
                     &role,
                     handles.into_iter().map(Self::shared).collect(),
                     None,
                     Some(hook),
                 )?;
                 if let (Addr::Unix(path), Transport::Usbredir) = (&addr, r.transport) {
-                    set_access(
+                    let access = set_access(
                         path,
                         r.mode.as_deref(),
                         r.owner.as_deref(),
                         r.group.as_deref(),
-                    )?;
+                    );
+                    if let Err(e) = access {
+                        reader.stop();
+                        return Err(e);
+                    }
                 }
-                (a, None)
+                (a, Running::Usb(reader))
             }
-            Transport::Usbip => bail!("USB/IP readers start together (start_usbip)"),
+            Transport::Usbip => {
+                let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:3240".into());
+                return self.start_usbip(&a, &[r]);
+            }
         };
         lock(&self.readers).insert(
             r.id.get_ref().clone(),
             ReaderEntry {
-                transport: r.transport,
+                config: r.clone(),
                 address,
                 slots,
-                vpcd,
+                running: Some(running),
             },
         );
         Ok(())
@@ -470,7 +630,7 @@ impl Service {
             .map(|h| h.iter().map(|s| s.id().to_string()).collect())
             .collect();
         let hook = self.host_hook(slots.clone());
-        crate::usb::serve_usbip(
+        let exporter = crate::usb::serve_usbip(
             addr,
             devices
                 .into_iter()
@@ -481,25 +641,219 @@ impl Service {
             Some(hook),
         )?;
         for (i, (r, slots)) in readers.iter().zip(slots).enumerate() {
+            let busid = crate::usb::usbip_busid(i);
             lock(&self.readers).insert(
                 r.id.get_ref().clone(),
                 ReaderEntry {
-                    transport: Transport::Usbip,
-                    address: format!("{address} bus id {}", crate::usb::usbip_busid(i)),
+                    config: (*r).clone(),
+                    address: format!("{address} bus id {busid}"),
                     slots,
-                    vpcd: None,
+                    running: Some(Running::Usbip(exporter.clone(), busid)),
                 },
             );
         }
         Ok(())
     }
 
-    /// Stops the transports that connect out (vpcd): pcscd sees their readers' cards go.
+    /// Stops every reader (pcscd sees vpcd readers' cards go; USB hosts see their device
+    /// go).
     pub fn stop(&self) {
         for r in lock(&self.readers).values_mut() {
-            if let Some(c) = r.vpcd.take() {
-                c.stop();
+            if let Some(run) = r.running.take() {
+                run.stop();
             }
+        }
+    }
+
+    /// Adds and starts a reader at run time (`reader-add`); the cards it names go into its
+    /// slots. A USB/IP reader gets a server of its own: its address must not be one a running
+    /// USB/IP reader uses.
+    pub fn add_reader(&self, r: ReaderConfig) -> Result<ReaderInfo> {
+        config::check_reader(&r).map_err(|(k, why)| anyhow!("{k}: {why}"))?;
+        let id = r.id.get_ref().clone();
+        if lock(&self.readers).contains_key(&id) {
+            bail!("a reader {id:?} exists already");
+        }
+        for c in r.cards.iter().filter(|c| !c.is_empty()) {
+            if !lock(&self.cards).contains_key(c) {
+                bail!("no card {c:?}");
+            }
+            if let Some(slot) = self.registry.slot_of(c)? {
+                bail!("card {c:?} is in {slot:?} already: eject it first");
+            }
+        }
+        if r.transport == Transport::Usbip {
+            let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:3240".into());
+            let taken = lock(&self.readers).values().any(|e| {
+                e.config.transport == Transport::Usbip
+                    && e.config
+                        .address
+                        .clone()
+                        .unwrap_or_else(|| "127.0.0.1:3240".into())
+                        == a
+            });
+            if taken {
+                bail!("USB/IP on {a} serves readers of the configuration; give this one another address");
+            }
+        }
+        if let Err(e) = self.start_reader(&r) {
+            // Its slots were made before the transport failed: take them away again.
+            for n in 0..r.slot_count() {
+                let _ = self.registry.remove_slot(&r.slot_id(n));
+            }
+            return Err(e);
+        }
+        tracing::info!(reader = %id, "reader added");
+        self.save_runtime()?;
+        self.readers()
+            .into_iter()
+            .find(|x| x.id == id)
+            .ok_or_else(|| anyhow!("reader {id:?} vanished"))
+    }
+
+    /// Stops a reader and removes it; the cards in it stay, in no slot.
+    pub fn remove_reader(&self, id: &str) -> Result<()> {
+        let mut entry = lock(&self.readers)
+            .remove(id)
+            .ok_or_else(|| anyhow!("no reader {id:?}"))?;
+        if let Some(run) = entry.running.take() {
+            run.stop();
+        }
+        for s in &entry.slots {
+            self.registry.remove_slot(s)?;
+        }
+        tracing::info!(reader = id, "reader removed");
+        self.save_runtime()?;
+        Ok(())
+    }
+
+    /// Reads the configuration file again and applies it ([`Service::reload`]); a file with a
+    /// mistake changes nothing.
+    pub fn reload_file(&self) -> Result<serde_json::Value> {
+        let cfg = match &self.config_path {
+            Some(p) => Config::load(p)?,
+            None => embedded_default(),
+        };
+        self.reload(&cfg)
+    }
+
+    /// Applies a new configuration: cards and readers it no longer has go, new ones come,
+    /// changed ones are made again; a reader whose settings did not change keeps running (its
+    /// host stays connected), with its cards changed if its `cards` list changed. Returns what
+    /// changed.
+    pub fn reload(&self, new: &Config) -> Result<serde_json::Value> {
+        let old = lock(&self.config).clone();
+        let same = |a: &dyn erased::Ser, b: &dyn erased::Ser| a.json() == b.json();
+        let card_of =
+            |cfg: &Config, id: &str| cfg.cards.iter().find(|c| c.id.get_ref() == id).cloned();
+        let reader_of =
+            |cfg: &Config, id: &str| cfg.readers.iter().find(|r| r.id.get_ref() == id).cloned();
+        let settings = |r: &ReaderConfig| {
+            let mut r = r.clone();
+            r.cards.clear();
+            r
+        };
+        let mut report = serde_json::json!({
+            "cards-added": [], "cards-removed": [], "cards-replaced": [],
+            "readers-added": [], "readers-removed": [], "readers-restarted": [], "readers-kept": []
+        });
+        let mut push = |k: &str, id: &str| {
+            if let Some(a) = report[k].as_array_mut() {
+                a.push(serde_json::json!(id));
+            }
+        };
+        // Readers that go or change stop first, so their slots free the cards.
+        let mut restart = Vec::new();
+        for r in &old.readers {
+            let id = r.id.get_ref();
+            match reader_of(new, id) {
+                None => {
+                    self.remove_reader(id)?;
+                    push("readers-removed", id);
+                }
+                Some(n) if !same(&settings(r), &settings(&n)) => {
+                    self.remove_reader(id)?;
+                    restart.push(n);
+                }
+                Some(_) => {}
+            }
+        }
+        for c in &old.cards {
+            let id = c.id.get_ref();
+            match card_of(new, id) {
+                None => {
+                    self.remove_card(id, false)?;
+                    push("cards-removed", id);
+                }
+                Some(n) if !same(c, &n) => {
+                    self.remove_card(id, false)?;
+                    self.make_card(n, false)?;
+                    push("cards-replaced", id);
+                }
+                Some(_) => {}
+            }
+        }
+        for c in &new.cards {
+            if card_of(&old, c.id.get_ref()).is_none() {
+                self.make_card(c.clone(), false)?;
+                push("cards-added", c.id.get_ref());
+            }
+        }
+        // Kept readers: their cards as the new file says.
+        for r in &new.readers {
+            let id = r.id.get_ref();
+            if let Some(o) = reader_of(&old, id) {
+                if !same(&settings(&o), &settings(r)) {
+                    continue;
+                }
+                push("readers-kept", id);
+                // Cards moved at run time stay where they are unless the file moved them.
+                if o.cards == r.cards {
+                    continue;
+                }
+                for n in 0..r.slot_count() {
+                    let slot = r.slot_id(n);
+                    let want = r.cards.get(n).filter(|c| !c.is_empty());
+                    let has = self.registry.card_in(&slot)?;
+                    if has.as_ref() != want {
+                        if has.is_some() {
+                            self.registry.eject(&slot)?;
+                        }
+                        if let Some(c) = want {
+                            self.registry.move_card(c, &slot)?;
+                        }
+                    }
+                }
+            }
+        }
+        for r in restart {
+            self.start_reader(&r)
+                .with_context(|| format!("reader {:?}", r.id.get_ref()))?;
+            push("readers-restarted", r.id.get_ref());
+        }
+        for r in &new.readers {
+            if reader_of(&old, r.id.get_ref()).is_none() {
+                self.start_reader(r)
+                    .with_context(|| format!("reader {:?}", r.id.get_ref()))?;
+                push("readers-added", r.id.get_ref());
+            }
+        }
+        *lock(&self.config) = new.clone();
+        tracing::info!(%report, "configuration reloaded");
+        Ok(report)
+    }
+}
+
+/// Comparing configuration tables by their serialised form (the spans of ids aside).
+mod erased {
+    /// A table that serialises.
+    pub trait Ser {
+        /// Its JSON form.
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
         }
     }
 }

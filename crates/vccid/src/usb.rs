@@ -304,7 +304,7 @@ pub fn serve_usbip(
     pcap: Option<Pcap<'_>>,
     security: Security,
     hosts: Option<HostHook>,
-) -> Result<()> {
+) -> Result<Arc<usbip::server::Exporter>> {
     let exposed = !addr.ip().is_loopback();
     if exposed && security != Security::InsecurePlaintext {
         anyhow::bail!(
@@ -325,6 +325,7 @@ pub fn serve_usbip(
     let busids: Vec<String> = devices.iter().map(|(b, _)| b.clone()).collect();
     let names = busids.clone();
     let exporter = Arc::new(usbip::server::Exporter::with_devices(devices).warn_plaintext(exposed));
+    let handle = exporter.clone();
     let local = listener.local_addr()?;
     if let [busid] = names.as_slice() {
         tracing::info!(addr = %local, %busid, "usbip: exporting the reader");
@@ -343,7 +344,7 @@ pub fn serve_usbip(
                 )
             })
         })?;
-    Ok(())
+    Ok(handle)
 }
 
 /// The commands that attach `readers` readers exported over USB/IP at `addr` (a wildcard
@@ -369,6 +370,36 @@ struct Redir {
     device: Box<dyn UsbDevice>,
     wakes: Vec<SlotWake>,
     hosts: Option<HostHook>,
+    /// The connection being served, so that [`UsbReader::stop`] can end it.
+    current: Arc<Mutex<Option<Stream>>>,
+}
+
+/// A running usbredir reader; [`UsbReader::stop`] ends it (the host sees the device go).
+pub struct UsbReader {
+    stop: Stop,
+    current: Arc<Mutex<Option<Stream>>>,
+    /// Where it listens (to wake its accept), if it listens.
+    listening: Option<Addr>,
+}
+
+impl UsbReader {
+    /// Stops serving: the connection (if any) is closed, the listener (if any) is closed and
+    /// its unix socket removed, a connecting reader stops reconnecting.
+    pub fn stop(&self) {
+        self.stop.stop();
+        if let Some(s) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            s.shutdown();
+        }
+        // A blocked accept returns at the next connection: make one.
+        if let Some(a) = &self.listening {
+            let _ = Stream::connect(a);
+        }
+    }
 }
 
 impl Redir {
@@ -380,6 +411,9 @@ impl Redir {
         let (Ok(reader), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
+        if let Ok(c) = stream.try_clone() {
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        }
         let mut guard = None;
         let why = usbredir::server::serve_connection(
             reader,
@@ -392,6 +426,7 @@ impl Redir {
         );
         drop(guard);
         closer.shutdown();
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.device.reset();
         tracing::info!(%peer, "usbredir: QEMU gone: {why}");
     }
@@ -405,7 +440,7 @@ pub fn serve(
     cards: Vec<Arc<Mutex<dyn Card>>>,
     pcap: Option<Pcap<'_>>,
     hosts: Option<HostHook>,
-) -> Result<()> {
+) -> Result<UsbReader> {
     /// The role with its listener bound.
     enum Way {
         Listen(link::Listener),
@@ -419,17 +454,27 @@ pub fn serve(
         tracing::warn!(%addr, "usbredir is not on loopback: the USB link is unauthenticated and unencrypted");
     }
     let (device, wakes) = reader_device(cards, pcap)?;
+    let current = Arc::new(Mutex::new(None));
     let mut redir = Redir {
         device,
         wakes,
         hosts,
+        current: current.clone(),
+    };
+    let stop = Stop::new();
+    let mut handle = UsbReader {
+        stop: stop.clone(),
+        current,
+        listening: None,
     };
     let thread = std::thread::Builder::new().name("usbredir".into());
     match way {
         Way::Listen(l) => {
             tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU");
+            handle.listening = Some(l.local_addr());
             thread.spawn(move || {
-                link::accept::in_turn("usbredir", || l.accept(), |s| redir.serve(s))
+                link::accept::in_turn_until("usbredir", &stop, || l.accept(), |s| redir.serve(s));
+                tracing::info!(addr = %l.local_addr(), "usbredir: reader stopped");
             })?;
         }
         Way::Connect(addr, tls) => {
@@ -438,9 +483,7 @@ pub fn serve(
                 // QEMU restarts at any time: the first retry is soon, the longest wait 500 ms.
                 let mut backoff =
                     Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-                // Never stopped: the thread lives as long as the program.
-                let stop = Stop::new();
-                loop {
+                while !stop.is_stopped() {
                     let got = retry::connect(
                         &mut backoff,
                         &stop,
@@ -464,7 +507,7 @@ pub fn serve(
             })?;
         }
     }
-    Ok(())
+    Ok(handle)
 }
 
 #[cfg(test)]

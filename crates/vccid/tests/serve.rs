@@ -384,3 +384,210 @@ fn ready_is_sent_once_every_reader_listens() {
     assert!(usb_up && control_up, "READY=1 before the sockets listened");
     assert_eq!(mode & 0o777, 0o660);
 }
+
+/// A `pcsc_scan` watching pcscd: each card event as (when it was read, reader index,
+/// "Card inserted" or "Card removed").
+struct Watcher {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<(std::time::Instant, usize, String)>,
+}
+
+impl Watcher {
+    /// `pcsc_scan -n` (pcsc-tools) in `pcscd`'s namespace, line-buffered (stdbuf) so that each
+    /// event is read when it is printed.
+    fn start(pcscd: &PrivatePcscd) -> Watcher {
+        let mut child = pcscd
+            .command("stdbuf")
+            .args(["-oL", "pcsc_scan", "-n"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pcsc_scan starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // pcsc_scan prints " Reader N: NAME", then its event number and "Card state:".
+            let mut reader = None;
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let t = l.trim_start();
+                if let Some(rest) = t.strip_prefix("Reader ") {
+                    reader = rest.split(':').next().and_then(|n| n.trim().parse().ok());
+                } else if let (Some(r), Some(state)) = (reader, t.strip_prefix("Card state: ")) {
+                    let state = state
+                        .split(',')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    if tx.send((std::time::Instant::now(), r, state)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Watcher { child, events }
+    }
+
+    /// Waits for `state` in reader `reader`; when it was read.
+    fn wait(&self, reader: usize, state: &str, timeout: Duration) -> Option<std::time::Instant> {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Ok((t, r, s)) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if r == reader && s == state {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Every event read so far: (reader, state).
+    fn drain(&self) -> Vec<(usize, String)> {
+        self.events.try_iter().map(|(_, r, s)| (r, s)).collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = testkit::kill(&mut self.child, "pcsc_scan");
+    }
+}
+
+/// Waits until `opensc-tool --reader N -n` names a card containing `want`.
+fn wait_name(pcscd: &PrivatePcscd, reader: usize, want: &str) -> String {
+    let mut last = String::new();
+    let found = testkit::wait_for("the card's name", Duration::from_secs(15), || {
+        last = text_of(pcscd, &["--reader", &reader.to_string(), "-n"]);
+        last.contains(want)
+    });
+    assert!(found.is_ok(), "reader {reader}: no {want:?}: {last}");
+    last
+}
+
+#[test]
+fn cards_made_at_run_time_survive_a_restart_and_delete_leaves_nothing() {
+    let s = serve(TWO_READERS);
+    s.pcscd.wait_card(1, Duration::from_secs(30)).unwrap();
+    let state = s.pcscd.dir.path().join("state");
+    let watcher = Watcher::start(&s.pcscd);
+    std::thread::sleep(Duration::from_secs(1));
+    watcher.drain();
+    ctl(&s.socket, &["card", "eject", "r1"]);
+    s.pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
+    // A generated PIV card made and inserted while pcsc_scan watches.
+    ctl(&s.socket, &["card", "add", "eve", "--profile", "piv"]);
+    let asked = std::time::Instant::now();
+    ctl(&s.socket, &["card", "insert", "eve", "r1"]);
+    let seen = watcher
+        .wait(1, "Card inserted", Duration::from_secs(10))
+        .expect("pcsc_scan saw the insertion");
+    let took = seen.saturating_duration_since(asked);
+    println!("insertion seen by pcsc_scan after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    drop(watcher);
+    let eve = serials(&s.pcscd, 1);
+    assert!(state.join("cards/eve/cert1.crt.pem").exists());
+    // An ephemeral card leaves nothing on disk.
+    ctl(&s.socket, &["card", "add", "tmp", "--ephemeral"]);
+    assert!(!state.join("cards/tmp").exists());
+    // Restart: eve is back in r1, tmp is gone.
+    let Served {
+        mut pcscd,
+        socket,
+        ids: _,
+    } = s;
+    pcscd.stop_child("vccid", "TERM");
+    let mut cmd = pcscd.command(VCCID);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(pcscd.dir.path().join("vccid.toml"));
+    pcscd.spawn("vccid2", cmd).unwrap();
+    testkit::wait_for("the control socket", Duration::from_secs(30), || {
+        UnixStream::connect(&socket).is_ok()
+    })
+    .unwrap();
+    pcscd.wait_card(1, Duration::from_secs(30)).unwrap();
+    let cards = ctl(&socket, &["cards"]);
+    assert!(
+        cards.contains("eve  emulated piv generated  in r1"),
+        "{cards}\n{}",
+        pcscd.child_log("vccid2")
+    );
+    assert!(!cards.contains("tmp"), "{cards}");
+    assert_eq!(serials(&pcscd, 1), eve, "the same card after the restart");
+    // Deleted: its identities and state are gone, and so is the run-time record.
+    ctl(&socket, &["card", "remove", "eve", "--delete"]);
+    pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
+    assert!(!state.join("cards/eve").exists());
+    let rt = std::fs::read_to_string(state.join("runtime.toml")).unwrap();
+    assert!(!rt.contains("eve"), "{rt}");
+}
+
+#[test]
+fn reload_keeps_unchanged_readers_connected() {
+    let s = serve(TWO_READERS);
+    for i in 0..2 {
+        s.pcscd.wait_card(i, Duration::from_secs(30)).unwrap();
+    }
+    let watcher = Watcher::start(&s.pcscd);
+    std::thread::sleep(Duration::from_secs(1));
+    watcher.drain();
+    // r0 unchanged; r1 gets carol instead of bob; a new card dan.
+    let file = s.pcscd.dir.path().join("vccid.toml");
+    let old = std::fs::read_to_string(&file).unwrap();
+    let new = old.replace("cards = [\"bob\"]", "cards = [\"carol\"]")
+        + "\n[[card]]\nid = \"dan\"\nkeys = \"default\"\n";
+    std::fs::write(&file, new).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&ctl(&s.socket, &["--json", "reload"])).unwrap();
+    assert_eq!(
+        report["readers-kept"],
+        serde_json::json!(["r0", "r1"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["cards-added"],
+        serde_json::json!(["dan"]),
+        "{report}"
+    );
+    wait_name(&s.pcscd, 1, "Personal Identity Verification");
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = watcher.drain();
+    assert!(
+        seen.contains(&(1, "Card removed".to_string())),
+        "the watcher saw bob go: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&(0, "Card removed".to_string())),
+        "reader 0 saw its card go: {seen:?}"
+    );
+    let log = s.pcscd.child_log("vccid");
+    assert_eq!(
+        log.matches("connected to vpcd addr=127.0.0.1:35963")
+            .count(),
+        1,
+        "r0's vpcd connection was made again:\n{log}"
+    );
+    // A file with a mistake changes nothing.
+    std::fs::write(&file, "[[reader]]\nid = 3\n").unwrap();
+    let o = Command::new(VCCID)
+        .args(["ctl", "--socket"])
+        .arg(&s.socket)
+        .arg("reload")
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("vccid.toml"), "{}", text(&o));
+    assert!(ctl(&s.socket, &["readers"]).contains("r1: carol"));
+}
+
+fn text_of(pcscd: &PrivatePcscd, args: &[&str]) -> String {
+    text(
+        &pcscd
+            .command("opensc-tool")
+            .args(args)
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap(),
+    )
+}

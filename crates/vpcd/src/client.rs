@@ -43,6 +43,10 @@ impl ClientOptions {
     }
 }
 
+/// How long a removed card stays away from vpcd at least: longer than pcscd's 400 ms poll of
+/// vpcd readers, so that pcscd sees every removal.
+pub const REMOVAL_GAP: Duration = Duration::from_millis(600);
+
 fn lock(card: &SharedCard) -> std::sync::MutexGuard<'_, dyn Card + 'static> {
     // The card's state stays consistent across a panic in another holder (each APDU is
     // processed to completion or not at all), so a poisoned lock is still usable.
@@ -52,19 +56,24 @@ fn lock(card: &SharedCard) -> std::sync::MutexGuard<'_, dyn Card + 'static> {
 /// State shared by the client's threads and its handle.
 struct Shared {
     stop: Stop,
-    /// The live connection, so that removal or stop can shut it down from another thread.
-    current: Mutex<Option<TcpStream>>,
+    /// The live connection, so that removal or stop can shut it down from another thread,
+    /// with the presence generation of the card it was made for.
+    current: Mutex<Option<(TcpStream, u64)>>,
 }
 
 impl Shared {
-    fn cut(&self) {
-        if let Some(s) = self
+    /// Closes the connection if it was made for a card older than generation `gen` (`None`:
+    /// whatever it is).
+    fn cut(&self, gen: Option<u64>) {
+        if let Some((s, made_for)) = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = s.shutdown(Shutdown::Both);
+            if gen.is_none_or(|g| *made_for < g) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
@@ -83,7 +92,7 @@ impl Client {
 
     fn halt(&mut self) {
         self.shared.stop.stop();
-        self.shared.cut();
+        self.shared.cut(None);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -131,10 +140,12 @@ pub fn spawn(card: SharedCard, opts: ClientOptions) -> std::io::Result<Client> {
 /// before the connection closes.
 fn watch_removal(shared: &Shared, presence: &Presence, card: &SharedCard, mut seen: u64) {
     while !shared.stop.is_stopped() {
-        let (present, gen) = presence.wait_change(seen, Duration::from_millis(200));
-        if gen != seen && !present {
+        let (_, gen) = presence.wait_change(seen, Duration::from_millis(200));
+        // Any change is a removal for vpcd, even when a card is present again by now (a card
+        // swapped or moved back at once): the connection stands for the card that was there.
+        if gen != seen {
             let _in_flight = lock(card);
-            shared.cut();
+            shared.cut(Some(gen));
         }
         seen = gen;
     }
@@ -163,7 +174,9 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
             if !wait_present(presence, &shared.stop) {
                 return Err(std::io::Error::other("stopped"));
             }
-            TcpStream::connect_timeout(&opts.addr, Duration::from_secs(2))
+            // The card this connection stands for: a change after this is a removal.
+            let (_, gen) = presence.snapshot();
+            TcpStream::connect_timeout(&opts.addr, Duration::from_secs(2)).map(|s| (s, gen))
         };
         let failed = |e: &std::io::Error, fresh: bool| {
             if fresh {
@@ -174,17 +187,19 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
             }
             ControlFlow::Continue(())
         };
-        let stream = match retry::connect(&mut backoff, &shared.stop, attempt, failed) {
-            Ok(s) => s,
-            Err(NotConnected::Stopped | NotConnected::GaveUp(_)) => return,
-        };
+        let (stream, connected_gen) =
+            match retry::connect(&mut backoff, &shared.stop, attempt, failed) {
+                Ok(s) => s,
+                Err(NotConnected::Stopped | NotConnected::GaveUp(_)) => return,
+            };
         backoff.reset();
         tracing::info!(addr = %opts.addr, "connected to vpcd");
         if let Ok(clone) = stream.try_clone() {
-            *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+            *shared.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((clone, connected_gen));
         }
-        // Removal may have happened between the presence check and storing the clone.
-        if !presence.is_present() {
+        // A removal may have happened between the presence check and storing the clone.
+        if presence.snapshot().1 != connected_gen {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let why = session(stream, card);
@@ -192,8 +207,15 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
         if shared.stop.is_stopped() {
             return;
         }
-        if !presence.is_present() {
+        if presence.snapshot().1 != connected_gen {
             tracing::info!("card removed; disconnected from vpcd until it is inserted");
+            // vpcd has no insertion interrupt: pcscd polls its readers every 400 ms
+            // (vpcd's IFDHICCPresence). A card swapped faster than that (ejected and another
+            // inserted, or moved back) would look to pcscd like no change at all, and a host
+            // would go on talking to the new card as if it were the old one.
+            if !shared.stop.sleep(REMOVAL_GAP) {
+                return;
+            }
             continue;
         }
         tracing::warn!(addr = %opts.addr, "vpcd connection lost: {why}");
