@@ -311,7 +311,8 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
         cfg.readers.len(),
         control.display()
     );
-    println!("vccid: {status}");
+    // "ready" as in flag mode: scripts (and the README's test) wait for this line.
+    println!("vccid: ready: {status}");
     // Every reader listens (or connects) by now: Service::start returned.
     if let Err(e) = vccid::notify::notify(&format!("READY=1\nSTATUS={status}")) {
         tracing::warn!("cannot notify systemd of readiness: {e}");

@@ -136,6 +136,9 @@ pub struct Service {
     security: ListenSecurity,
     cards: Mutex<BTreeMap<String, CardEntry>>,
     readers: Mutex<BTreeMap<String, ReaderEntry>>,
+    /// Keeps a socket-activated local pcscd awake while vpcd readers serve it (as flag mode
+    /// does: Debian starts pcscd on the first PC/SC client, and vpcd listens only then).
+    pcscd: Mutex<Option<hostcard::pcscd::Keeper>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,6 +177,7 @@ impl Service {
             security,
             cards: Mutex::default(),
             readers: Mutex::default(),
+            pcscd: Mutex::default(),
         });
         for c in &cfg.cards {
             svc.make_card(c.clone(), false)
@@ -551,6 +555,12 @@ impl Service {
                     .next()
                     .map(Self::shared)
                     .ok_or_else(|| anyhow!("a vpcd reader has one slot"))?;
+                if addr.ip().is_loopback() {
+                    let mut keeper = lock(&self.pcscd);
+                    if keeper.is_none() {
+                        *keeper = crate::ready::wake_pcscd();
+                    }
+                }
                 let client = vpcd::spawn(card, vpcd::ClientOptions::new(addr))
                     .context("cannot start the vpcd client")?;
                 (a, Running::Vpcd(client))
