@@ -14,7 +14,9 @@
 # e2e.usbwait=S: how long to wait for a smart-card reader to appear (default 60 s).
 # e2e.readers=N (N > 1): N readers each with a card: report each reader's name and sign with
 # each (results reader_R, sign_R, blobs data_R, sig_R), then power off. e2e.busids=A,B,...:
-# the USB/IP bus ids to attach (default 1-1).
+# the USB/IP bus ids to attach (default 1-1). e2e.hotplug=1: after signing, "E2E-WAIT
+# add-reader" (a second reader must appear), "E2E-WAIT remove-reader" (it must go), a second
+# signature on reader 0, "E2E-WAIT eject" (reader 0's card must go).
 # e2e.mech=MECHANISM: pkcs11-tool's signature mechanism (default SHA256-RSA-PKCS; an ECDSA one
 # writes the signature in OpenSSL's DER format).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
@@ -23,7 +25,7 @@ exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
 PIN=12345678; KEYID=0001; MECH=SHA256-RSA-PKCS; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
-READERS=1; BUSIDS=1-1
+READERS=1; BUSIDS=1-1; HOTPLUG=0
 USBIP_SERVER=127.0.0.1; USBIP_PORT=3240
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -32,6 +34,7 @@ for a in $(cat /proc/cmdline); do
     e2e.usbwait=*) USBWAIT=${a#*=};; e2e.mech=*) MECH=${a#*=};;
     e2e.usbipserver=*) USBIP_SERVER=${a#*=};; e2e.usbipport=*) USBIP_PORT=${a#*=};;
     e2e.readers=*) READERS=${a#*=};; e2e.busids=*) BUSIDS=${a#*=};;
+    e2e.hotplug=*) HOTPLUG=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -160,6 +163,25 @@ if [ -n "$ATR" ]; then
     result "after_insert=\"$(timeout 60 opensc-tool -n 2>/dev/null | grep -v '^Using reader' | head -1)\""
     # An idle window with pcscd running: the host measures the reader's CPU meanwhile.
     echo "E2E-WAIT idle-begin"; sleep 5; echo "E2E-WAIT idle-end"
+  fi
+  if [ "$HOTPLUG" = 1 ]; then
+    # A second reader added and removed at run time while reader 0 stays, then reader 0's
+    # card ejected: each seen through pcscd's hotplug and the reader's interrupt endpoint.
+    readers() { timeout 10 opensc-tool -l 2>/dev/null | grep -cE '^[0-9]+ +(Yes|No) '; }
+    wait_readers() { i=0; while [ $i -lt 60 ]; do [ "$(readers)" = "$1" ] && return 0; usleep 500000; i=$((i + 1)); done; return 1; }
+    echo "E2E-WAIT add-reader"
+    wait_readers 2 && result "hotplug_added=1" || result "hotplug_added=0"
+    echo "E2E-WAIT remove-reader"
+    wait_readers 1 && result "hotplug_removed=1" || result "hotplug_removed=0"
+    if timeout 120 pkcs11-tool --module $P11 --login --pin "$PIN" --sign --mechanism "$MECH" $FORMAT \
+         --id "$KEYID" --input-file /tmp/data --output-file /tmp/sig2 > /tmp/sign.out 2>&1; then
+      result "sign_after=1"
+    else
+      result "sign_after=0"; cat /tmp/sign.out
+    fi
+    wait_state() { i=0; while [ $i -lt 60 ]; do timeout 10 opensc-tool -l 2>/dev/null | grep -qE "^0 +$1" && return 0; usleep 500000; i=$((i + 1)); done; return 1; }
+    echo "E2E-WAIT eject"
+    wait_state No && result "eject_seen=1" || result "eject_seen=0"
   fi
 fi
 if [ "$USBIP" = 1 ]; then

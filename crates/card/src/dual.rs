@@ -39,6 +39,16 @@ impl DualCard {
     pub fn piv(&self) -> &PivCard {
         &self.piv
     }
+
+    /// The PIV application, for the service's administration (enrollment, PIN).
+    pub fn piv_mut(&mut self) -> &mut PivCard {
+        &mut self.piv
+    }
+
+    /// The CAC application, for the service's administration (PIN).
+    pub fn cac_mut(&mut self) -> &mut CacCard {
+        &mut self.cac
+    }
 }
 
 /// The application a SELECT by DF name (P1 = 04) asks for: PIV for the PIV AID or its

@@ -11,11 +11,12 @@
 
 pub mod cac;
 pub mod dual;
+pub mod enroll;
 pub mod keystore;
 mod pin;
 pub mod piv;
 mod traced;
 
 pub use card_api::{Card, FixedCard, Presence};
-pub use pin::{Pin, PinStatus, PinVerify, Redacted};
+pub use pin::{Pin, PinBlocked, PinStatus, PinVerify, Redacted};
 pub use traced::Traced;

@@ -1,4 +1,10 @@
+use std::sync::Arc;
 use zeroize::Zeroizing;
+
+/// What a card calls when its PIN blocks: the service turns it into a `PIN_BLOCKED` event.
+/// It runs inside the card's `transmit`, with the card's lock held, so it must not wait for
+/// anything that lock guards.
+pub type PinBlocked = Arc<dyn Fn() + Send + Sync>;
 
 /// A card PIN with a retry counter (ISO 7816-4 §7.5.6: 63Cx tries left, 6983 blocked).
 /// Its value is wiped when dropped or changed, and `Debug` shows the counters only.
@@ -6,6 +12,8 @@ pub struct Pin {
     value: Zeroizing<Vec<u8>>,
     max_tries: u8,
     tries_left: u8,
+    /// Called when a wrong try takes the counter to 0.
+    on_blocked: Option<PinBlocked>,
 }
 
 /// The state a status query reports.
@@ -56,7 +64,19 @@ impl Pin {
             value: Zeroizing::new(value.to_vec()),
             max_tries,
             tries_left: max_tries,
+            on_blocked: None,
         }
+    }
+    /// Calls `hook` whenever a wrong try blocks the PIN (the counter reaching 0), from now on.
+    pub fn set_on_blocked(&mut self, hook: Option<PinBlocked>) {
+        self.on_blocked = hook;
+    }
+    /// Replaces value and counters as [`restore`](Self::restore) would, keeping the hook (a
+    /// card's state restored, its retries set anew, a reset).
+    pub fn set(&mut self, value: &[u8], max_tries: u8, tries_left: u8) {
+        let on_blocked = self.on_blocked.take();
+        *self = Pin::restore(value, max_tries, tries_left);
+        self.on_blocked = on_blocked;
     }
     /// A PIN as saved: its value, maximum and remaining tries (clamped to 1..15 and ≤ max).
     pub fn restore(value: &[u8], max_tries: u8, tries_left: u8) -> Self {
@@ -99,6 +119,11 @@ impl Pin {
             PinVerify::Ok
         } else {
             self.tries_left -= 1;
+            if self.tries_left == 0 {
+                if let Some(hook) = &self.on_blocked {
+                    hook();
+                }
+            }
             PinVerify::Wrong(self.tries_left)
         }
     }
@@ -119,6 +144,25 @@ mod tests {
         assert_eq!(p.verify(b""), PinVerify::Wrong(0));
         assert_eq!(p.status(), PinStatus::Blocked);
         assert_eq!(p.verify(b"1234"), PinVerify::Blocked);
+    }
+
+    #[test]
+    fn the_hook_runs_once_when_the_pin_blocks_and_survives_set() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let mut p = Pin::new(b"1234", 2);
+        p.set_on_blocked(Some(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })));
+        assert_eq!(p.verify(b"0"), PinVerify::Wrong(1));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(p.verify(b"0"), PinVerify::Wrong(0));
+        assert_eq!(p.verify(b"0"), PinVerify::Blocked);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        p.set(b"5678", 1, 1);
+        assert_eq!(p.verify(b"1234"), PinVerify::Wrong(0));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     /// Every way a `Debug` rendering could carry `secret`: as text, as a byte list

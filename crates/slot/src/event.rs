@@ -44,6 +44,12 @@ pub enum Event {
         /// Who, as in `HostConnected`.
         peer: String,
     },
+    /// A card's PIN retry counter reached 0: the card refuses the PIN until it is unblocked.
+    /// The card reports it (the registry does not look into APDUs); the id is the card's.
+    PinBlocked {
+        /// The card.
+        card: String,
+    },
     /// A command APDU was answered through the slot's handle.
     ApduDone {
         /// The slot.

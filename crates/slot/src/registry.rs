@@ -276,6 +276,17 @@ impl Registry {
         Ok(())
     }
 
+    /// For cards: `card`'s PIN is blocked (emits [`Event::PinBlocked`]). Callable from inside
+    /// a card's `transmit`, with the card's lock held: it takes no registry lock (the lock
+    /// order is the registry's state, then a slot, then a card, then the event hub), only the
+    /// hub's, so it does not check that the card is registered.
+    pub fn pin_blocked(&self, card: &str) {
+        tracing::debug!(card, "PIN blocked");
+        self.emit(Event::PinBlocked {
+            card: card.to_string(),
+        });
+    }
+
     /// Checks that `card` and `slot` exist and that the slot is empty or holds `card`; returns
     /// where the card is now.
     fn check_target(st: &State, card: &str, slot: &str) -> Result<Option<String>, Error> {

@@ -519,3 +519,47 @@ fn a_held_card_s_own_presence_shows_in_its_slot() {
     );
     assert_eq!(slot.transmit(&hex("00 A4 04 00")), MUTE_RESPONSE);
 }
+
+/// A card that reports its PIN blocked from inside `transmit`, as the emulated cards do.
+struct BlockingCard {
+    registry: Registry,
+    presence: Presence,
+}
+
+impl Card for BlockingCard {
+    fn atr(&self) -> Vec<u8> {
+        hex("3B 00")
+    }
+    fn power_on(&mut self) -> Vec<u8> {
+        self.atr()
+    }
+    fn power_off(&mut self) {}
+    fn transmit(&mut self, _apdu: &[u8]) -> Vec<u8> {
+        self.registry.pin_blocked("p");
+        hex("63 C0")
+    }
+    fn presence(&self) -> Presence {
+        self.presence.clone()
+    }
+}
+
+#[test]
+fn a_card_reports_its_pin_blocked_from_inside_transmit() {
+    let reg = Registry::new();
+    let events = reg.subscribe();
+    let mut a = reg.add_slot("A").unwrap();
+    let card = BlockingCard {
+        registry: reg.clone(),
+        presence: Presence::new(true),
+    };
+    reg.add_card("p", Arc::new(Mutex::new(card))).unwrap();
+    reg.insert("p", "A").unwrap();
+    drain(&events);
+    // The card's lock and the slot's are held while it reports: no registry lock is taken.
+    assert_eq!(a.transmit(&hex("00 20 00 80 08")), hex("63 C0"));
+    let got = drain(&events);
+    assert!(
+        got.contains(&Event::PinBlocked { card: "p".into() }),
+        "{got:?}"
+    );
+}

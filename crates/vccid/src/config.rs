@@ -69,6 +69,8 @@ pub struct ServiceConfig {
     pub control: Option<PathBuf>,
     /// The control socket's mode, octal (default "0600").
     pub control_mode: Option<String>,
+    /// The control socket's owner (default: the user vccid runs as).
+    pub control_owner: Option<String>,
     /// The control socket's group (its members may use `vccid ctl`).
     pub control_group: Option<String>,
     /// Allow plaintext listeners on non-loopback addresses (each connection logs a warning).

@@ -66,11 +66,12 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
 }
 
 /// Binds the control socket at `path` (its directory made 0755 if missing; a stale socket
-/// nobody answers on is replaced, a live one is an error) with `mode` and `group`, and serves
-/// it on threads of its own.
+/// nobody answers on is replaced, a live one is an error) with `mode`, `owner` and `group`,
+/// and serves it on threads of its own.
 pub fn serve(
     path: &Path,
     mode: Option<&str>,
+    owner: Option<&str>,
     group: Option<&str>,
     service: Arc<Service>,
 ) -> Result<()> {
@@ -91,7 +92,7 @@ pub fn serve(
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    crate::service::set_access(path, Some(mode.unwrap_or("0600")), None, group)?;
+    crate::service::set_access(path, Some(mode.unwrap_or("0600")), owner, group)?;
     tracing::info!(socket = %path.display(), "control socket ready");
     std::thread::Builder::new()
         .name("control".into())
@@ -144,6 +145,7 @@ pub fn event_json(e: &slot::Event) -> Option<Value> {
         E::HostDisconnected { slot, peer } => {
             ("HOST_DISCONNECTED", json!({"slot": slot, "peer": peer}))
         }
+        E::PinBlocked { card } => ("PIN_BLOCKED", json!({ "card": card })),
         E::ApduDone { .. } => return None,
     };
     Some(json!({"event": name, "data": data, "timestamp": timestamp()}))
@@ -328,6 +330,20 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ),
     ("reader-remove", &["id"]),
     ("config-reload", &[]),
+    (
+        "card-enroll",
+        &[
+            "card",
+            "slot",
+            "action",
+            "algorithm",
+            "subject",
+            "certificate",
+            "key",
+        ],
+    ),
+    ("card-set-pin", &["card", "pin"]),
+    ("card-unblock", &["card", "pin", "puk"]),
 ];
 
 fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str> {
@@ -472,6 +488,9 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
             json!({})
         }
         "config-reload" => svc.reload_file()?,
+        "card-enroll" => crate::enroll::card_enroll(svc, args)?,
+        "card-set-pin" => crate::enroll::card_set_pin(svc, args)?,
+        "card-unblock" => crate::enroll::card_unblock(svc, args)?,
         _ => return Err(anyhow!("{cmd} is listed but not implemented")),
     })
 }

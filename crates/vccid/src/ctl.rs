@@ -43,8 +43,8 @@ pub enum CtlCmd {
     /// Stream events as JSON lines until interrupted.
     Events,
     /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
-    /// reader-added, reader-removed) about SUBJECT (a card or slot), at most --timeout seconds;
-    /// exit status 1 on timeout.
+    /// reader-added, reader-removed, pin-blocked) about SUBJECT (a card or slot), at most
+    /// --timeout seconds; exit status 1 on timeout.
     Wait {
         /// The event, e.g. card-inserted.
         event: String,
@@ -105,6 +105,13 @@ pub enum CardCmd {
         /// A reader, a slot, or a card.
         what: String,
     },
+    /// Enroll a slot: --generate a key and print a request for it, --put-certificate,
+    /// --import a key and certificate, --delete-certificate.
+    Enroll(crate::enroll::EnrollArgs),
+    /// Set the card's PIN (its retry counter full again).
+    SetPin(crate::enroll::SetPinArgs),
+    /// Unblock the card's PIN, setting it to PIN (PIV: with --puk, or an administrative reset).
+    Unblock(crate::enroll::UnblockArgs),
 }
 
 /// `vccid ctl reader ...`.
@@ -341,6 +348,9 @@ pub fn run(args: CtlArgs) -> Result<()> {
                     )
                 });
             }
+            CardCmd::Enroll(a) => crate::enroll::ctl_enroll(&mut c, a, args.json)?,
+            CardCmd::SetPin(a) => crate::enroll::ctl_set_pin(&mut c, a, args.json)?,
+            CardCmd::Unblock(a) => crate::enroll::ctl_unblock(&mut c, a, args.json)?,
         },
         CtlCmd::Reader(ReaderCmd::Add {
             id,

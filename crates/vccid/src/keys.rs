@@ -154,7 +154,7 @@ pub fn key_store(
 /// The emulated card: CAC or PIV, by the specification's profile.
 pub enum EmulatedCard {
     /// libcacard's CAC card.
-    Cac(CacCard),
+    Cac(Box<CacCard>),
     /// The PIV card.
     Piv(Box<PivCard>),
     /// Both on one card.
@@ -164,14 +164,14 @@ pub enum EmulatedCard {
 impl EmulatedCard {
     fn card(&mut self) -> &mut dyn Card {
         match self {
-            EmulatedCard::Cac(c) => c,
+            EmulatedCard::Cac(c) => c.as_mut(),
             EmulatedCard::Piv(c) => c.as_mut(),
             EmulatedCard::Dual(c) => c.as_mut(),
         }
     }
     fn card_ref(&self) -> &dyn Card {
         match self {
-            EmulatedCard::Cac(c) => c,
+            EmulatedCard::Cac(c) => c.as_ref(),
             EmulatedCard::Piv(c) => c.as_ref(),
             EmulatedCard::Dual(c) => c.as_ref(),
         }
@@ -326,7 +326,7 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let names = labels(rsa.as_ref());
             let card = CacCard::new(rsa, &cac_config(spec)?)?;
             tracing::info!(certificates = %names, "CAC card ready");
-            Ok(EmulatedCard::Cac(card))
+            Ok(EmulatedCard::Cac(Box::new(card)))
         }
         Profile::CacPiv => {
             let (rsa, shared) = cac_view(keys)?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod emul_args;
+pub mod enroll;
 pub mod expiry;
 pub mod hardware;
 pub mod keys;

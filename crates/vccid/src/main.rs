@@ -302,6 +302,7 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
     vccid::control::serve(
         &control,
         cfg.service.control_mode.as_deref(),
+        cfg.service.control_owner.as_deref(),
         cfg.service.control_group.as_deref(),
         svc.clone(),
     )?;

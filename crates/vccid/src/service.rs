@@ -139,6 +139,8 @@ pub struct Service {
     /// Keeps a socket-activated local pcscd awake while vpcd readers serve it (as flag mode
     /// does: Debian starts pcscd on the first PC/SC client, and vpcd listens only then).
     pcscd: Mutex<Option<hostcard::pcscd::Keeper>>,
+    /// The emulated cards as themselves, for enrollment and PINs (`enroll.rs`).
+    enrollment: crate::enroll::Cards,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +180,7 @@ impl Service {
             cards: Mutex::default(),
             readers: Mutex::default(),
             pcscd: Mutex::default(),
+            enrollment: crate::enroll::Cards::default(),
         });
         for c in &cfg.cards {
             svc.make_card(c.clone(), false)
@@ -355,13 +358,19 @@ impl Service {
                 reader: c.reader.clone(),
             },
         };
-        let card = make_card(
-            &spec,
-            Some(self.state_dir.clone()),
-            &self.security,
-            c.reader.as_deref(),
-            &[],
-        )?;
+        let card = match &spec {
+            CardSpec::Emulated(e) => {
+                self.enrollment
+                    .make(&id, e, Some(self.state_dir.clone()), &self.registry)?
+            }
+            _ => make_card(
+                &spec,
+                Some(self.state_dir.clone()),
+                &self.security,
+                c.reader.as_deref(),
+                &[],
+            )?,
+        };
         self.registry.add_card(&id, card)?;
         lock(&self.cards).insert(id.clone(), CardEntry { config: c, runtime });
         tracing::info!(card = %id, "card added");
@@ -851,6 +860,13 @@ impl Service {
         *lock(&self.config) = new.clone();
         tracing::info!(%report, "configuration reloaded");
         Ok(report)
+    }
+}
+
+impl Service {
+    /// The emulated cards, for enrollment and PIN management (`enroll.rs`).
+    pub fn enrollment(&self) -> &crate::enroll::Cards {
+        &self.enrollment
     }
 }
 

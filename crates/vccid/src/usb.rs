@@ -374,12 +374,17 @@ struct Redir {
     current: Arc<Mutex<Option<Stream>>>,
 }
 
+/// How long [`UsbReader::stop`] waits for the reader's thread.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// A running usbredir reader; [`UsbReader::stop`] ends it (the host sees the device go).
 pub struct UsbReader {
     stop: Stop,
     current: Arc<Mutex<Option<Stream>>>,
     /// Where it listens (to wake its accept), if it listens.
     listening: Option<Addr>,
+    /// Closed when the serving thread ends.
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl UsbReader {
@@ -398,6 +403,12 @@ impl UsbReader {
         // A blocked accept returns at the next connection: make one.
         if let Some(a) = &self.listening {
             let _ = Stream::connect(a);
+        }
+        // The host's leaving is reported before stop returns (so it comes before the reader's
+        // removal in the events), unless the thread is stuck in a card operation.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = self.ended.recv_timeout(STOP_WAIT)
+        {
+            tracing::warn!("usbredir: the reader's thread did not end within {STOP_WAIT:?}");
         }
     }
 }
@@ -462,10 +473,13 @@ pub fn serve(
         current: current.clone(),
     };
     let stop = Stop::new();
+    // Dropped (closing the channel) when the serving thread ends.
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let mut handle = UsbReader {
         stop: stop.clone(),
         current,
         listening: None,
+        ended,
     };
     let thread = std::thread::Builder::new().name("usbredir".into());
     match way {
@@ -473,6 +487,7 @@ pub fn serve(
             tracing::info!(addr = %l.local_addr(), "usbredir: waiting for QEMU");
             handle.listening = Some(l.local_addr());
             thread.spawn(move || {
+                let _ended = ended_tx;
                 link::accept::in_turn_until("usbredir", &stop, || l.accept(), |s| redir.serve(s));
                 tracing::info!(addr = %l.local_addr(), "usbredir: reader stopped");
             })?;
@@ -480,6 +495,7 @@ pub fn serve(
         Way::Connect(addr, tls) => {
             tracing::info!(%addr, "usbredir: connecting to QEMU");
             thread.spawn(move || {
+                let _ended = ended_tx;
                 // QEMU restarts at any time: the first retry is soon, the longest wait 500 ms.
                 let mut backoff =
                     Backoff::new(Duration::from_millis(100), Duration::from_millis(500));

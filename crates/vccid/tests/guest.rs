@@ -1064,3 +1064,123 @@ fn one_serve_eight_cards_vpcd_usbredir_usbip_passthru() {
     let log = pcscd.child_log("vccid");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `vccid serve` at run time, seen by a guest (issue #15): a second usbredir reader added and
+/// removed through the control socket while the guest uses the first, which is not disturbed
+/// (no disconnection, a second signature), then the first reader's card ejected.
+#[test]
+fn serve_adds_and_removes_a_reader_while_the_guest_uses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (vm1, vm2, socket) = (
+        d.join("vm1.sock"),
+        d.join("vm2.sock"),
+        d.join("control.sock"),
+    );
+    let file = d.join("vccid.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[service]\nstate_dir = \"{}\"\ncontrol = \"{}\"\n\n\
+             [[card]]\nid = \"alice\"\n\n[[card]]\nid = \"bob\"\nephemeral = true\n\n\
+             [[reader]]\nid = \"vm1\"\ntransport = \"usbredir\"\naddress = \"unix:{}\"\n\
+             cards = [\"alice\"]\n",
+            d.join("state").display(),
+            socket.display(),
+            vm1.display()
+        ),
+    )
+    .unwrap();
+    let log = d.join("vccid.log");
+    let mut serve = Command::new(VCCID)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    testkit::wait_for("the control socket", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .unwrap();
+    let ctl = |args: &[&str]| {
+        let o = Command::new(VCCID)
+            .args(["ctl", "--socket"])
+            .arg(&socket)
+            .args(args)
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        assert!(o.status.success(), "vccid ctl {args:?}: {}", text(&o));
+    };
+    let mut events = Command::new(VCCID)
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events_out = events.stdout.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        std::io::BufRead::lines(std::io::BufReader::new(events_out))
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    // vm2's socket does not exist yet: QEMU's chardev keeps trying (reconnect=1).
+    let mut devices = vec!["-device".to_string(), "qemu-xhci,id=hc".into()];
+    for (i, path) in [&vm1, &vm2].iter().enumerate() {
+        devices.extend([
+            "-chardev".into(),
+            format!("socket,id=cc{i},path={},reconnect=1", path.display()),
+            "-device".into(),
+            format!("usb-redir,chardev=cc{i},bus=hc.0"),
+        ]);
+    }
+    let add = format!("unix:{}", vm2.display());
+    let g = boot_with(&devices, "e2e.hotplug=1", |what| match what {
+        "add-reader" => ctl(&[
+            "reader",
+            "add",
+            "vm2",
+            "--transport",
+            "usbredir",
+            "--address",
+            &add,
+            "--card",
+            "bob",
+        ]),
+        "remove-reader" => ctl(&["reader", "remove", "vm2"]),
+        "eject" => ctl(&["card", "eject", "vm1"]),
+        _ => {}
+    });
+    testkit::kill(&mut events, "vccid ctl events").unwrap();
+    testkit::terminate(&mut serve, Duration::from_secs(5), "vccid serve").unwrap();
+    // Up to the eject: the guest powers off after it, which disconnects vm1 at last.
+    let events: Vec<String> = seen
+        .join()
+        .unwrap()
+        .into_iter()
+        .take_while(|l| !(l.contains("CARD_EJECTED") && l.contains("\"card\":\"alice\"")))
+        .collect();
+    let r = |k: &str| g.results.get(k).cloned().unwrap_or_default();
+    let vlog = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(r("sign"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("hotplug_added"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("hotplug_removed"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("sign_after"), "1", "{}\n{vlog}", g.serial);
+    assert_eq!(r("eject_seen"), "1", "{}\n{vlog}", g.serial);
+    let host = |ev: &str, slot: &str| {
+        events
+            .iter()
+            .filter(|l| l.contains(ev) && l.contains(&format!("\"slot\":\"{slot}\"")))
+            .count()
+    };
+    assert_eq!(host("HOST_CONNECTED", "vm2"), 1, "{events:?}");
+    assert_eq!(host("HOST_DISCONNECTED", "vm2"), 1, "{events:?}");
+    assert_eq!(
+        host("HOST_DISCONNECTED", "vm1"),
+        0,
+        "vm1's guest was disturbed: {events:?}"
+    );
+}

@@ -210,6 +210,35 @@ fn configured_cards_are_in_their_readers_and_ctl_moves_them() {
     );
 }
 
+/// Sends a request and returns its answer, skipping the events that come meanwhile.
+fn request(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> serde_json::Value {
+    w.write_all(line.as_bytes()).unwrap();
+    w.write_all(b"\n").unwrap();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        if v.get("event").is_none() {
+            return v;
+        }
+    }
+}
+
+/// The pid of `vccid serve` (the namespace's child of that name).
+fn serve_pid(s: &Served) -> u32 {
+    s.pcscd.child_pid("vccid").expect("vccid runs")
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A raw control connection: the greeting read.
 fn raw(socket: &Path) -> (BufReader<UnixStream>, UnixStream) {
     let s = UnixStream::connect(socket).unwrap();
@@ -272,13 +301,62 @@ fn bad_control_input_gets_errors_and_the_service_goes_on() {
         0,
         "closed: {rest:?}"
     );
-    // Many clients at once, one of them never reading: the others are answered.
-    let idle: Vec<UnixStream> = (0..40)
+    // A 100 MiB line: refused at the limit, the connection closed; the writer sees it shut.
+    let (_, mut w3) = raw(&s.socket);
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 100 << 20 {
+        if w3.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    assert!(
+        sent < 100 << 20,
+        "the service read a 100 MiB line to its end"
+    );
+    let pid = serve_pid(&s);
+    let rss_before = rss_kib(pid);
+    // 200 clients at once: those past the limit are closed on arrival, the rest idle, and
+    // none of them reads while 2000 events are sent to every client. A client connected
+    // before them goes on.
+    let (mut r4, mut w4) = raw(&s.socket);
+    let crowd: Vec<UnixStream> = (0..200)
         .map(|_| UnixStream::connect(&s.socket).unwrap())
         .collect();
-    let readers = ctl(&s.socket, &["readers"]);
-    assert!(readers.contains("r0: alice"), "{readers}");
-    drop(idle);
+    for _ in 0..500 {
+        for req in [
+            r#"{"execute": "card-eject", "arguments": {"reader": "r1"}}"#,
+            r#"{"execute": "card-insert", "arguments": {"card": "bob", "reader": "r1"}}"#,
+        ] {
+            let a = request(&mut r4, &mut w4, req);
+            assert!(a.get("return").is_some(), "{a}");
+        }
+    }
+    let a = request(&mut r4, &mut w4, r#"{"execute": "query-readers"}"#);
+    assert_eq!(a["return"][0]["slots"][0]["card"], "alice", "{a}");
+    let rss_after = rss_kib(pid);
+    println!("RSS {rss_before} KiB, then {rss_after} KiB with 200 clients and 2000 events");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
+    drop(crowd);
+    // Room again for new clients once the crowd has gone.
+    testkit::wait_for("a new client", Duration::from_secs(10), || {
+        Command::new(VCCID)
+            .args(["ctl", "--socket"])
+            .arg(&s.socket)
+            .arg("readers")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .unwrap();
+    let log = s.pcscd.child_log("vccid");
+    assert!(
+        log.contains("connections already under way; closing this one"),
+        "{log}"
+    );
     // Someone other than the socket's owner (mode 0600) cannot connect.
     let o = Command::new("setpriv")
         .args([
@@ -498,6 +576,8 @@ fn cards_made_at_run_time_survive_a_restart_and_delete_leaves_nothing() {
         ids: _,
     } = s;
     pcscd.stop_child("vccid", "TERM");
+    // pcscd sees the card go with the old process, before the new one brings it back.
+    pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
     let mut cmd = pcscd.command(VCCID);
     cmd.arg("serve")
         .arg("--config")

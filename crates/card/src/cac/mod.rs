@@ -4,6 +4,7 @@
 //! bounded SIGN buffers, secure-messaging bits read from CLA b4b3 only.
 
 mod aca;
+mod admin;
 pub mod applets;
 #[cfg(test)]
 mod tests;

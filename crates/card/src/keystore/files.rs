@@ -73,7 +73,7 @@ fn file_err(path: &Path, why: impl std::fmt::Display) -> KeyError {
 }
 
 /// The PEM blocks of a text as (label, DER); empty when the text holds none.
-fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<Vec<u8>>)> {
+pub(crate) fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<Vec<u8>>)> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
@@ -123,7 +123,7 @@ pub(crate) fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
 }
 
 /// Reads a file that holds a private key, refusing it when others may read or write it.
-fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     use std::io::Read;
     let mut f =
         std::fs::File::open(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;

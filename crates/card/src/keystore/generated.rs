@@ -245,6 +245,7 @@ impl GeneratedIdentities {
     /// asks for is refused (its certificates cannot change without changing the card).
     pub fn open(&self, with_ecc: bool) -> Result<FileStore, KeyError> {
         use super::KeyStore;
+        self.finish_interrupted()?;
         let store = self.card.open(with_ecc)?;
         if let (Some(asked), Some(first)) = (&self.asked, store.identities().first()) {
             if !subject_is(&first.cert_der, asked) {
@@ -261,6 +262,15 @@ impl GeneratedIdentities {
             }
         }
         Ok(store)
+    }
+
+    /// Whether `cert_der` may be identity `name`'s certificate: `subject=` fixes the first
+    /// identity's subject (see [`open`](Self::open)), the others are free.
+    pub(crate) fn subject_allowed(&self, name: &str, cert_der: &[u8]) -> bool {
+        match &self.asked {
+            Some(asked) if name == NAMES[0] => subject_is(cert_der, asked),
+            _ => true,
+        }
     }
 
     /// Card `id`'s identities made in memory only (`ephemeral=on`): no directory is looked

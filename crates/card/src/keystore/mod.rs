@@ -7,6 +7,7 @@ mod cardkey;
 mod default;
 mod files;
 mod generated;
+mod generated_enroll;
 mod key_error;
 mod pkcs11;
 mod privkey;
@@ -16,11 +17,12 @@ mod shared;
 
 pub use cardkey::{CardKey, KeyKind, PublicKey};
 pub use default::{certificate_subject, default_data_dir, write_atomic, DefaultIdentities};
-pub(crate) use files::exposed;
+pub(crate) use files::{exposed, pem_blocks, read_private};
 pub use files::{FileIdentity, FileStore};
 pub use generated::{
     CardName, CardNameError, GeneratedIdentities, SubjectError, SubjectTemplate, MAX_NAME,
 };
+pub use generated_enroll::CAC_IDENTITIES;
 pub use pkcs11::{redact_pin_value, Pkcs11Config, Pkcs11Store, TokenSelector};
 pub use shared::SharedStore;
 

@@ -281,7 +281,7 @@ impl PivCard {
         }
         let pin = padded(&self.config.pin).ok_or(Sw::UNKNOWN)?;
         let puk = padded(&self.config.puk).ok_or(Sw::UNKNOWN)?;
-        self.pin = Pin::new(&pin, cmd.p1);
+        self.pin.set(&pin, cmd.p1, cmd.p1);
         self.puk = Pin::new(&puk, cmd.p2);
         self.dirty = true;
         Ok(vec![])
@@ -301,7 +301,8 @@ impl PivCard {
         let puk = padded(&self.config.puk).ok_or(Sw::UNKNOWN)?;
         self.slots = slots;
         self.objects = objects;
-        self.pin = Pin::new(&pin, self.config.pin_tries);
+        self.pin
+            .set(&pin, self.config.pin_tries, self.config.pin_tries);
         self.puk = Pin::new(&puk, self.config.puk_tries);
         self.management_key = self.config.management_key.clone();
         self.clear();

@@ -7,7 +7,7 @@
 //! The management key's side of GENERAL AUTHENTICATE (key reference 9B) is in `admin.rs`.
 
 use super::{tlv, PivCard, PivError, MANAGEMENT_KEY};
-use crate::keystore::{CardKey, EcCurve, Identity, KeyKind, PublicKey};
+use crate::keystore::{CardKey, EcCurve, Identity, KeyError, KeyKind, PublicKey};
 use apdu::{ber, Command, Sw};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
@@ -50,7 +50,7 @@ pub(super) fn slot_order() -> impl Iterator<Item = u8> {
 
 /// The access rule of each slot (Part 1 §3.2): 9C the PIN right before each use, 9E none,
 /// the others the PIN once.
-fn default_pin_policy(r: u8) -> u8 {
+pub(super) fn default_pin_policy(r: u8) -> u8 {
     match r {
         0x9C => PIN_ALWAYS,
         0x9E => PIN_NEVER,
@@ -228,7 +228,13 @@ impl PivCard {
         Ok((one(0xAA, default_pin_policy(key_ref))?, one(0xAB, 1)?))
     }
 
-    fn install(&mut self, key_ref: u8, key: CardKey, origin: u8, policies: (u8, u8)) -> u8 {
+    pub(super) fn install(
+        &mut self,
+        key_ref: u8,
+        key: CardKey,
+        origin: u8,
+        policies: (u8, u8),
+    ) -> u8 {
         let alg = alg_of_kind(key.kind()).unwrap_or_default();
         self.slots.insert(
             key_ref,
@@ -268,18 +274,31 @@ impl PivCard {
             _ => return Err(Sw::INCORRECT_DATA),
         };
         let policies = Self::policies(cmd.p2, &items)?;
-        let key = CardKey::generate(kind).map_err(|e| {
+        let public = self.generate_key(cmd.p2, kind, policies).map_err(|e| {
             tracing::error!("PIV key generation failed: {e}");
             Sw::UNKNOWN
         })?;
-        let public = public_tlvs(&key.public());
-        let alg = self.install(cmd.p2, key, ORIGIN_GENERATED, policies);
+        Ok(tlv(0x7F49, &public_tlvs(&public)))
+    }
+
+    /// Generates a key pair in slot `key_ref` and installs it there (Part 2 §3.3.2): the one
+    /// path for GENERATE ASYMMETRIC KEY PAIR and the service's enrollment (`enroll.rs`).
+    /// Returns the public key.
+    pub(super) fn generate_key(
+        &mut self,
+        key_ref: u8,
+        kind: KeyKind,
+        policies: (u8, u8),
+    ) -> Result<PublicKey, KeyError> {
+        let key = CardKey::generate(kind)?;
+        let public = key.public();
+        let alg = self.install(key_ref, key, ORIGIN_GENERATED, policies);
         tracing::info!(
-            slot = format!("{:02X}", cmd.p2),
+            slot = format!("{key_ref:02X}"),
             alg,
             "PIV key generated on the card"
         );
-        Ok(tlv(0x7F49, &public))
+        Ok(public)
     }
 
     /// YubiKey IMPORT KEY (INS FE, P1 algorithm, P2 slot): RSA CRT components 01..05, or the

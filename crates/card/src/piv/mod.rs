@@ -24,12 +24,14 @@
 
 mod admin;
 mod crypto;
+mod enroll;
 mod fascn;
 mod mgmt;
 mod objects;
 mod state;
 
 pub use crypto::{MAX_IDENTITIES, SLOTS};
+pub use enroll::parse_slot;
 pub use fascn::fascn;
 pub use mgmt::{ManagementKey, ALG_3DES, ALG_AES128, ALG_AES192, ALG_AES256};
 pub use state::{PinState, SavedKey, State, StateError};
@@ -325,7 +327,8 @@ impl PivCard {
                 },
             );
         }
-        self.pin = Pin::restore(&state.pin.value, state.pin.tries, state.pin.left);
+        self.pin
+            .set(&state.pin.value, state.pin.tries, state.pin.left);
         self.puk = Pin::restore(&state.puk.value, state.puk.tries, state.puk.left);
         self.management_key = state.management_key;
         self.objects = state.objects;

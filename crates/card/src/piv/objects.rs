@@ -18,7 +18,7 @@ const DISCOVERY: u32 = 0x7E;
 pub(super) type Objects = BTreeMap<u32, Vec<u8>>;
 
 /// The certificate object of a key slot.
-fn cert_object(r: u8) -> Option<u32> {
+pub(super) fn cert_object(r: u8) -> Option<u32> {
     SLOTS
         .iter()
         .find(|(s, _)| *s == r)
@@ -37,11 +37,10 @@ pub(super) fn factory_objects(ids: &[Identity]) -> Objects {
     use sha2::Digest;
     let mut objects = BTreeMap::new();
     for (id, key_ref) in ids.iter().zip(slot_order()) {
-        // Certificate object: 70 certificate, 71 CertInfo (uncompressed), FE LRC.
-        let mut v = tlv(0x70, &id.cert_der);
-        v.extend(tlv(0x71, &[0]));
-        v.extend(tlv(0xFE, &[]));
-        objects.insert(cert_object(key_ref).unwrap_or_default(), v);
+        objects.insert(
+            cert_object(key_ref).unwrap_or_default(),
+            cert_object_value(&id.cert_der),
+        );
     }
     let first = ids.first().map(|id| &id.cert_der[..]).unwrap_or_default();
     let digest = sha2::Sha256::digest(first);
@@ -79,6 +78,23 @@ pub(super) fn factory_objects(ids: &[Identity]) -> Objects {
     disc.extend(tlv(0x5F2F, &[0x40, 0x00]));
     objects.insert(DISCOVERY, tlv(0x7E, &disc));
     objects
+}
+
+/// A certificate object's value (inside 53; SP 800-73-4 Part 1 Appendix A, Table 10): 70
+/// the certificate, 71 CertInfo 00 (not compressed), FE the empty error detection code.
+pub(super) fn cert_object_value(cert_der: &[u8]) -> Vec<u8> {
+    let mut v = tlv(0x70, cert_der);
+    v.extend(tlv(0x71, &[0]));
+    v.extend(tlv(0xFE, &[]));
+    v
+}
+
+/// The certificate (tag 70) in a certificate object's value.
+pub(super) fn cert_in_object(value: &[u8]) -> Option<&[u8]> {
+    ber::iter(value)
+        .filter_map(Result::ok)
+        .find(|t| t.tag == 0x70)
+        .map(|t| t.value)
 }
 
 /// The CHUID (SP 800-73-4 Part 1 Table 9) of a card whose first certificate is `first`: the
