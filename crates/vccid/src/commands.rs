@@ -26,7 +26,12 @@ fn answer(line: &str, reg: &Registry) -> Option<String> {
     let reply = match words.as_slice() {
         [] => return None,
         ["remove" | "eject", rest @ ..] if rest.len() <= 1 => {
+            // A slot, or a card's id (the slot it is in).
             let slot = match rest.first() {
+                Some(s) if reg.cards().iter().any(|c| c == s) => reg
+                    .slot_of(s)
+                    .map_err(|e| e.to_string())
+                    .and_then(|slot| slot.ok_or_else(|| format!("card {s} is in no slot"))),
                 Some(s) => Ok(s.to_string()),
                 None => only_slot(reg),
             };
@@ -38,6 +43,7 @@ fn answer(line: &str, reg: &Registry) -> Option<String> {
                 Err(e) => Err(e.to_string()),
             })
         }
+        ["insert"] if !single => Err("name the card and the slot: insert CARD SLOT".into()),
         ["insert"] => only_slot(reg).and_then(|slot| {
             if reg.card_in(&slot).ok().flatten().is_some() {
                 return Ok("card already inserted".into());
@@ -56,6 +62,7 @@ fn answer(line: &str, reg: &Registry) -> Option<String> {
                 _ => Err("name the card: insert CARD SLOT".into()),
             }
         }),
+        ["insert", card] => Err(format!("name the slot too: insert {card} SLOT")),
         ["insert", card, slot] => reg
             .insert(card, slot)
             .map(|()| format!("card {card} inserted in {slot}"))
@@ -92,11 +99,15 @@ pub fn spawn(registry: Registry) {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 if let Some(reply) = answer(&line, &registry) {
-                    // The answer goes to whoever typed the command (stdout); the log records
-                    // the change itself.
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{reply}");
-                    let _ = out.flush();
+                    // The answer goes to whoever typed the command (stdout, an error to
+                    // stderr); the log records the change itself.
+                    if reply.starts_with("error: ") || reply.starts_with("unknown command") {
+                        eprintln!("{reply}");
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{reply}");
+                        let _ = out.flush();
+                    }
                     tracing::debug!("stdin: {reply}");
                 }
             }
@@ -177,5 +188,13 @@ mod tests {
         assert!(answer("move card9 slot0", &reg)
             .unwrap()
             .starts_with("error: no card"));
+        assert_eq!(
+            answer("insert card0", &reg).as_deref(),
+            Some("error: name the slot too: insert card0 SLOT")
+        );
+        assert_eq!(
+            answer("eject card0", &reg).as_deref(),
+            Some("card card0 ejected from slot1")
+        );
     }
 }

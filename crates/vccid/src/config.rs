@@ -13,12 +13,12 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not as a source: the message is the whole story).
+        error: std::io::Error,
     },
     /// TOML syntax, a type, or a key the configuration does not have.
     #[error("{path}: {message}")]
@@ -255,9 +255,9 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(&text, &path.display().to_string())
     }
@@ -305,6 +305,7 @@ impl Config {
         }
         let mut readers = BTreeSet::new();
         let mut placed: BTreeMap<&str, String> = BTreeMap::new();
+        let mut addresses: BTreeMap<String, String> = BTreeMap::new();
         for (i, r) in self.readers.iter().enumerate() {
             let at =
                 |(k, why): (&str, String)| invalid(r.id.span(), format!("reader[{i}].{k}"), why);
@@ -314,6 +315,21 @@ impl Config {
                     "id",
                     format!("a reader {:?} is defined already", r.id.get_ref()),
                 )));
+            }
+            // Two readers on one address would fight over it (USB/IP readers share theirs: one
+            // server exports them all).
+            if r.transport != Transport::Usbip {
+                let a = r.address.clone().unwrap_or_else(|| match r.transport {
+                    Transport::Vpcd => "127.0.0.1:35963".into(),
+                    _ => "127.0.0.1:4000".into(),
+                });
+                let key = format!("{}:{a}", r.transport == Transport::Vpcd);
+                if let Some(other) = addresses.insert(key, r.id.get_ref().clone()) {
+                    return Err(at((
+                        "address",
+                        format!("{a} is reader {other:?}'s address already"),
+                    )));
+                }
             }
             for c in r.cards.iter().filter(|c| !c.is_empty()) {
                 if !cards.contains(c) {
@@ -362,10 +378,34 @@ pub fn check_card(c: &CardConfig) -> Result<(), (&'static str, String)> {
                 .then_some("keys, profile, ephemeral and properties apply to emulated cards")
         }
     };
-    match wrong_kind {
-        Some(why) => Err(("", why.into())),
-        None => Ok(()),
+    if let Some(why) = wrong_kind {
+        return Err(("", why.into()));
     }
+    if c.kind == CardKind::Emulated {
+        if let Some(p) = c.profile.as_deref() {
+            if !matches!(p, "cac" | "piv" | "cac+piv") {
+                return Err(("profile", format!("{p:?}: expected cac, piv or cac+piv")));
+            }
+        }
+        if let Some(k) = c.keys.as_deref() {
+            if !matches!(
+                k,
+                "generated" | "default" | "files" | "certificates" | "pkcs11"
+            ) {
+                return Err((
+                    "keys",
+                    format!("{k:?}: expected generated, default, files, certificates or pkcs11"),
+                ));
+            }
+        }
+        if c.ephemeral && c.keys.as_deref().is_some_and(|k| k != "generated") {
+            return Err(("ephemeral", "applies to generated keys only".into()));
+        }
+        // The same parser the card will be made with: what it refuses is refused now, before
+        // anything starts (`serve --check`, a reload), not when the card is made.
+        crate::spec::parse(&emulated_spec_text(c)).map_err(|e| ("properties", format!("{e:#}")))?;
+    }
+    Ok(())
 }
 
 /// What is wrong with one reader table on its own (the cards it names aside): the key and
@@ -455,7 +495,8 @@ pub fn emulated_spec_text(c: &CardConfig) -> String {
         text.push(',');
         text.push_str(&k);
         text.push('=');
-        text.push_str(&v);
+        // A comma inside a value is written twice, as in QEMU's option syntax.
+        text.push_str(&v.replace(',', ",,"));
     }
     text
 }
@@ -548,13 +589,38 @@ cards = ["bob", ""]
             e.contains("reader[0].mode: \"rw\" is not an octal mode"),
             "{e}"
         );
-        let e = err("[[card]]\nid = \"a\"\n[[card]]\nid = \"b\"\n[[reader]]\nid = \"r\"\ntransport = \"usbredir\"\nslots = 2\ncards = [\"a\"]\n[[reader]]\nid = \"s\"\ntransport = \"usbredir\"\ncards = [\"a\"]\n");
+        let e = err("[[card]]\nid = \"a\"\n[[card]]\nid = \"b\"\n[[reader]]\nid = \"r\"\ntransport = \"usbredir\"\nslots = 2\ncards = [\"a\"]\n[[reader]]\nid = \"s\"\ntransport = \"usbredir\"\naddress = \"127.0.0.1:4001\"\ncards = [\"a\"]\n");
         assert_eq!(
             e,
             "vccid.toml:11: reader[1].cards: card \"a\" is in reader \"r\" already"
         );
         let e = err("[[reader]]\nid = \"r\"\ntransport = \"vpcd\"\ntls = \"/etc/vccid/tls\"\n");
         assert!(e.contains("reader[0].tls: vpcd has no TLS"), "{e}");
+    }
+
+    #[test]
+    fn what_the_card_parser_refuses_is_refused_with_the_line() {
+        let e = err("[[card]]\nid = \"a\"\nprofile = \"pvi\"\n");
+        assert_eq!(
+            e,
+            "vccid.toml:2: card[0].profile: \"pvi\": expected cac, piv or cac+piv"
+        );
+        let e = err("[[card]]\nid = \"a\"\nkeys = \"files\"\nproperties = { cert1 = \"x\", colour = \"red\" }\n");
+        assert!(
+            e.starts_with("vccid.toml:2: card[0].properties: unknown card property \"colour\""),
+            "{e}"
+        );
+        let e = err("[[reader]]\nid = \"a\"\ntransport = \"vpcd\"\n[[reader]]\nid = \"b\"\ntransport = \"vpcd\"\n");
+        assert_eq!(
+            e,
+            "vccid.toml:5: reader[1].address: 127.0.0.1:35963 is reader \"a\"'s address already"
+        );
+        let c = Config::parse(
+            "[[card]]\nid = \"a\"\nproperties = { subject = \"CN={id},O=Example\" }\n",
+            "x",
+        )
+        .unwrap();
+        assert!(emulated_spec_text(&c.cards[0]).contains("subject=CN={id},,O=Example"));
     }
 
     #[test]

@@ -422,6 +422,10 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
                 listen: None,
                 reader: None,
             };
+            // The slot is checked before the card is made: a refused card-add leaves nothing.
+            if let Some(reader) = args.get("reader").and_then(Value::as_str) {
+                svc.check_insert(reader)?;
+            }
             let info = svc.add_card(c)?;
             if let Some(reader) = args.get("reader").and_then(Value::as_str) {
                 svc.insert(id, reader)?;

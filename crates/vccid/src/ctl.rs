@@ -44,7 +44,8 @@ pub enum CtlCmd {
     Events,
     /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
     /// reader-added, reader-removed, pin-blocked) about SUBJECT (a card or slot), at most
-    /// --timeout seconds; exit status 1 on timeout.
+    /// --timeout seconds; exit status 1 on timeout. Only events after it starts count: start it
+    /// before what it waits for.
     Wait {
         /// The event, e.g. card-inserted.
         event: String,
@@ -407,6 +408,25 @@ pub fn run(args: CtlArgs) -> Result<()> {
             timeout,
         } => {
             let name = event.to_uppercase().replace('-', "_");
+            const EVENTS: &[&str] = &[
+                "CARD_INSERTED",
+                "CARD_EJECTED",
+                "READER_ADDED",
+                "READER_REMOVED",
+                "HOST_CONNECTED",
+                "HOST_DISCONNECTED",
+                "PIN_BLOCKED",
+            ];
+            if !EVENTS.contains(&name.as_str()) {
+                bail!(
+                    "no event {event:?}; events: {}",
+                    EVENTS
+                        .iter()
+                        .map(|e| e.to_lowercase().replace('_', "-"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             let deadline = Instant::now() + Duration::from_secs(timeout);
             loop {
                 let e = match c.next_event(Some(deadline)) {

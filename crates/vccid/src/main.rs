@@ -306,10 +306,11 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
         cfg.service.control_group.as_deref(),
         svc.clone(),
     )?;
+    // What runs, run-time cards of an earlier start included.
     let status = format!(
         "serving {} card(s) in {} reader(s); control socket {}",
-        cfg.cards.len(),
-        cfg.readers.len(),
+        svc.cards().len(),
+        svc.readers().len(),
         control.display()
     );
     // "ready" as in flag mode: scripts (and the README's test) wait for this line.

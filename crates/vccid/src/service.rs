@@ -428,6 +428,15 @@ impl Service {
         })
     }
 
+    /// Whether a card could go into `reader` now (an empty slot there), without making any.
+    pub fn check_insert(&self, reader: &str) -> Result<()> {
+        let slot = self.slot_for(reader, true)?;
+        match self.registry.card_in(&slot)? {
+            Some(card) => bail!("slot {slot:?} already holds card {card:?}"),
+            None => Ok(()),
+        }
+    }
+
     /// Puts a card into a reader (its first empty slot) or a named slot; a card in another
     /// slot moves (its old host sees a removal).
     pub fn insert(&self, card: &str, reader: &str) -> Result<String> {
@@ -761,7 +770,34 @@ impl Service {
     /// host stays connected), with its cards changed if its `cards` list changed. Returns what
     /// changed.
     pub fn reload(&self, new: &Config) -> Result<serde_json::Value> {
-        let old = lock(&self.config).clone();
+        // What runs now, as the last configuration describes it: the readers and cards of the
+        // last file that still exist (one removed at run time is made again if the file still
+        // has it). A reload that failed half-way is finished by the next one.
+        let mut old = lock(&self.config).clone();
+        {
+            let readers = lock(&self.readers);
+            let cards = lock(&self.cards);
+            old.readers.retain(|r| readers.contains_key(r.id.get_ref()));
+            old.cards
+                .retain(|c| cards.get(c.id.get_ref()).is_some_and(|e| !e.runtime));
+        }
+        // A reader or card made at run time under an id the file now defines gives way to the
+        // file's.
+        for r in &new.readers {
+            let id = r.id.get_ref();
+            let runtime = !old.readers.iter().any(|o| o.id.get_ref() == id)
+                && lock(&self.readers).contains_key(id);
+            if runtime {
+                self.remove_reader(id)?;
+            }
+        }
+        for c in &new.cards {
+            let id = c.id.get_ref();
+            let runtime = lock(&self.cards).get(id).is_some_and(|e| e.runtime);
+            if runtime {
+                self.remove_card(id, false)?;
+            }
+        }
         let same = |a: &dyn erased::Ser, b: &dyn erased::Ser| a.json() == b.json();
         let card_of =
             |cfg: &Config, id: &str| cfg.cards.iter().find(|c| c.id.get_ref() == id).cloned();

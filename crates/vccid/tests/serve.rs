@@ -649,17 +649,39 @@ fn reload_keeps_unchanged_readers_connected() {
         1,
         "r0's vpcd connection was made again:\n{log}"
     );
-    // A file with a mistake changes nothing.
-    std::fs::write(&file, "[[reader]]\nid = 3\n").unwrap();
-    let o = Command::new(VCCID)
-        .args(["ctl", "--socket"])
-        .arg(&s.socket)
-        .arg("reload")
-        .output_within(testkit::TOOL_TIMEOUT)
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(text(&o).contains("vccid.toml"), "{}", text(&o));
+    // A file with a mistake changes nothing: neither a syntax error, nor a card the card
+    // parser refuses in a file that also removes a card and adds another.
+    let before = ctl(&s.socket, &["cards"]);
+    let good = std::fs::read_to_string(&file).unwrap();
+    let half = good.replace("id = \"dan\"", "id = \"erin\"")
+        + "\n[[card]]\nid = \"gina\"\nprofile = \"pvi\"\n";
+    for bad in ["[[reader]]\nid = 3\n".to_string(), half] {
+        std::fs::write(&file, bad).unwrap();
+        let o = Command::new(VCCID)
+            .args(["ctl", "--socket"])
+            .arg(&s.socket)
+            .arg("reload")
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(text(&o).contains("vccid.toml:"), "{}", text(&o));
+        assert_eq!(
+            ctl(&s.socket, &["cards"]),
+            before,
+            "a refused reload changed the cards"
+        );
+    }
     assert!(ctl(&s.socket, &["readers"]).contains("r1: carol"));
+    // The good file again: nothing to do.
+    std::fs::write(&file, good).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(&ctl(&s.socket, &["--json", "reload"])).unwrap();
+    assert_eq!(again["cards-added"], serde_json::json!([]), "{again}");
+    assert_eq!(
+        again["readers-kept"],
+        serde_json::json!(["r0", "r1"]),
+        "{again}"
+    );
 }
 
 fn text_of(pcscd: &PrivatePcscd, args: &[&str]) -> String {
