@@ -16,8 +16,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
-/// Connections served at once; more are closed on arrival (each holds a thread).
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once; more are closed on arrival (each holds a thread). One server
+/// may export many readers (`vccid serve` puts every USB/IP reader of an address on one), and
+/// each importer holds a connection.
+pub const MAX_CONNECTIONS: usize = 256;
 /// How long a connection may take to send its operation request.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 

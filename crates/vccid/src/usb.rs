@@ -12,7 +12,6 @@ use link::pump::Waker;
 use link::retry::{self, Backoff, Stop};
 use link::{Addr, ListenSecurity, Security, Stream, TlsClient};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,44 +191,43 @@ impl Role {
 /// While alive, the cards' answers and presence changes wake the transport session that holds
 /// the reader, through its pump's `waker` (which returns `false` once that session has ended).
 struct SessionWaker {
-    done: Arc<AtomicBool>,
     slots: Vec<WakeSlot>,
+    /// The presences observed, and the observers to remove when the session ends.
+    observers: Vec<(Presence, u64)>,
 }
 
 impl SessionWaker {
+    /// No thread and no timer: the card port's wake slot and an observer on each slot's
+    /// presence call the waker (a non-blocking send), so an idle reader costs nothing however
+    /// many there are (the scale benchmark's p99 suffered from a thread per slot that woke
+    /// every 500 ms to see whether its session had ended).
     fn start(slots: &[SlotWake], waker: Waker) -> SessionWaker {
-        let done = Arc::new(AtomicBool::new(false));
+        let mut observers = Vec::new();
         for SlotWake { slot, presence } in slots {
             let card_waker = waker.clone();
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || {
                 card_waker.wake();
             }));
-            let (stop, waker, presence) = (done.clone(), waker.clone(), presence.clone());
-            let _ = std::thread::Builder::new()
-                .name("usb-presence".into())
-                .spawn(move || {
-                    let (_, mut seen) = presence.snapshot();
-                    while !stop.load(Ordering::SeqCst) {
-                        let (_, gen) = presence.wait_change(seen, Duration::from_millis(500));
-                        if gen != seen {
-                            seen = gen;
-                            if !waker.wake() {
-                                break;
-                            }
-                        }
-                    }
-                });
+            let w = waker.clone();
+            let id = presence.observe(move |_| {
+                w.wake();
+            });
+            observers.push((presence.clone(), id));
         }
+        // A change just before the observers were in place: the session looks once.
+        waker.wake();
         SessionWaker {
-            done,
             slots: slots.iter().map(|s| s.slot.clone()).collect(),
+            observers,
         }
     }
 }
 
 impl Drop for SessionWaker {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
+        for (presence, id) in &self.observers {
+            presence.unobserve(*id);
+        }
         for slot in &self.slots {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
