@@ -24,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 W=${BENCH_WORK:-$(mktemp -d /tmp/vccid-scale.XXXXXX)}
+mkdir -p "$W"
 export BENCH_WORK=$W
 export SCALE_COUNTS=${SCALE_COUNTS:-1 16 64 128 256}
 export SCALE_SECONDS=${SCALE_SECONDS:-2}
