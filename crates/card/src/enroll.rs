@@ -242,8 +242,8 @@ fn spki(key: &PublicKey, kind: KeyKind) -> Result<SubjectPublicKeyInfoOwned, Enr
 }
 
 /// A positive DER INTEGER of a big-endian magnitude (X.690 §8.3: a leading zero when the top
-/// bit is set).
-fn der_uint(v: &[u8]) -> Vec<u8> {
+/// bit is set); also the r and s of the ECDSA signatures the key stores re-encode.
+pub(crate) fn der_uint(v: &[u8]) -> Vec<u8> {
     let v = &v[v.iter().take_while(|b| **b == 0).count()..];
     let mut out = Vec::with_capacity(v.len() + 1);
     if v.first().is_none_or(|b| b & 0x80 != 0) {

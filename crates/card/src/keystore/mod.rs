@@ -261,18 +261,8 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
         )));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    let int = |v: &[u8]| {
-        let v = &v[v.iter().take_while(|b| **b == 0).count()..];
-        let mut out = Vec::with_capacity(v.len() + 1);
-        // A positive INTEGER whose top bit is set gets a leading zero (X.690 §8.3.2).
-        if v.first().is_none_or(|b| b & 0x80 != 0) {
-            out.push(0);
-        }
-        out.extend_from_slice(v);
-        apdu::ber::encode(0x02, &out)
-    };
-    let mut body = int(r);
-    body.extend(int(s));
+    let mut body = crate::enroll::der_uint(r);
+    body.extend(crate::enroll::der_uint(s));
     Ok(apdu::ber::encode(0x30, &body))
 }
 
