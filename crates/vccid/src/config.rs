@@ -61,11 +61,13 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// Where cards keep their identities and PIV state (default: vccid's data directory,
-    /// `$XDG_DATA_HOME/vccid`, or `/var/lib/vccid` as root).
+    /// Where cards keep their identities and PIV state (default: systemd's
+    /// `$STATE_DIRECTORY`, `/var/lib/vccid` for the packaged unit; else vccid's data
+    /// directory, `$VCCID_DATA_DIR` or `$XDG_DATA_HOME/vccid` or `~/.local/share/vccid`).
     pub state_dir: Option<PathBuf>,
-    /// The control socket (default `$XDG_RUNTIME_DIR/vccid/control.sock`, or
-    /// `/run/vccid/control.sock` as root). Unix only: never TCP.
+    /// The control socket (default: `control.sock` in systemd's `$RUNTIME_DIRECTORY`, else
+    /// `$XDG_RUNTIME_DIR/vccid/control.sock`, or `/run/vccid/control.sock` as root). Unix
+    /// only: never TCP.
     pub control: Option<PathBuf>,
     /// The control socket's mode, octal (default "0600").
     pub control_mode: Option<String>,

@@ -31,14 +31,45 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Nesting deeper than this in a request is refused before it is parsed.
 pub const MAX_DEPTH: usize = 32;
 
-/// The default control socket: `$XDG_RUNTIME_DIR/vccid/control.sock`, or
+/// The system-wide control socket (the packaged `vccid.service`'s).
+pub const SYSTEM_PATH: &str = "/run/vccid/control.sock";
+
+/// The default control socket: under systemd's `RuntimeDirectory=` (`$RUNTIME_DIRECTORY`,
+/// `/run/vccid` for the packaged unit), else `$XDG_RUNTIME_DIR/vccid/control.sock`, else
 /// `/run/vccid/control.sock` as root (or without a runtime directory).
 pub fn default_path() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    // systemd.exec(5): a colon-separated list when the unit names several directories.
+    if let Some(d) = env("RUNTIME_DIRECTORY") {
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return PathBuf::from(first).join("control.sock");
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !root && !d.is_empty() => PathBuf::from(d).join("vccid/control.sock"),
-        _ => PathBuf::from("/run/vccid/control.sock"),
+    match env("XDG_RUNTIME_DIR") {
+        Some(d) if !root => PathBuf::from(d).join("vccid/control.sock"),
+        _ => PathBuf::from(SYSTEM_PATH),
+    }
+}
+
+/// The socket `vccid ctl` talks to without `--socket`: `$VCCID_CONTROL`, else the user's own
+/// service's ([`default_path`]) when it runs, else the system service's: a member of group
+/// `vccid` reaches the packaged service without options.
+pub fn client_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("VCCID_CONTROL").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let own = default_path();
+    let system = PathBuf::from(SYSTEM_PATH);
+    if !own.exists() && system.exists() {
+        system
+    } else {
+        own
     }
 }
 
@@ -370,7 +401,9 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
     }
     Ok(match cmd {
         "qmp_capabilities" => json!({}),
-        "query-version" => json!({"vccid": env!("CARGO_PKG_VERSION")}),
+        "query-version" => {
+            json!({"vccid": env!("CARGO_PKG_VERSION"), "commit": env!("VCCID_COMMIT")})
+        }
         "query-commands" => json!(COMMANDS
             .iter()
             .map(|(c, _)| json!({"name": c}))

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 /// `vccid ctl` options.
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
-    /// The control socket (default: $VCCID_CONTROL, else $XDG_RUNTIME_DIR/vccid/control.sock,
-    /// or /run/vccid/control.sock as root).
+    /// The control socket (default: $VCCID_CONTROL, else $XDG_RUNTIME_DIR/vccid/control.sock
+    /// when it exists, else /run/vccid/control.sock, the packaged service's).
     #[arg(long, value_name = "PATH", global = true)]
     pub socket: Option<PathBuf>,
     /// Print the server's JSON answer instead of text.
@@ -29,8 +29,10 @@ pub enum CtlCmd {
     /// The service's version.
     Version,
     /// The readers, their slots and the cards in them.
+    #[command(alias = "query-readers")]
     Readers,
     /// The cards.
+    #[command(alias = "query-cards")]
     Cards,
     /// Cards: add, remove, insert, eject.
     #[command(subcommand)]
@@ -40,6 +42,14 @@ pub enum CtlCmd {
     Reader(ReaderCmd),
     /// Read the configuration file again and apply what changed (as SIGHUP does).
     Reload,
+    /// Print the libvirt device XML that gives a guest the reader NAME (a usbredir
+    /// `<redirdev>` that reconnects when vccid restarts) or the passthru card NAME (a
+    /// `<smartcard mode='passthrough'>`), for `virsh attach-device VM FILE --persistent` or
+    /// the domain's `<devices>`. Name each reader after the VM it serves.
+    LibvirtXml {
+        /// The reader (or passthru card).
+        name: String,
+    },
     /// Stream events as JSON lines until interrupted.
     Events,
     /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
@@ -159,9 +169,7 @@ pub struct Connection {
 impl Connection {
     /// Connects and reads the greeting.
     pub fn open(path: Option<PathBuf>) -> Result<Connection> {
-        let path = path
-            .or_else(|| std::env::var_os("VCCID_CONTROL").map(PathBuf::from))
-            .unwrap_or_else(crate::control::default_path);
+        let path = path.unwrap_or_else(crate::control::client_path);
         let s = UnixStream::connect(&path).with_context(|| {
             format!(
                 "cannot connect to {} (is `vccid serve` running, and may you use its socket?)",
@@ -285,6 +293,49 @@ fn print_cards(v: &Value) {
     }
 }
 
+/// The libvirt XML of the reader or passthru card `name`.
+fn libvirt_xml(c: &mut Connection, name: &str) -> Result<String> {
+    let readers = c.execute("query-readers", json!({}))?;
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    if let Some(r) = readers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"] == name)
+    {
+        let (transport, address) = (s(r, "transport"), s(r, "address"));
+        return crate::libvirt::reader_xml(&crate::libvirt::Reader {
+            id: name,
+            transport: &transport,
+            address: &address,
+            tls: r["tls"].as_bool().unwrap_or(false),
+        })
+        .map_err(|e| anyhow!(e));
+    }
+    let cards = c.execute("query-cards", json!({}))?;
+    if let Some(card) = cards
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["id"] == name)
+    {
+        return match card["listen"].as_str() {
+            Some(listen) => crate::libvirt::passthru_xml(name, listen).map_err(|e| anyhow!(e)),
+            None => bail!(
+                "card {name:?} is an {} card: it goes in a reader; ask for the reader's XML",
+                s(card, "kind")
+            ),
+        };
+    }
+    let ids: Vec<String> = readers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| s(r, "id"))
+        .collect();
+    bail!("no reader or card {name:?} (readers: {})", ids.join(", "))
+}
+
 /// Runs `vccid ctl`.
 pub fn run(args: CtlArgs) -> Result<()> {
     let mut c = Connection::open(args.socket)?;
@@ -297,9 +348,21 @@ pub fn run(args: CtlArgs) -> Result<()> {
     };
     match args.command {
         CtlCmd::Version => show(&c.execute("query-version", json!({}))?, &|v| {
-            println!("vccid {}", v["vccid"].as_str().unwrap_or("?"))
+            println!(
+                "vccid {} ({})",
+                v["vccid"].as_str().unwrap_or("?"),
+                v["commit"].as_str().unwrap_or("?")
+            )
         }),
         CtlCmd::Readers => show(&c.execute("query-readers", json!({}))?, &print_readers),
+        CtlCmd::LibvirtXml { name } => {
+            let xml = libvirt_xml(&mut c, &name)?;
+            if args.json {
+                println!("{}", json!({ "xml": xml }));
+            } else {
+                print!("{xml}");
+            }
+        }
         CtlCmd::Cards => show(&c.execute("query-cards", json!({}))?, &print_cards),
         CtlCmd::Card(cmd) => match cmd {
             CardCmd::Add {

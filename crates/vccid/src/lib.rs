@@ -3,6 +3,7 @@
 //! TLS are the `link` crate's.
 
 pub mod card_port;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -12,6 +13,7 @@ pub mod enroll;
 pub mod expiry;
 pub mod hardware;
 pub mod keys;
+pub mod libvirt;
 pub mod notify;
 pub mod passthru;
 pub mod qemu;

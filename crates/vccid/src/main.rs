@@ -3,175 +3,11 @@
 //! (`--card passthru`). See the README for every option.
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use link::Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use vccid::cli::{Args, Cmd, TlsCmd, DEFAULT_USBREDIR};
 use vccid::spec::{self, CardSpec};
-
-const DEFAULT_VPCD: &str = "127.0.0.1:35963";
-const DEFAULT_USBREDIR: &str = "127.0.0.1:4000";
-const DEFAULT_USBIP: &str = "127.0.0.1:3240";
-
-/// A virtual smart-card reader and card. With no transport option the reader is exported over
-/// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
-#[derive(Parser, Debug)]
-#[command(name = "vccid", version, long_about = None, args_conflicts_with_subcommands = true)]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Cmd>,
-
-    /// Serve the card to pcscd's vsmartcard vpcd driver at ADDR (HOST:PORT).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_VPCD)]
-    vpcd: Option<String>,
-
-    /// Export the USB CCID reader over usbredir, listening at ADDR (HOST:PORT or unix:PATH)
-    /// for QEMU's `-device usb-redir` (default 127.0.0.1:4000).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBREDIR)]
-    usbredir: Option<String>,
-
-    /// Export the reader over usbredir by connecting to QEMU's
-    /// `-chardev socket,server=on,wait=off` at ADDR (reconnecting when QEMU restarts).
-    #[arg(long, value_name = "ADDR", conflicts_with = "usbredir")]
-    usbredir_connect: Option<String>,
-
-    /// Export the USB CCID reader over USB/IP, listening at ADDR (HOST:PORT, default
-    /// 127.0.0.1:3240) for the Linux `usbip` tool: `usbip attach -r HOST -b 1-1`. Alongside
-    /// usbredir when --usbredir is given too.
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_USBIP)]
-    usbip: Option<String>,
-
-    /// Write every USB transfer between the host and the reader to FILE as a usbmon pcap
-    /// (what QEMU's `pcap=` writes; Wireshark and tshark decode the CCID messages). PIN, PUK
-    /// and management-key bytes, and decipher and management-key outputs, are written as
-    /// zeros (lengths kept) unless --pcap-secrets.
-    #[arg(long, value_name = "FILE")]
-    pcap: Option<PathBuf>,
-
-    /// With --pcap: write PIN, PUK and management-key bytes into the capture as they are
-    /// (for debugging a card's PIN handling; keep such a file private).
-    #[arg(long, requires = "pcap")]
-    pcap_secrets: bool,
-
-    /// The card, in QEMU's property syntax: `emulated` (embedded default identities),
-    /// `emulated,backend=certificates,db=sql:DIR,cert1=NICK,...` (NSS database),
-    /// `emulated,backend=files,cert1=CERT.pem,key1=KEY.pem,...` (or `cert1=ID.p12,...,
-    /// p12-password-file=FILE`),
-    /// `emulated,backend=pkcs11,uri=pkcs11:token=...?module-path=...`;
-    /// common properties: pin=PIN (default 12345678), pin-tries=N (default 3);
-    /// profile=cac (default, libcacard's CAC), profile=piv (a PIV card: slots 9A, 9C, 9D,
-    /// 9E, then 82..95; PIN 123456, puk=PUK default 12345678; state=FILE|off, default a file
-    /// per card under the data directory) or profile=cac+piv (both on one card).
-    /// `passthru[,listen=ADDR]`: the card lives in a VSCard client such as vscclient
-    /// (default listen=127.0.0.1:2001; ADDR is HOST:PORT or unix:PATH).
-    /// `hardware[,reader=NAME]`: the host's real card through PC/SC (the first reader whose
-    /// name contains NAME; never vccid's own --vpcd reader).
-    /// Give --card more than once for several cards, each in a slot (reader) of its own:
-    /// cardN in slotN, N from 0; vpcd slot N uses vpcd's port + N, a usbredir reader
-    /// listens on the port + N, USB/IP exports bus ids 1-1, 1-2, ...; standard input then
-    /// takes `eject SLOT`, `insert CARD SLOT`, `move CARD SLOT` and `status`.
-    #[arg(long = "card", value_name = "SPEC", default_value = "emulated")]
-    cards: Vec<String>,
-
-    /// With several --card: put all the cards in ONE USB reader with a slot each (CCID
-    /// bMaxSlotIndex = cards - 1) instead of one reader per card.
-    #[arg(long)]
-    one_reader: bool,
-
-    /// With --card hardware: use the first PC/SC reader whose name contains SUBSTRING
-    /// (case-insensitive; the same as `--card hardware,reader=SUBSTRING`).
-    #[arg(long, value_name = "SUBSTRING")]
-    reader: Option<String>,
-
-    /// Where the embedded default identities and the PIV cards' state are kept (default: $XDG_DATA_HOME/vccid, else
-    /// ~/.local/share/vccid; also $VCCID_DATA_DIR).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// Create the --data-dir directory when it does not exist (without it a missing one is an
-    /// error, so that a mistyped name does not make a new card).
-    #[arg(long, requires = "data_dir")]
-    create: bool,
-
-    /// TLS on the network links (the passthru listener, usbredir either way), with the
-    /// certificates of QEMU's `tls-creds-x509` directory DIR (ca-cert.pem, server-cert.pem,
-    /// server-key.pem, client-cert.pem, client-key.pem; `vccid tls init DIR` makes one).
-    /// Clients must present a certificate from the CA unless --tls-no-verify-peer.
-    #[arg(long, value_name = "DIR")]
-    tls: Option<PathBuf>,
-
-    /// With --tls: accept clients without a certificate (QEMU's verify-peer=off).
-    #[arg(long, requires = "tls")]
-    tls_no_verify_peer: bool,
-
-    /// With --tls and --usbredir-connect: the name to check in QEMU's certificate (default:
-    /// the host connected to).
-    #[arg(long, value_name = "NAME", requires = "tls")]
-    tls_hostname: Option<String>,
-
-    /// Allow plaintext listeners on non-loopback addresses (each connection then logs a
-    /// warning). Without it vccid refuses them: use --tls, loopback, or unix:PATH.
-    #[arg(long)]
-    insecure_plaintext: bool,
-
-    /// More log output (-v debug, -vv trace with every APDU); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum Cmd {
-    /// Run the service: the cards and readers of a configuration file in one process,
-    /// controlled at run time through the control socket (`vccid ctl`). Without a file, the
-    /// embedded default card on vpcd.
-    Serve {
-        /// The configuration (default: $XDG_CONFIG_HOME/vccid/vccid.toml, or
-        /// /etc/vccid/vccid.toml as root; none there: the embedded default).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Check the configuration and exit.
-        #[arg(long)]
-        check: bool,
-        /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-        #[arg(short, long, action = clap::ArgAction::Count)]
-        verbose: u8,
-    },
-    /// Talk to a running `vccid serve` through its control socket.
-    Ctl(vccid::ctl::CtlArgs),
-    /// TLS certificates.
-    #[command(subcommand)]
-    Tls(TlsCmd),
-    /// Make a data directory (mode 0700) with a new default card: three RSA-2048 identities
-    /// and a P-256 one; refuses when DIR already holds a card.
-    Init {
-        /// The data directory (default: $VCCID_DATA_DIR, else $XDG_DATA_HOME/vccid, else
-        /// ~/.local/share/vccid).
-        dir: Option<PathBuf>,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum TlsCmd {
-    /// Make a QEMU tls-creds-x509 directory: a CA, a server certificate for the given names
-    /// and addresses, a client certificate (ECDSA P-256; keys mode 0600), and print the QEMU
-    /// and libvirt lines that use it.
-    Init {
-        /// The directory.
-        dir: PathBuf,
-        /// DNS names in the server certificate (repeatable; default localhost).
-        #[arg(long = "name", value_name = "NAME")]
-        names: Vec<String>,
-        /// IP addresses in the server certificate (repeatable; default 127.0.0.1 and ::1).
-        #[arg(long = "ip", value_name = "IP")]
-        ips: Vec<std::net::IpAddr>,
-        /// Validity in days (1 to 36500).
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
-        days: u32,
-        /// Replace an existing set.
-        #[arg(long)]
-        force: bool,
-    },
-}
 
 fn tls_init(cmd: TlsCmd) -> Result<()> {
     let TlsCmd::Init {
@@ -247,8 +83,20 @@ fn check_applicable(args: &Args, specs: &[CardSpec]) -> Result<()> {
     Ok(())
 }
 
+/// The first directory of a systemd directory variable (systemd.exec(5): colon-separated when
+/// the unit names several).
+fn env_dir(var: &str) -> Option<PathBuf> {
+    let v = std::env::var(var).ok()?;
+    let first = v.split(':').next().filter(|d| !d.is_empty())?;
+    Some(PathBuf::from(first))
+}
+
 /// The configuration file `vccid serve` reads without --config.
 fn default_config() -> PathBuf {
+    // systemd's ConfigurationDirectory= (/etc/vccid for the packaged unit).
+    if let Some(d) = env_dir("CONFIGURATION_DIRECTORY") {
+        return d.join("vccid.toml");
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/etc/vccid/vccid.toml");
@@ -288,9 +136,14 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
     tracing::info!(config = %from, "vccid serve starting");
     let state_dir = match &cfg.service.state_dir {
         Some(d) => d.clone(),
-        None => card::keystore::default_data_dir().ok_or_else(|| {
-            anyhow::anyhow!("no state directory: set state_dir in [service], HOME or XDG_DATA_HOME")
-        })?,
+        // systemd's StateDirectory= (/var/lib/vccid for the packaged unit).
+        None => env_dir("STATE_DIRECTORY")
+            .or_else(card::keystore::default_data_dir)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no state directory: set state_dir in [service], HOME or XDG_DATA_HOME"
+                )
+            })?,
     };
     vccid::keys::create_data_dir(&state_dir)?;
     let svc = vccid::service::Service::start(&cfg, state_dir, path)?;

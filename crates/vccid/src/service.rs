@@ -55,6 +55,9 @@ pub struct CardInfo {
     pub slot: Option<String>,
     /// Its ATR, hex.
     pub atr: String,
+    /// Where a passthru card listens for its VSCard client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// What the control socket reports of a reader.
@@ -66,6 +69,9 @@ pub struct ReaderInfo {
     pub transport: String,
     /// Where it listens or connects.
     pub address: String,
+    /// The link is TLS (usbredir with `tls`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     /// Its slots and their cards.
     pub slots: Vec<SlotInfo>,
 }
@@ -352,7 +358,10 @@ impl Service {
                 s
             }
             CardKind::Passthru => CardSpec::Passthru {
-                listen: c.listen.clone().unwrap_or_else(|| "127.0.0.1:2001".into()),
+                listen: c
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| spec::DEFAULT_PASSTHRU_LISTEN.into()),
             },
             CardKind::Hardware => CardSpec::Hardware {
                 reader: c.reader.clone(),
@@ -491,6 +500,11 @@ impl Service {
             ephemeral: c.ephemeral,
             slot: self.registry.slot_of(id).ok().flatten(),
             atr,
+            listen: (c.kind == CardKind::Passthru).then(|| {
+                c.listen
+                    .clone()
+                    .unwrap_or_else(|| spec::DEFAULT_PASSTHRU_LISTEN.to_string())
+            }),
         })
     }
 
@@ -510,6 +524,7 @@ impl Service {
                 id: id.clone(),
                 transport: r.config.transport.to_string(),
                 address: r.address.clone(),
+                tls: r.config.tls.is_some(),
                 slots: r
                     .slots
                     .iter()
@@ -937,9 +952,19 @@ pub fn set_access(
         .with_context(|| format!("chmod {}", path.display()))?;
     let uid = owner.map(|o| lookup_id("/etc/passwd", o)).transpose()?;
     let gid = group.map(|g| lookup_id("/etc/group", g)).transpose()?;
+    // Only what must change: the packaged unit's seccomp filter (SystemCallFilter=
+    // ~@privileged) refuses chown, and its sockets already belong to the service's own group.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let uid = uid.filter(|&u| u != meta.uid());
+    let gid = gid.filter(|&g| g != meta.gid());
     if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(path, uid, gid)
-            .with_context(|| format!("chown {}", path.display()))?;
+        std::os::unix::fs::chown(path, uid, gid).with_context(|| {
+            format!(
+                "chown {} (under vccid.service, add the user to group vccid instead)",
+                path.display()
+            )
+        })?;
     }
     Ok(())
 }

@@ -194,6 +194,9 @@ fn numbered(
     Ok(out)
 }
 
+/// Where a passthru card listens without `listen=` (vscclient's and QEMU's usual port).
+pub const DEFAULT_PASSTHRU_LISTEN: &str = "127.0.0.1:2001";
+
 /// Parses a `--card` value.
 pub fn parse(spec: &str) -> Result<CardSpec> {
     let (kind, mut props) = split(spec)?;
@@ -202,7 +205,7 @@ pub fn parse(spec: &str) -> Result<CardSpec> {
         "passthru" => {
             let listen = props
                 .remove("listen")
-                .unwrap_or_else(|| "127.0.0.1:2001".into());
+                .unwrap_or_else(|| DEFAULT_PASSTHRU_LISTEN.into());
             if let Some(k) = props.keys().next() {
                 bail!("unknown passthru property {k:?} (expected listen=ADDR)");
             }

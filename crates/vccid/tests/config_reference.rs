@@ -96,3 +96,37 @@ fn the_readme_s_example_configuration_is_valid() {
         "every transport is shown: {transports:?}"
     );
 }
+
+/// The keys vccid.toml(5) lists under `.SH [table]` (each a `.TP` then `.B key`).
+fn man_keys(page: &str, table: &str) -> BTreeSet<String> {
+    let start = page
+        .find(&format!(".SH {table}\n"))
+        .unwrap_or_else(|| panic!("vccid.toml.5 has no section {table}"));
+    let body = &page[start + 1..];
+    let body = &body[..body.find("\n.SH ").unwrap_or(body.len())];
+    let lines: Vec<&str> = body.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == ".TP")
+        .filter_map(|w| w[1].strip_prefix(".B "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_man_page_lists_exactly_the_keys_the_code_takes() {
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/vccid.toml.5"))
+            .expect("debian/vccid.toml.5");
+    for (table, probe) in [
+        ("[service]", "[service]"),
+        ("[[card]]", "[[card]]\nid = \"a\""),
+        ("[[reader]]", "[[reader]]\nid = \"r\"\ntransport = \"vpcd\""),
+    ] {
+        assert_eq!(
+            man_keys(&page, table),
+            code_keys(probe),
+            "vccid.toml(5) {table} against the code"
+        );
+    }
+}

@@ -8,91 +8,16 @@
 
 use anyhow::{bail, Result};
 use card::Card;
-use clap::Parser;
 use link::retry::{self, Backoff, NotConnected, Stop};
 use link::{Addr, Stream};
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vccid::cli::VscclientArgs;
 use vccid::passthru::write_frames;
 use vccid::spec::{self, Backend, CardSpec, EmulatedSpec};
 use vscard::client::{ClientEvent, ClientSession};
-use zeroize::Zeroizing;
-
-/// Serve a smart card to a VSCard host (QEMU ccid-card-passthru, vccid --card passthru).
-/// No `Debug`: it would print the PIN (issue #14).
-#[derive(Parser)]
-#[command(name = "vscclient", version, long_about = None)]
-struct Args {
-    /// Emulate a CAC card with this NSS certificate nickname (repeatable), from the database
-    /// in -e's db= (default /etc/pki/nssdb).
-    #[arg(short = 'c', long = "cert", value_name = "CERTNAME")]
-    certs: Vec<String>,
-
-    /// libcacard emulator options, e.g. `db="sql:DIR" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)`.
-    #[arg(short = 'e', long = "emul-args", value_name = "EMUL_ARGS")]
-    emul_args: Option<String>,
-
-    /// libcacard's compare-with-PC/SC debug mode (not supported).
-    #[arg(short = 'p', long = "passthru-compare")]
-    passthru_compare: bool,
-
-    /// Debug level (libcacard: >0 prints messages, >10 everything).
-    #[arg(short = 'd', long = "debug", value_name = "LEVEL", default_value_t = 0)]
-    debug: u32,
-
-    /// The card as vccid specifies it (`emulated`, `emulated,backend=...`), instead of -c/-e.
-    #[arg(long, value_name = "SPEC")]
-    card: Option<String>,
-
-    /// The reader name announced to the host (default: the PC/SC reader's name, or
-    /// "Virtual Reader" for an emulated card).
-    #[arg(long, value_name = "NAME")]
-    reader: Option<String>,
-
-    /// Hardware mode (no -c/-e/--card): relay the card of the first PC/SC reader whose name
-    /// contains NAME (default: the first reader).
-    #[arg(long, value_name = "NAME")]
-    pcsc_reader: Option<String>,
-
-    /// The emulated card's PIN (default 12345678).
-    #[arg(long, value_name = "PIN", value_parser = secret_arg)]
-    pin: Option<Zeroizing<String>>,
-
-    /// Where vccid's default identities are kept (for --card emulated).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// TLS to the host (QEMU's `-chardev socket,...,tls-creds=ID` with `tls-creds-x509`, or
-    /// `vccid --card passthru --tls`), with the certificates of QEMU's tls-creds-x509
-    /// directory DIR: the host is verified against ca-cert.pem, and client-cert.pem /
-    /// client-key.pem are presented.
-    #[arg(long, value_name = "DIR")]
-    tls: Option<PathBuf>,
-
-    /// With --tls: the name to check in the host's certificate (default: HOST).
-    #[arg(long, value_name = "NAME", requires = "tls")]
-    tls_hostname: Option<String>,
-
-    /// Give up after this many seconds without a host (default: retry for ever).
-    #[arg(long, value_name = "SECONDS")]
-    connect_timeout: Option<u64>,
-
-    /// The host: HOST PORT, HOST:PORT, or unix:PATH.
-    #[arg(value_name = "HOST", required = true)]
-    host: String,
-
-    /// The port (omit for HOST:PORT or unix:PATH).
-    #[arg(value_name = "PORT")]
-    port: Option<String>,
-}
-
-/// A secret argument, kept in a type that wipes it when dropped.
-fn secret_arg(s: &str) -> Result<Zeroizing<String>, std::convert::Infallible> {
-    Ok(Zeroizing::new(s.to_string()))
-}
 
 /// The card and the connection state, shared by the socket reader, stdin and signals.
 struct Shared {
@@ -119,7 +44,7 @@ enum ClientCard {
     Hardware(Option<String>),
 }
 
-fn card_spec(args: &Args) -> Result<ClientCard> {
+fn card_spec(args: &VscclientArgs) -> Result<ClientCard> {
     if args.passthru_compare {
         bail!("-p (compare with a PC/SC reader) is not supported");
     }
@@ -167,7 +92,7 @@ fn card_spec(args: &Args) -> Result<ClientCard> {
     }))
 }
 
-fn reader_name(args: &Args, pcsc_reader: Option<&str>) -> String {
+fn reader_name(args: &VscclientArgs, pcsc_reader: Option<&str>) -> String {
     if let Some(r) = &args.reader {
         return r.clone();
     }
@@ -370,7 +295,7 @@ fn connection(shared: &Shared, mut stream: Stream) -> Ended {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: VscclientArgs) -> Result<()> {
     let addr = match &args.port {
         Some(p) => Addr::parse(&format!("{}:{p}", args.host))?,
         None => Addr::parse(&args.host)?,
@@ -480,7 +405,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
-    let args: Args = vccid::parse_args("vscclient");
+    let args: VscclientArgs = vccid::parse_args("vscclient");
     vccid::init_logging(match args.debug {
         0 => 0,
         1..=10 => 1,
