@@ -16,7 +16,9 @@
 # each (results reader_R, sign_R, blobs data_R, sig_R), then power off. e2e.busids=A,B,...:
 # the USB/IP bus ids to attach (default 1-1). e2e.hotplug=1: after signing, "E2E-WAIT
 # add-reader" (a second reader must appear), "E2E-WAIT remove-reader" (it must go), a second
-# signature on reader 0, "E2E-WAIT eject" (reader 0's card must go).
+# signature on reader 0, "E2E-WAIT eject" (reader 0's card must go). e2e.libvirt=1: after
+# signing, "E2E-WAIT stop-vccid", "start-vccid", "detach", "attach": the reader must go, come
+# back (and sign: blob sig_start-vccid), go, come back (and sign).
 # e2e.mech=MECHANISM: pkcs11-tool's signature mechanism (default SHA256-RSA-PKCS; an ECDSA one
 # writes the signature in OpenSSL's DER format).
 export PATH=/usr/sbin:/usr/bin HOME=/root LANG=C
@@ -25,7 +27,7 @@ exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /run; mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/pcscd /run/udev /root; ln -sfn /run /var/run
 PIN=12345678; KEYID=0001; MECH=SHA256-RSA-PKCS; APDUS=0; EVENTS=0; BIG=0; USBIP=0; USBWAIT=60
-READERS=1; BUSIDS=1-1; HOTPLUG=0
+READERS=1; BUSIDS=1-1; HOTPLUG=0; LIBVIRT=0
 USBIP_SERVER=127.0.0.1; USBIP_PORT=3240
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -34,7 +36,7 @@ for a in $(cat /proc/cmdline); do
     e2e.usbwait=*) USBWAIT=${a#*=};; e2e.mech=*) MECH=${a#*=};;
     e2e.usbipserver=*) USBIP_SERVER=${a#*=};; e2e.usbipport=*) USBIP_PORT=${a#*=};;
     e2e.readers=*) READERS=${a#*=};; e2e.busids=*) BUSIDS=${a#*=};;
-    e2e.hotplug=*) HOTPLUG=${a#*=};;
+    e2e.hotplug=*) HOTPLUG=${a#*=};; e2e.libvirt=*) LIBVIRT=${a#*=};;
   esac
 done
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -163,6 +165,28 @@ if [ -n "$ATR" ]; then
     result "after_insert=\"$(timeout 60 opensc-tool -n 2>/dev/null | grep -v '^Using reader' | head -1)\""
     # An idle window with pcscd running: the host measures the reader's CPU meanwhile.
     echo "E2E-WAIT idle-begin"; sleep 5; echo "E2E-WAIT idle-end"
+  fi
+  if [ "$LIBVIRT" = 1 ]; then
+    # libvirt's run-time changes (issue #16): vccid stopped and started again, QEMU's chardev
+    # reconnecting by itself (<reconnect>), then `virsh detach-device` / `attach-device` of the
+    # redirdev. Each seen as the reader leaving and coming back; a signature after each. The
+    # restart comes first: libvirt 9.0 hot-plugs a redirdev's chardev with reconnect=0.
+    readers() { timeout 10 opensc-tool -l 2>/dev/null | grep -cE '^[0-9]+ +(Yes|No) '; }
+    wait_readers() { i=0; while [ $i -lt 90 ]; do [ "$(readers)" = "$1" ] && return 0; usleep 500000; i=$((i + 1)); done; return 1; }
+    sign_as() {   # RESULT-NAME SIGNATURE-FILE
+      if timeout 120 pkcs11-tool --module $P11 --login --pin "$PIN" --sign --mechanism "$MECH" $FORMAT \
+           --id "$KEYID" --input-file /tmp/data --output-file "$2" > /tmp/sign.out 2>&1; then
+        result "$1=1"
+      else
+        result "$1=0"; cat /tmp/sign.out
+      fi
+    }
+    for step in stop-vccid:0 start-vccid:1 detach:0 attach:1; do
+      echo "E2E-WAIT ${step%:*}"
+      wait_readers "${step#*:}" && result "${step%:*}_seen=1 t=$(up)" || result "${step%:*}_seen=0"
+      [ "${step#*:}" = 1 ] && sign_as "sign_after_${step%:*}" "/tmp/sig_${step%:*}"
+    done
+    blob sig_start-vccid /tmp/sig_start-vccid
   fi
   if [ "$HOTPLUG" = 1 ]; then
     # A second reader added and removed at run time while reader 0 stays, then reader 0's

@@ -3,6 +3,9 @@
 //! - [`pcscd`]: [`PrivatePcscd`], pcscd + vpcd in private namespaces, with vicc and the
 //!   PKCS#11 sign-and-verify round trip through OpenSC;
 //! - [`qemu`]: [`Qemu`], QEMU with QMP on a private socket;
+//! - [`guest`]: the Linux test guest's image and what its console reports;
+//! - [`libvirt`]: [`PrivateLibvirtd`], a libvirtd of the test's own in a private mount
+//!   namespace;
 //! - [`identities`]: test identities made by OpenSSL, NSS (certutil, pk12util) and SoftHSM2,
 //!   and the OpenSSL signature check ([`verify_sha256`]);
 //! - [`vhci`]: the kernel's side of USB/IP;
@@ -16,7 +19,9 @@
 //! A peer that cannot start is an error, never a skip.
 
 pub mod ccid_host;
+pub mod guest;
 pub mod identities;
+pub mod libvirt;
 pub mod pcscd;
 pub mod process;
 pub mod qemu;
@@ -27,6 +32,7 @@ pub use identities::{
     nss_db, nss_ec_db, nss_pkcs12, openssl_identities, openssl_pkcs12, private, pubkey_pem,
     softhsm_ec_token, softhsm_token, verify_sha256,
 };
+pub use libvirt::PrivateLibvirtd;
 pub use pcscd::PrivatePcscd;
 pub use process::{
     accept_within, kill, output, signal, terminate, wait_child, wait_output, CommandExt, Signal,

@@ -10,41 +10,17 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::CommandExt;
-use testkit::{free_port, run, text};
+use testkit::{free_port, text};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
 
 /// The initramfs and kernel, built once per test run.
 fn image() -> &'static PathBuf {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("vccid-guest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        // The raw-APDU tool for the guest: hostcard's example, built like the tests.
-        run(Command::new(env!("CARGO")).current_dir(&root).args([
-            "build",
-            "-q",
-            "-p",
-            "hostcard",
-            "--example",
-            "apdu",
-        ]))
-        .expect("the apdu example builds");
-        let tool = root.join("target/debug/examples/apdu");
-        let script = root.join("tests/guest/build-initramfs.sh");
-        run(Command::new("bash")
-            .arg(script)
-            .arg(&dir)
-            .env("APDU_TOOL", &tool))
-        .expect("the guest initramfs builds");
-        dir
-    })
+    testkit::guest::image()
 }
 
 struct Guest {
@@ -135,11 +111,7 @@ fn boot_cmd(
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut waits_seen = 0;
     let mut dispatch = |waits_seen: &mut usize| {
-        let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
-        let waits: Vec<&str> = log
-            .lines()
-            .filter_map(|l| l.trim_end().strip_prefix("E2E-WAIT "))
-            .collect();
+        let waits = testkit::guest::waits(&std::fs::read(&serial).unwrap_or_default());
         for w in &waits[(*waits_seen).min(waits.len())..] {
             on_wait(w);
         }
@@ -155,23 +127,11 @@ fn boot_cmd(
     // Markers printed just before the guest powered off.
     dispatch(&mut waits_seen);
     testkit::kill(&mut q, "the guest's QEMU").unwrap();
-    let log =
-        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
-    let mut results = HashMap::new();
-    let mut blobs = HashMap::new();
-    let mut lines = log.lines();
-    while let Some(l) = lines.next() {
-        if let Some(r) = l.strip_prefix("E2E-RESULT ") {
-            let (k, v) = r.split_once('=').unwrap_or((r, ""));
-            results.insert(k.to_string(), v.to_string());
-        } else if let Some(name) = l.strip_prefix("E2E-HEX-BEGIN ") {
-            let hex: String = lines
-                .by_ref()
-                .take_while(|l| !l.starts_with("E2E-HEX-END"))
-                .collect();
-            blobs.insert(name.to_string(), apdu::hex::parse(&hex).unwrap_or_default());
-        }
-    }
+    let testkit::guest::Report {
+        results,
+        blobs,
+        serial: log,
+    } = testkit::guest::parse(&std::fs::read(&serial).unwrap_or_default());
     assert!(log.contains("E2E-DONE"), "the guest did not finish:\n{log}");
     Guest {
         results,
