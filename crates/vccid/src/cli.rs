@@ -14,10 +14,15 @@ pub const DEFAULT_VPCD: &str = "127.0.0.1:35963";
 pub const DEFAULT_USBREDIR: &str = "127.0.0.1:4000";
 pub const DEFAULT_USBIP: &str = "127.0.0.1:3240";
 
-/// A virtual smart-card reader and card. With no transport option the reader is exported over
-/// usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines that attach it are printed.
+/// A virtual smart-card reader and card
+///
+/// The card (CAC, PIV or both; keys generated, from files, an NSS database or a PKCS#11 token)
+/// goes to this host's pcscd (--vpcd), to QEMU and libvirt guests (--usbredir), to any Linux
+/// machine (--usbip), or comes from a VSCard client (--card passthru). With no transport
+/// option the reader is exported over usbredir on 127.0.0.1:4000 and the QEMU and libvirt lines
+/// that attach it are printed. `vccid serve` holds many cards and readers in one service.
 #[derive(Parser, Debug)]
-#[command(name = "vccid", version = VERSION, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "vccid", version = VERSION, args_conflicts_with_subcommands = true)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Cmd>,
@@ -122,9 +127,16 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Run the service: the cards and readers of a configuration file in one process,
-    /// controlled at run time through the control socket (`vccid ctl`). Without a file, the
-    /// embedded default card on vpcd.
+    /// Run the service: the cards and readers of a configuration file in one process
+    ///
+    /// The cards and readers of a configuration file (vccid.toml(5)) in one process,
+    /// controlled at run time through the control socket (vccid-ctl(1)). Without a file, the
+    /// embedded default card on vpcd. SIGHUP reads the file again and applies the difference;
+    /// SIGTERM and SIGINT stop every reader. Under systemd (Type=notify) it sends READY=1 once
+    /// every reader listens, and takes its directories from $CONFIGURATION_DIRECTORY,
+    /// $STATE_DIRECTORY and $RUNTIME_DIRECTORY. The packaged vccid.service runs it as user
+    /// vccid with /etc/vccid/vccid.toml, its cards' keys in /var/lib/vccid and the control
+    /// socket /run/vccid/control.sock (group vccid).
     Serve {
         /// The configuration (default: vccid.toml in systemd's $CONFIGURATION_DIRECTORY, else
         /// $XDG_CONFIG_HOME/vccid/vccid.toml, or /etc/vccid/vccid.toml as root; none there: the
@@ -138,7 +150,11 @@ pub enum Cmd {
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
     },
-    /// Talk to a running `vccid serve` through its control socket.
+    /// Talk to a running `vccid serve` through its control socket
+    ///
+    /// Members of the socket's group (vccid, for the packaged service) may use it; they
+    /// control every card. Exit status: 0 done, 1 `wait` timed out, 2 an error (said on
+    /// standard error). docs/control.md (in /usr/share/doc/vccid) describes the socket's JSON.
     Ctl(crate::ctl::CtlArgs),
     /// TLS certificates.
     #[command(subcommand)]
@@ -176,7 +192,7 @@ pub enum TlsCmd {
 }
 
 /// Serve a smart card to a VSCard host (QEMU ccid-card-passthru, vccid --card passthru).
-/// No `Debug`: it would print the PIN (issue #14).
+// No `Debug`: it would print the PIN (issue #14).
 #[derive(Parser)]
 #[command(name = "vscclient", version = VERSION, long_about = None)]
 pub struct VscclientArgs {

@@ -524,7 +524,10 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
             svc.remove_reader(arg(args, "id")?)?;
             json!({})
         }
-        "config-reload" => svc.reload_file()?,
+        "config-reload" => svc.reload_file().inspect_err(|e| {
+            // As loud as SIGHUP's: the file on disk is not what runs.
+            tracing::warn!("configuration not reloaded: {e:#}");
+        })?,
         "card-enroll" => crate::enroll::card_enroll(svc, args)?,
         "card-set-pin" => crate::enroll::card_set_pin(svc, args)?,
         "card-unblock" => crate::enroll::card_unblock(svc, args)?,

@@ -34,7 +34,7 @@ pub enum CtlCmd {
     /// The cards.
     #[command(alias = "query-cards")]
     Cards,
-    /// Cards: add, remove, insert, eject.
+    /// Cards: add, remove, insert, eject, enroll, set-pin, unblock.
     #[command(subcommand)]
     Card(CardCmd),
     /// Readers: add, remove.
@@ -42,10 +42,22 @@ pub enum CtlCmd {
     Reader(ReaderCmd),
     /// Read the configuration file again and apply what changed (as SIGHUP does).
     Reload,
-    /// Print the libvirt device XML that gives a guest the reader NAME (a usbredir
-    /// `<redirdev>` that reconnects when vccid restarts) or the passthru card NAME (a
-    /// `<smartcard mode='passthrough'>`), for `virsh attach-device VM FILE --persistent` or
-    /// the domain's `<devices>`. Name each reader after the VM it serves.
+    /// Print the libvirt device XML that gives a guest a reader or a passthru card
+    ///
+    /// For the reader NAME, a usbredir `<redirdev>` whose chardev connects to vccid's socket
+    /// and reconnects when vccid restarts; for the passthru card NAME, a `<smartcard
+    /// mode='passthrough'>`. vpcd and USB/IP readers are refused (they do not attach through
+    /// libvirt). Name each reader after the guest it serves, put its socket in
+    /// /run/vccid/readers with group vccid-readers, and add libvirt's QEMU user to that group
+    /// (adduser libvirt-qemu vccid-readers). Then:
+    ///
+    /// vccid ctl libvirt-xml guest1 > guest1-card.xml
+    ///
+    /// virsh attach-device guest1 guest1-card.xml --persistent
+    ///
+    /// libvirt 9.0 hot-plugs (--live) a redirdev without reconnection: one in the domain's
+    /// definition survives a vccid restart, one attached at run time does not until the guest
+    /// restarts.
     LibvirtXml {
         /// The reader (or passthru card).
         name: String,
@@ -169,13 +181,32 @@ pub struct Connection {
 impl Connection {
     /// Connects and reads the greeting.
     pub fn open(path: Option<PathBuf>) -> Result<Connection> {
-        let path = path.unwrap_or_else(crate::control::client_path);
-        let s = UnixStream::connect(&path).with_context(|| {
-            format!(
-                "cannot connect to {} (is `vccid serve` running, and may you use its socket?)",
-                path.display()
-            )
-        })?;
+        let (path, s) = match path {
+            Some(p) => {
+                let s = UnixStream::connect(&p);
+                (p, s)
+            }
+            None => {
+                let p = crate::control::client_path();
+                let s = UnixStream::connect(&p);
+                let system = PathBuf::from(crate::control::SYSTEM_PATH);
+                match s {
+                    // A socket left by a user's own `vccid serve` that is gone: the system
+                    // service's, when there is one.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused
+                            && p != system
+                            && system.exists()
+                            && std::env::var_os("VCCID_CONTROL").is_none() =>
+                    {
+                        let s = UnixStream::connect(&system);
+                        (system, s)
+                    }
+                    s => (p, s),
+                }
+            }
+        };
+        let s = s.map_err(|e| connect_error(&path, e))?;
         let writer = s.try_clone()?;
         let mut c = Connection {
             reader: BufReader::new(s),
@@ -334,6 +365,44 @@ fn libvirt_xml(c: &mut Connection, name: &str) -> Result<String> {
         .map(|r| s(r, "id"))
         .collect();
     bail!("no reader or card {name:?} (readers: {})", ids.join(", "))
+}
+
+/// Why the control socket could not be reached, and what to do.
+fn connect_error(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    use std::os::unix::fs::MetadataExt;
+    let p = path.display();
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            let group = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| group_name(m.gid()).or_else(|| Some(m.gid().to_string())));
+            match group {
+                Some(g) => anyhow!(
+                    "{p}: permission denied: only members of group {g} may use it \
+                     (sudo adduser $USER {g}, then log in again)"
+                ),
+                None => anyhow!("{p}: permission denied ({e})"),
+            }
+        }
+        std::io::ErrorKind::NotFound => anyhow!(
+            "{p} does not exist: is `vccid serve` running? (the packaged service: systemctl \
+             status vccid; another socket: --socket PATH or VCCID_CONTROL)"
+        ),
+        std::io::ErrorKind::ConnectionRefused => {
+            anyhow!("{p}: connection refused: the `vccid serve` that made it is gone")
+        }
+        _ => anyhow!("cannot connect to {p}: {e}"),
+    }
+}
+
+/// A group's name from /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+    })
 }
 
 /// Runs `vccid ctl`.

@@ -65,6 +65,24 @@ fn source(address: &str) -> Result<(&'static str, String), String> {
 
 /// The device element for a reader, with a comment naming it.
 pub fn reader_xml(r: &Reader) -> Result<String, String> {
+    match r.transport {
+        "usbredir" | "usbredir-connect" => {}
+        "vpcd" => {
+            return Err(format!(
+                "reader {:?} is a vpcd reader: it serves this host's pcscd, not a guest; \
+                 give the guest a usbredir reader (or a passthru card)",
+                r.id
+            ))
+        }
+        "usbip" => {
+            return Err(format!(
+                "reader {:?} is exported over USB/IP: the guest attaches it itself \
+                 (`usbip attach -r HOST -b BUSID`), libvirt has no device for it",
+                r.id
+            ))
+        }
+        t => return Err(format!("reader {:?} has an unknown transport {t:?}", r.id)),
+    }
     let (kind, addr) = source(r.address)?;
     let tls = if r.tls { " tls='yes'" } else { "" };
     let mut x = String::new();
@@ -85,25 +103,10 @@ pub fn reader_xml(r: &Reader) -> Result<String, String> {
             );
             let _ = writeln!(x, "  </source>");
         }
-        "usbredir-connect" => {
+        _ => {
             let _ = writeln!(x, "<redirdev bus='usb' type='{kind}'>");
             let _ = writeln!(x, "  <source mode='bind' {addr}{tls}/>");
         }
-        "vpcd" => {
-            return Err(format!(
-                "reader {:?} is a vpcd reader: it serves this host's pcscd, not a guest; \
-                 give the guest a usbredir reader (or a passthru card)",
-                r.id
-            ))
-        }
-        "usbip" => {
-            return Err(format!(
-                "reader {:?} is exported over USB/IP: the guest attaches it itself \
-                 (`usbip attach -r HOST -b BUSID`), libvirt has no device for it",
-                r.id
-            ))
-        }
-        t => return Err(format!("reader {:?} has an unknown transport {t:?}", r.id)),
     }
     if kind == "tcp" {
         let _ = writeln!(x, "  <protocol type='raw'/>");

@@ -570,7 +570,26 @@ impl Service {
         Arc::new(Mutex::new(h))
     }
 
+    /// Starts a reader: checks what can be checked before anything changes
+    /// ([`preflight_reader`]), then makes its slots and its transport; on an error the slots
+    /// it made are taken away again, so that nothing of it stays.
     fn start_reader(&self, r: &ReaderConfig) -> Result<()> {
+        preflight_reader(r)?;
+        let result = if r.transport == Transport::Usbip {
+            let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:3240".into());
+            self.start_usbip(&a, &[r])
+        } else {
+            self.start_transport(r)
+        };
+        if result.is_err() {
+            for n in 0..r.slot_count() {
+                let _ = self.registry.remove_slot(&r.slot_id(n));
+            }
+        }
+        result
+    }
+
+    fn start_transport(&self, r: &ReaderConfig) -> Result<()> {
         let handles = self.add_slots(r)?;
         let slots: Vec<String> = handles.iter().map(|h| h.id().to_string()).collect();
         let (address, running) = match r.transport {
@@ -641,10 +660,7 @@ impl Service {
                 }
                 (a, Running::Usb(reader))
             }
-            Transport::Usbip => {
-                let a = r.address.clone().unwrap_or_else(|| "127.0.0.1:3240".into());
-                return self.start_usbip(&a, &[r]);
-            }
+            Transport::Usbip => bail!("USB/IP readers start with start_usbip"),
         };
         lock(&self.readers).insert(
             r.id.get_ref().clone(),
@@ -739,13 +755,7 @@ impl Service {
                 bail!("USB/IP on {a} serves readers of the configuration; give this one another address");
             }
         }
-        if let Err(e) = self.start_reader(&r) {
-            // Its slots were made before the transport failed: take them away again.
-            for n in 0..r.slot_count() {
-                let _ = self.registry.remove_slot(&r.slot_id(n));
-            }
-            return Err(e);
-        }
+        self.start_reader(&r)?;
         tracing::info!(reader = %id, "reader added");
         self.save_runtime()?;
         self.readers()
@@ -788,6 +798,11 @@ impl Service {
         // What runs now, as the last configuration describes it: the readers and cards of the
         // last file that still exist (one removed at run time is made again if the file still
         // has it). A reload that failed half-way is finished by the next one.
+        // What can be checked before anything changes is checked first: a reader whose
+        // socket cannot be made refuses the whole file, and everything keeps running.
+        for r in &new.readers {
+            preflight_reader(r).with_context(|| format!("reader {:?}", r.id.get_ref()))?;
+        }
         let mut old = lock(&self.config).clone();
         {
             let readers = lock(&self.readers);
@@ -897,9 +912,20 @@ impl Service {
             }
         }
         for r in restart {
-            self.start_reader(&r)
-                .with_context(|| format!("reader {:?}", r.id.get_ref()))?;
-            push("readers-restarted", r.id.get_ref());
+            let id = r.id.get_ref();
+            if let Err(e) = self.start_reader(&r) {
+                // Back to the settings it had, so that the host keeps its reader.
+                let back = reader_of(&old, id).map(|o| self.start_reader(&o));
+                let kept = match back {
+                    Some(Ok(())) => "it keeps its previous settings",
+                    _ => "it could not be started again with its previous settings either",
+                };
+                return Err(e.context(format!(
+                    "reader {id:?}: the new settings do not start; {kept}; the rest of the \
+                     file was applied"
+                )));
+            }
+            push("readers-restarted", id);
         }
         for r in &new.readers {
             if reader_of(&old, r.id.get_ref()).is_none() {
@@ -935,6 +961,94 @@ mod erased {
     }
 }
 
+/// What can be known about a reader before it starts: its unix socket's directory is one this
+/// process may create a file in, and the owner and group it asks for are ones this process
+/// may give (root, or its own user; a group it is a member of: chown(2)). A reload checks
+/// every reader with it before it stops any.
+pub fn preflight_reader(r: &ReaderConfig) -> Result<()> {
+    let addr = match (&r.transport, r.address.as_deref()) {
+        (Transport::Usbredir, Some(a)) => Addr::parse(a)?,
+        _ => return Ok(()),
+    };
+    let Addr::Unix(path) = addr else {
+        return Ok(());
+    };
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let hint = if under_systemd {
+        " (under the packaged vccid.service only /run/vccid is writable: put readers' \
+         sockets in /run/vccid/readers, or give the unit ReadWritePaths= with `systemctl \
+         edit vccid`)"
+    } else {
+        ""
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("{} has a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "cannot make the socket {}: {}: {e}{hint}",
+            path.display(),
+            dir.display()
+        );
+    }
+    if under_systemd && (path.starts_with("/tmp") || path.starts_with("/var/tmp")) {
+        tracing::warn!(
+            path = %path.display(),
+            "a socket in /tmp under a unit with PrivateTmp= (the packaged vccid.service) is \
+             the service's own: no other process sees it; use /run/vccid/readers"
+        );
+    }
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        return Ok(());
+    }
+    if let Some(o) = r.owner.as_deref() {
+        let uid = lookup_id("/etc/passwd", o)?;
+        if uid != euid {
+            bail!(
+                "only root may give a socket another owner than vccid's own user (owner = {o:?})"
+            );
+        }
+    }
+    if let Some(g) = r.group.as_deref() {
+        let gid = lookup_id("/etc/group", g)?;
+        if gid != egid && !own_groups().contains(&gid) {
+            bail!(
+                "vccid (uid {euid}) is not a member of group {g:?}: it cannot give the socket \
+                 that group{}",
+                if under_systemd {
+                    "; the packaged service's user is a member of vccid-readers: use that \
+                     group and add libvirt's QEMU user to it (adduser libvirt-qemu \
+                     vccid-readers)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// This process's supplementary groups.
+fn own_groups() -> Vec<u32> {
+    // SAFETY: with a zero size getgroups(2) only returns the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `groups` has room for `n` gids, the size passed.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    groups
+}
+
 /// A Unix socket's mode (default 0600), owner and group.
 pub fn set_access(
     path: &Path,
@@ -959,12 +1073,8 @@ pub fn set_access(
     let uid = uid.filter(|&u| u != meta.uid());
     let gid = gid.filter(|&g| g != meta.gid());
     if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(path, uid, gid).with_context(|| {
-            format!(
-                "chown {} (under vccid.service, add the user to group vccid instead)",
-                path.display()
-            )
-        })?;
+        std::os::unix::fs::chown(path, uid, gid)
+            .with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use testkit::PrivateLibvirtd;
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 const DOMAIN: &str = "vccid-test";
 
-/// A gid for the test's "vccid" group, unused on this host (the group lives only in the
+/// A gid for the test's "vccid-readers" group, unused on this host (the group lives only in the
 /// private libvirtd's /etc/group, with libvirt-qemu as a member).
 fn free_gid() -> u32 {
     let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
@@ -90,7 +90,7 @@ fn uid_of(pid: u32) -> u32 {
 fn a_libvirt_guest_uses_the_reader_across_hotplug_and_a_vccid_restart() {
     let img = testkit::guest::image();
     let gid = free_gid();
-    let lv = PrivateLibvirtd::start(&[("vccid", gid)]).expect("a private libvirtd starts");
+    let lv = PrivateLibvirtd::start(&[("vccid-readers", gid)]).expect("a private libvirtd starts");
 
     // Everything QEMU (user libvirt-qemu) opens must be reachable: the directory 0755, the
     // serial log writable, vccid's socket 0660 in the group QEMU's user is in.

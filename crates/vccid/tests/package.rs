@@ -269,7 +269,10 @@ fn installs_runs_and_purges_on_a_fresh_debian_12_root() {
     let alice = get("ctl_alice");
     assert!(alice.contains("vpcd0"), "alice (group vccid): {alice}");
     let bob = get("ctl_bob");
-    assert!(bob.contains("Permission denied"), "bob: {bob}");
+    assert!(
+        bob.contains("only members of group vccid may use it"),
+        "bob: {bob}"
+    );
     assert!(
         get("version").starts_with(&format!("vccid {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{}",
@@ -289,14 +292,40 @@ fn installs_runs_and_purges_on_a_fresh_debian_12_root() {
         "the default card's files: {key_files}\n{log}"
     );
     assert_eq!(get("keys_kept"), "yes", "{log}");
+    // A guest's reader: its socket in the readers' group, which the service's user is in.
+    assert_eq!(get("guest_socket"), "660 vccid-readers", "{log}");
+    assert!(
+        get("vccid_groups").split(' ').any(|g| g == "vccid-readers"),
+        "{}",
+        get("vccid_groups")
+    );
+    let xml = get("libvirt_xml");
+    assert!(
+        xml.contains("<redirdev bus='usb' type='unix'>")
+            && xml.contains("path='/run/vccid/readers/guest1.sock'"),
+        "{xml}"
+    );
+    assert_eq!(get("reload_group"), "refused kept", "{log}");
+    assert_eq!(get("reload_after"), "ok", "{log}");
     assert_eq!(get("journal_errors"), "", "{log}");
-    // Purge: nothing of the package left, the service gone.
+    // vscclient as the template unit's instance, its card in the service's passthru card,
+    // seen by pcscd in the second vpcd reader.
+    assert_eq!(get("vscclient_active"), "active", "{log}");
+    assert!(
+        get("vscclient_card").contains("CAC"),
+        "the vscclient card: {}\n{log}",
+        get("vscclient_card")
+    );
+    let security = get("vscclient_security");
+    assert!(security.contains("exposure level"), "{security}");
+    // Purge: nothing of the package left, the service and the client gone.
     let status = get("purged_status");
     assert!(
         status == "not-installed" || status.contains("no packages found"),
         "dpkg after purge: {status}"
     );
     assert_ne!(get("purged_active"), "active", "{log}");
+    assert_ne!(get("purged_vscclient"), "active", "{log}");
     assert_eq!(
         get("purged_left"),
         "",

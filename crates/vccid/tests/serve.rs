@@ -693,3 +693,71 @@ fn text_of(pcscd: &PrivatePcscd, args: &[&str]) -> String {
             .unwrap(),
     )
 }
+
+/// Regression (newcomer trial of issue #16): a reload whose changed reader could not start
+/// removed the reader, left its slot behind, and every later reload failed with "a slot exists
+/// already". Now a socket that cannot be made refuses the file before anything stops, and a
+/// reader whose new settings fail to start goes back to its previous ones.
+#[test]
+fn a_reload_whose_reader_cannot_start_keeps_the_reader_and_the_next_reload_works() {
+    let config = r#"
+[service]
+state_dir = "{state}"
+control = "{socket}"
+
+[[card]]
+id = "alice"
+ephemeral = true
+
+[[reader]]
+id = "u0"
+transport = "usbredir"
+address = "unix:{state}/u0.sock"
+cards = ["alice"]
+"#;
+    let s = serve(config);
+    let file = s.pcscd.dir.path().join("vccid.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let sock = s.pcscd.dir.path().join("state/u0.sock");
+    assert!(UnixStream::connect(&sock).is_ok(), "u0 listens");
+    let reload = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        Command::new(VCCID)
+            .args(["ctl", "--socket"])
+            .arg(&s.socket)
+            .arg("reload")
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap()
+    };
+    // 1. A directory the socket cannot be made in: refused before anything stops.
+    let o = reload(&good.replace("/u0.sock", "/no/such/dir/u0.sock"));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cannot make the socket"), "{}", text(&o));
+    assert!(UnixStream::connect(&sock).is_ok(), "u0 stopped");
+    // 2. New settings that fail only when started (a TLS directory without certificates):
+    //    back to the old ones.
+    let no_tls = s.pcscd.dir.path().join("no-tls");
+    std::fs::create_dir_all(&no_tls).unwrap();
+    let o = reload(&good.replace(
+        "cards = [\"alice\"]",
+        &format!("tls = \"{}\"\ncards = [\"alice\"]", no_tls.display()),
+    ));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("it keeps its previous settings"),
+        "{}",
+        text(&o)
+    );
+    assert!(UnixStream::connect(&sock).is_ok(), "u0 is not back");
+    let readers = ctl(&s.socket, &["readers"]);
+    assert!(
+        readers.contains("u0: alice") && readers.contains("u0.sock"),
+        "{readers}"
+    );
+    // 3. The good file: a reload that works, nothing to change.
+    let o = reload(&good);
+    assert!(o.status.success(), "{}", text(&o));
+    let again: serde_json::Value =
+        serde_json::from_str(&ctl(&s.socket, &["--json", "reload"])).unwrap();
+    assert_eq!(again["readers-kept"], serde_json::json!(["u0"]), "{again}");
+}

@@ -153,18 +153,66 @@ inside 'cp /etc/vccid/vccid.toml /root/vccid.toml.good && echo "no_such_key = 1"
 result reload_bad "$(inside 'systemctl reload vccid.service >/dev/null 2>&1 && echo accepted || echo refused; systemctl is-active vccid.service' | tr '\n' ' ')"
 inside 'cp /root/vccid.toml.good /etc/vccid/vccid.toml'
 
+say "a guest's reader in /run/vccid/readers, group vccid-readers; a reload it cannot apply"
+inside 'cat >>/etc/vccid/vccid.toml <<END
+
+[[card]]
+id = "guest1-card"
+
+[[reader]]
+id = "guest1"
+transport = "usbredir"
+address = "unix:/run/vccid/readers/guest1.sock"
+mode = "0660"
+group = "vccid-readers"
+cards = ["guest1-card"]
+END
+systemctl reload vccid.service'
+result guest_socket "$(inside 'stat -c "%a %G" /run/vccid/readers/guest1.sock' 2>&1 || true)"
+result vccid_groups "$(inside 'id -nG vccid')"
+result libvirt_xml "$(inside 'runuser -u alice -- vccid ctl libvirt-xml guest1' | tr '\n' ' ')"
+# A group the service's user is not in: refused before anything stops (a newcomer's trial lost
+# the reader here, and every later reload failed).
+inside 'cp /etc/vccid/vccid.toml /root/vccid.toml.good && sed -i "s/group = \"vccid-readers\"/group = \"users\"/" /etc/vccid/vccid.toml'
+result reload_group "$(inside 'systemctl reload vccid.service >/dev/null 2>&1 && echo accepted || echo refused; test -S /run/vccid/readers/guest1.sock && echo kept' | tr '\n' ' ')"
+inside 'cp /root/vccid.toml.good /etc/vccid/vccid.toml'
+result reload_after "$(inside 'systemctl reload vccid.service && echo ok' 2>&1 | tr '\n' ' ')"
+
 say "restart: the default card's keys survive"
 before=$(inside 'find /var/lib/vccid -type f -name "*.pem" -exec sha256sum {} + | sort | sha256sum' || true)
 inside 'systemctl restart vccid.service'
 after=$(inside 'find /var/lib/vccid -type f -name "*.pem" -exec sha256sum {} + | sort | sha256sum' || true)
 result key_files "$(inside 'find /var/lib/vccid -type f -name "*.pem" | wc -l')"
 result keys_kept "$([ -n "$before" ] && [ "$before" = "$after" ] && echo yes || echo no)"
-result journal_errors "$(inside 'journalctl -u vccid.service -p err --no-pager -q' | grep -v -e 'no_such_key' -e 'Reload failed' | head -3 | tr '\n' ' ')"
+result journal_errors "$(inside 'journalctl -u vccid.service -p err --no-pager -q' | grep -v -e 'no_such_key' -e 'Reload failed' -e 'not reloaded' -e 'group \"users\"' | head -3 | tr '\n' ' ')"
+
+say "vccid-vscclient@: a VSCard client instance into a passthru card of the service"
+inside 'cat >>/etc/vccid/vccid.toml <<END
+
+[[card]]
+id = "remote"
+kind = "passthru"
+listen = "127.0.0.1:2001"
+
+[[reader]]
+id = "vpcd1"
+transport = "vpcd"
+address = "127.0.0.1:35964"
+cards = ["remote"]
+END
+mkdir -p /etc/vccid/vscclient
+echo "VSCCLIENT_OPTIONS=\"--card emulated\"" >/etc/vccid/vscclient/127.0.0.1:2001.conf
+systemctl reload vccid.service
+systemctl start vccid-vscclient@127.0.0.1:2001.service'
+result vscclient_active "$(inside 'systemctl is-active vccid-vscclient@127.0.0.1:2001.service' || true)"
+result vscclient_card "$(inside 'timeout 30 opensc-tool --reader 1 --wait --name 2>&1' | tr '\n' ' ')"
+result vscclient_security "$(inside 'systemd-analyze security vccid-vscclient@127.0.0.1:2001.service 2>&1 | tail -n1')"
 
 say "apt-get purge vccid"
 inside 'DEBIAN_FRONTEND=noninteractive apt-get purge -y -q vccid' >"$WORK/purge.log" 2>&1 ||
   { tail -20 "$WORK/purge.log" >&2; exit 1; }
 result purged_status "$(inside 'dpkg-query -W -f="\${db:Status-Status}" vccid 2>&1 || true')"
 result purged_active "$(inside 'systemctl is-active vccid.service' || true)"
-result purged_left "$(inside 'ls -d /etc/vccid /var/lib/vccid /run/vccid /usr/bin/vccid /usr/lib/systemd/system/vccid.service /etc/systemd/system/multi-user.target.wants/vccid.service 2>/dev/null' | tr '\n' ' ')"
+result purged_vscclient "$(inside 'systemctl is-active vccid-vscclient@127.0.0.1:2001.service' || true)"
+result purged_left "$(inside 'ls -d /etc/vccid /var/lib/vccid /var/lib/private/vccid-vscclient /run/vccid /usr/bin/vccid /usr/bin/vscclient /usr/lib/systemd/system/vccid.service /etc/systemd/system/multi-user.target.wants/vccid.service 2>/dev/null' | tr '\n' ' ')"
 echo "DONE"
