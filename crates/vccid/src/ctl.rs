@@ -372,18 +372,22 @@ fn connect_error(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
     use std::os::unix::fs::MetadataExt;
     let p = path.display();
     match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            let group = std::fs::metadata(path)
-                .ok()
-                .and_then(|m| group_name(m.gid()).or_else(|| Some(m.gid().to_string())));
-            match group {
-                Some(g) => anyhow!(
+        std::io::ErrorKind::PermissionDenied => match std::fs::metadata(path) {
+            // The group may connect (mode 0660): the user is not in it.
+            Ok(m) if m.mode() & 0o060 == 0o060 => {
+                let g = name_of("/etc/group", m.gid());
+                anyhow!(
                     "{p}: permission denied: only members of group {g} may use it \
                      (sudo adduser $USER {g}, then log in again)"
-                ),
-                None => anyhow!("{p}: permission denied ({e})"),
+                )
             }
-        }
+            Ok(m) => anyhow!(
+                "{p}: permission denied: only its owner ({}) may use it (mode {:o})",
+                name_of("/etc/passwd", m.uid()),
+                m.mode() & 0o777
+            ),
+            Err(_) => anyhow!("{p}: permission denied ({e})"),
+        },
         std::io::ErrorKind::NotFound => anyhow!(
             "{p} does not exist: is `vccid serve` running? (the packaged service: systemctl \
              status vccid; another socket: --socket PATH or VCCID_CONTROL)"
@@ -395,14 +399,16 @@ fn connect_error(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
     }
 }
 
-/// A group's name from /etc/group.
-fn group_name(gid: u32) -> Option<String> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_string())
-    })
+/// A user's or group's name from /etc/passwd or /etc/group, else the number.
+fn name_of(file: &str, id: u32) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_string())
+        })
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// Runs `vccid ctl`.

@@ -372,7 +372,11 @@ fn bad_control_input_gets_errors_and_the_service_goes_on() {
         .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    assert!(
+        text(&o).contains("permission denied: only its owner (root) may use it (mode 600)"),
+        "{}",
+        text(&o)
+    );
     // The cards are still served.
     s.pcscd.wait_card(0, Duration::from_secs(5)).unwrap();
 }
