@@ -21,6 +21,7 @@ pub mod hex;
 mod response;
 pub mod simpletlv;
 mod sw;
+pub mod trace;
 
 pub use command::{Command, CommandBuf, ParseError, MAX_EXTENDED_DATA};
 pub use response::Response;
