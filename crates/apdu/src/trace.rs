@@ -243,6 +243,10 @@ pub const MAX_NODES: usize = 256;
 /// template tags of GENERAL AUTHENTICATE, Part 2 §3.2.4).
 fn tag_name(tag: u32) -> Option<&'static str> {
     Some(match tag {
+        // ISO 7816-4 §7.4.1: the FCI of a SELECT.
+        0x6F => "FCI template",
+        0x84 => "DF name",
+        0xA5 => "FCI proprietary",
         0x53 => "data object",
         0x5C => "tag list",
         0x70 => "certificate",
@@ -319,6 +323,15 @@ fn read_level(mut data: &[u8], depth: usize, budget: &mut usize) -> Vec<Node> {
         }
     }
     out
+}
+
+/// Whether every byte of the tree was read as TLV (no [`Node::Bytes`] at any level): data that
+/// only starts like TLV (CAC's SimpleTLV buffers, a signature) is better shown as a length.
+pub fn is_whole(nodes: &[Node]) -> bool {
+    nodes.iter().all(|n| match n {
+        Node::Tlv { children, .. } => is_whole(children),
+        Node::Bytes(_) => false,
+    })
 }
 
 /// The tree as indented lines (`53 data object (1203 bytes)`, children two spaces deeper).
@@ -477,7 +490,9 @@ mod tests {
 
     #[test]
     fn general_authenticate_template_and_trailing_garbage() {
+        assert!(is_whole(&tlv_tree(&h("7C 06 82 00 81 02 01 02"))));
         let t = tlv_tree(&h("7C 06 82 00 81 02 01 02 FF"));
+        assert!(!is_whole(&t));
         assert_eq!(
             render(&t),
             "7C dynamic authentication template (6 bytes)\n  82 response (0 bytes)\n  81 challenge: 01 02\n1 byte not TLV\n"

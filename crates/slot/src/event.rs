@@ -1,5 +1,5 @@
 use crate::lock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 
@@ -63,6 +63,21 @@ pub enum Event {
     },
 }
 
+/// One logical exchange of a slot's host with the card in it, for a trace (issue #18):
+/// chaining and GET RESPONSE folded, and every secret (PIN, PUK, management-key witnesses and
+/// responses, imported key material, decipher outputs) already blanked by
+/// [`apdu::trace::Folder`] before the exchange left the slot. Only subscribers of
+/// [`crate::Registry::subscribe_trace`] get these; [`Event`]s never carry APDU data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// The slot.
+    pub slot: String,
+    /// The card in it.
+    pub card: Option<String>,
+    /// The exchange.
+    pub exchange: apdu::trace::Exchange,
+}
+
 /// The subscribers. Sending never blocks: a card answering a host must not wait for a slow
 /// reader of events (a UI, a log), so each subscriber has a bounded queue, and what does not fit
 /// is dropped and counted.
@@ -70,6 +85,10 @@ pub enum Event {
 pub(crate) struct Hub {
     subscribers: Mutex<Vec<SyncSender<Event>>>,
     dropped: AtomicU64,
+    /// Trace subscribers, and how many there are: a slot folds exchanges only while one
+    /// listens, so that nobody watching costs one atomic load per APDU.
+    tracers: Mutex<Vec<SyncSender<TraceEvent>>>,
+    tracer_count: AtomicUsize,
 }
 
 impl Hub {
@@ -81,6 +100,32 @@ impl Hub {
 
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn subscribe_trace(&self, capacity: usize) -> Receiver<TraceEvent> {
+        let (tx, rx) = sync_channel(capacity);
+        let mut t = lock(&self.tracers);
+        t.push(tx);
+        self.tracer_count.store(t.len(), Ordering::Release);
+        rx
+    }
+
+    /// Whether anyone listens to the trace.
+    pub(crate) fn tracing(&self) -> bool {
+        self.tracer_count.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn emit_trace(&self, event: TraceEvent) {
+        let mut t = lock(&self.tracers);
+        t.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+        self.tracer_count.store(t.len(), Ordering::Release);
     }
 
     pub(crate) fn emit(&self, event: Event) {

@@ -1,4 +1,4 @@
-use crate::event::{Event, Hub, DEFAULT_EVENT_CAPACITY};
+use crate::event::{Event, Hub, TraceEvent, DEFAULT_EVENT_CAPACITY};
 use crate::slot::{Held, SlotCard, SlotInner};
 use crate::{lock, Error, SharedCard};
 use std::collections::BTreeMap;
@@ -92,6 +92,14 @@ impl Registry {
     /// Dropping the receiver unsubscribes.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<Event> {
         self.shared.hub.subscribe(capacity)
+    }
+
+    /// The trace from now on: every slot's logical exchanges, folded and redacted
+    /// ([`TraceEvent`]), with room for `capacity` unread ones (more are dropped and counted in
+    /// [`dropped_events`](Self::dropped_events)). Dropping the receiver unsubscribes; with no
+    /// subscriber, slots do not fold at all.
+    pub fn subscribe_trace(&self, capacity: usize) -> Receiver<TraceEvent> {
+        self.shared.hub.subscribe_trace(capacity)
     }
 
     /// Events dropped so far because a subscriber's queue was full (all subscribers together).

@@ -1,4 +1,4 @@
-use crate::event::{Event, Hub};
+use crate::event::{Event, Hub, TraceEvent};
 use crate::{lock, SharedCard};
 use card_api::{Card, Presence};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,8 @@ pub(crate) struct SlotInner {
     /// dead reader from an empty one.
     pub(crate) removed: AtomicBool,
     pub(crate) hub: Arc<Hub>,
+    /// The trace's folder, and the card it has been folding for (a new card starts afresh).
+    pub(crate) folder: Mutex<(Option<String>, apdu::trace::Folder)>,
 }
 
 impl SlotInner {
@@ -42,6 +44,7 @@ impl SlotInner {
             held: Mutex::new(None),
             removed: AtomicBool::new(false),
             hub,
+            folder: Mutex::new((None, apdu::trace::Folder::new())),
         }
     }
 
@@ -121,6 +124,8 @@ impl Card for SlotCard {
     /// Forwarded as one call (not the default power-off, power-on), so a card cannot be moved
     /// between the two halves.
     fn reset(&mut self) -> Vec<u8> {
+        // A reset ends whatever the trace was folding (ISO 7816-3: the card forgets it too).
+        lock(&self.inner.folder).1.reset();
         self.with_card(Vec::new(), |c| c.reset())
     }
 
@@ -146,6 +151,20 @@ impl Card for SlotCard {
             sw,
             micros,
         });
+        if self.inner.hub.tracing() {
+            let card = held.as_ref().map(|h| h.card_id.clone());
+            let mut f = lock(&self.inner.folder);
+            if f.0 != card {
+                *f = (card.clone(), apdu::trace::Folder::new());
+            }
+            for exchange in f.1.push(apdu, &response, micros) {
+                self.inner.hub.emit_trace(TraceEvent {
+                    slot: self.inner.id.clone(),
+                    card: card.clone(),
+                    exchange,
+                });
+            }
+        }
         drop(held);
         response
     }

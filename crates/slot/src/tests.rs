@@ -563,3 +563,34 @@ fn a_card_reports_its_pin_blocked_from_inside_transmit() {
         "{got:?}"
     );
 }
+
+/// The trace tap (issue #18): a subscriber gets each logical exchange with its slot and card,
+/// a VERIFY's PIN blanked before it leaves the slot; events never carry the bytes.
+#[test]
+fn the_trace_gets_folded_redacted_exchanges_and_events_no_bytes() {
+    let reg = Registry::new();
+    let mut a = reg.add_slot("A").unwrap();
+    reg.add_card("cac", fixed("3B 00", "90 00")).unwrap();
+    reg.insert("cac", "A").unwrap();
+    // Nobody listens: nothing is folded (the exchange before the subscription is not seen).
+    a.transmit(&hex("00 20 00 00 08 31 32 33 34 35 36 37 38"));
+    let trace = reg.subscribe_trace(16);
+    let events = reg.subscribe();
+    a.transmit(&hex("00 20 00 00 08 31 32 33 34 35 36 37 38"));
+    let t = trace.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!((t.slot.as_str(), t.card.as_deref()), ("A", Some("cac")));
+    assert_eq!(t.exchange.command_data, vec![0; 8]);
+    assert!(t.exchange.command_redacted);
+    assert!(t.exchange.line.starts_with("VERIFY"), "{}", t.exchange.line);
+    assert!(
+        trace.try_recv().is_err(),
+        "only the exchange after subscribing"
+    );
+    for e in drain(&events) {
+        assert!(!format!("{e:?}").contains("49, 50, 51"), "{e:?}");
+    }
+    // The subscriber gone, the slot stops folding (and emitting).
+    drop(trace);
+    a.transmit(&hex(SELECT_MF));
+    a.transmit(&hex(SELECT_MF));
+}

@@ -266,7 +266,11 @@ fn client(s: UnixStream, service: &Arc<Service>) {
         if text.trim().is_empty() {
             continue;
         }
-        let reply = handle(&text, service, &who);
+        let reply = match trace_request(&text) {
+            Some(Ok((id, reader))) => start_trace(service, &writer, reader, id.as_ref()),
+            Some(Err(e)) => e,
+            None => handle(&text, service, &who),
+        };
         if send(&writer, &reply).is_err() {
             break;
         }
@@ -275,6 +279,100 @@ fn client(s: UnixStream, service: &Arc<Service>) {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     tracing::info!(client = %who, "control: client left");
+}
+
+/// A `trace` request (it belongs to the connection, so the client loop serves it, not
+/// [`handle`]): its id and the reader asked for, or the error to answer; `None` for any other
+/// request.
+#[allow(clippy::type_complexity)]
+fn trace_request(text: &str) -> Option<Result<(Option<Value>, Option<String>), Value>> {
+    if depth(text) > MAX_DEPTH || !text.contains("\"trace\"") {
+        return None;
+    }
+    let req: Value = serde_json::from_str(text).ok()?;
+    if req.get("execute").and_then(Value::as_str) != Some("trace") {
+        return None;
+    }
+    let id = req.get("id").cloned();
+    let args = req.get("arguments").cloned().unwrap_or(json!({}));
+    let Some(args) = args.as_object() else {
+        return Some(Err(error(id.as_ref(), "arguments must be an object")));
+    };
+    if let Some(k) = args.keys().find(|k| k.as_str() != "reader") {
+        return Some(Err(error(
+            id.as_ref(),
+            &format!("trace takes no argument {k:?} (only \"reader\")"),
+        )));
+    }
+    match args.get("reader") {
+        None | Some(Value::Null) => Some(Ok((id, None))),
+        Some(Value::String(r)) => Some(Ok((id, Some(r.clone())))),
+        Some(_) => Some(Err(error(id.as_ref(), "reader must be a string"))),
+    }
+}
+
+/// Starts sending this client an `APDU` event for every logical exchange on the reader (all
+/// readers without one): folded and redacted by the slot ([`slot::TraceEvent`]).
+fn start_trace(
+    service: &Service,
+    writer: &Arc<Mutex<UnixStream>>,
+    reader: Option<String>,
+    id: Option<&Value>,
+) -> Value {
+    if let Some(r) = &reader {
+        if !service.readers().iter().any(|x| &x.id == r) {
+            return error(id, &format!("no reader {r:?}"));
+        }
+    }
+    let trace = service.registry().subscribe_trace(1024);
+    let w = writer.clone();
+    let started = std::thread::Builder::new()
+        .name("control-trace".into())
+        .spawn(move || {
+            for t in trace {
+                // A multi-slot reader's slots are READER/N.
+                let mine = reader.as_ref().is_none_or(|r| {
+                    t.slot == *r
+                        || t.slot
+                            .strip_prefix(r.as_str())
+                            .is_some_and(|s| s.starts_with('/'))
+                });
+                if mine && send(&w, &trace_json(&t)).is_err() {
+                    return;
+                }
+            }
+        });
+    let mut v = match started {
+        Ok(_) => json!({"return": {}}),
+        Err(e) => return error(id, &format!("cannot start the trace: {e}")),
+    };
+    if let Some(id) = id {
+        v["id"] = id.clone();
+    }
+    v
+}
+
+/// A trace event as a QMP event.
+pub fn trace_json(t: &slot::TraceEvent) -> Value {
+    let e = &t.exchange;
+    let hex = |b: &[u8]| apdu::hex::spaced(b).replace(' ', "");
+    json!({
+        "event": "APDU",
+        "data": {
+            "slot": t.slot,
+            "card": t.card,
+            "line": e.line,
+            "header": hex(&e.header),
+            "command": hex(&e.command_data),
+            "command-redacted": e.command_redacted,
+            "response": hex(&e.response_data),
+            "response-redacted": e.response_redacted,
+            "sw": format!("{:04X}", e.sw),
+            "pieces": e.pieces,
+            "micros": e.micros,
+        },
+        "timestamp": timestamp(),
+    })
 }
 
 fn error(id: Option<&Value>, desc: &str) -> Value {
@@ -360,6 +458,7 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("reader-remove", &["id"]),
+    ("trace", &["reader"]),
     ("config-reload", &[]),
     (
         "card-enroll",
@@ -531,6 +630,8 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
         "card-enroll" => crate::enroll::card_enroll(svc, args)?,
         "card-set-pin" => crate::enroll::card_set_pin(svc, args)?,
         "card-unblock" => crate::enroll::card_unblock(svc, args)?,
+        // Served by the connection's loop (`start_trace`): it streams to that client.
+        "trace" => return Err(anyhow!("trace streams on a connection of its own")),
         _ => return Err(anyhow!("{cmd} is listed but not implemented")),
     })
 }

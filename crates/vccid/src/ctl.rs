@@ -64,6 +64,25 @@ pub enum CtlCmd {
     },
     /// Stream events as JSON lines until interrupted.
     Events,
+    /// A live, decoded trace of what the card sees, secrets always blanked
+    ///
+    /// Like tcpdump for the card: every command/response exchange on READER (every reader
+    /// without it) from now on, until interrupted or --count exchanges, chaining and GET
+    /// RESPONSE folded into one. The line names the application, the instruction, what P1/P2
+    /// mean and the status word ("63C2 wrong PIN, 2 tries left"); the data follows as TLV
+    /// trees. PINs, PUKs, management-key witnesses, imported keys and decipher outputs are
+    /// blanked by the service before they reach the socket. Colours on a terminal (not with
+    /// NO_COLOR set); --json prints each APDU event as it came, for tools.
+    Trace {
+        /// The reader (default: every reader).
+        reader: Option<String>,
+        /// Stop after this many exchanges.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One line per exchange, without the data's TLV trees.
+        #[arg(long)]
+        brief: bool,
+    },
     /// Wait for an event (card-inserted, card-ejected, host-connected, host-disconnected,
     /// reader-added, reader-removed, pin-blocked) about SUBJECT (a card or slot), at most
     /// --timeout seconds; exit status 1 on timeout. Only events after it starts count: start it
@@ -411,8 +430,79 @@ fn name_of(file: &str, id: u32) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// One APDU event for a person: time, slot, the decoded line (coloured by its status word on
+/// a terminal), the card's time, and with `trees` the command and response data as TLV trees
+/// (a redacted side says so instead).
+fn trace_text(e: &Value, colour: bool, trees: bool) -> String {
+    let d = &e["data"];
+    let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+    let secs = e["timestamp"]["seconds"].as_u64().unwrap_or(0);
+    let micros = e["timestamp"]["microseconds"].as_u64().unwrap_or(0);
+    let t = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        micros / 1000
+    );
+    let sw = s("sw");
+    let paint = |code: &str, text: &str| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    let line = match sw.as_str() {
+        x if x.starts_with("90") || x.starts_with("61") => paint("32", &s("line")),
+        x if x.starts_with("63") => paint("33", &s("line")),
+        _ => paint("31", &s("line")),
+    };
+    let pieces = d["pieces"].as_u64().unwrap_or(1);
+    let folded = if pieces > 1 {
+        format!(", {pieces} pieces")
+    } else {
+        String::new()
+    };
+    let mut out = format!(
+        "{t} {}  {line}  ({} µs{folded})\n",
+        paint("36", &s("slot")),
+        d["micros"].as_u64().unwrap_or(0)
+    );
+    if trees {
+        for (side, redacted) in [
+            ("command", "command-redacted"),
+            ("response", "response-redacted"),
+        ] {
+            let bytes = apdu::hex::parse(&s(side)).unwrap_or_default();
+            if bytes.is_empty() {
+                continue;
+            }
+            if d[redacted].as_bool() == Some(true) {
+                out += &format!("    {side}: {} bytes, secret (blanked)\n", bytes.len());
+                continue;
+            }
+            // SELECT carries an AID, not TLV: the line already names it.
+            if side == "command" && s("header").get(2..4) == Some("A4") {
+                continue;
+            }
+            let tree = apdu::trace::tlv_tree(&bytes);
+            if !apdu::trace::is_whole(&tree) {
+                out += &format!("    {side}: {} bytes\n", bytes.len());
+                continue;
+            }
+            out += &format!("    {side}:\n");
+            for l in apdu::trace::render(&tree).lines().take(40) {
+                out += &format!("      {l}\n");
+            }
+        }
+    }
+    out
+}
+
 /// Runs `vccid ctl`.
 pub fn run(args: CtlArgs) -> Result<()> {
+    let args_json = args.json;
     let mut c = Connection::open(args.socket)?;
     let show = |v: &Value, human: &dyn Fn(&Value)| {
         if args.json {
@@ -531,6 +621,35 @@ pub fn run(args: CtlArgs) -> Result<()> {
                     }
                 }
             });
+        }
+        CtlCmd::Trace {
+            reader,
+            count,
+            brief,
+        } => {
+            let arguments = match &reader {
+                Some(r) => json!({ "reader": r }),
+                None => json!({}),
+            };
+            c.execute("trace", arguments)?;
+            let colour = !args_json
+                && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none();
+            let mut out = std::io::stdout().lock();
+            let mut seen = 0u64;
+            while count.is_none_or(|n| seen < n) {
+                let e = c.next_event(None)?;
+                if e["event"] != "APDU" {
+                    continue;
+                }
+                seen += 1;
+                if args_json {
+                    writeln!(out, "{e}")?;
+                } else {
+                    write!(out, "{}", trace_text(&e, colour, !brief))?;
+                }
+                out.flush()?;
+            }
         }
         CtlCmd::Events => {
             let mut out = std::io::stdout().lock();

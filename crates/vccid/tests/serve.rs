@@ -765,3 +765,95 @@ cards = ["alice"]
         serde_json::from_str(&ctl(&s.socket, &["--json", "reload"])).unwrap();
     assert_eq!(again["readers-kept"], serde_json::json!(["u0"]), "{again}");
 }
+
+/// `vccid ctl trace` (issue #18) against a live service while OpenSC signs: the signing
+/// sequence appears decoded (SELECT, VERIFY, the signature), VERIFY's PIN blanked in the text
+/// and in `--json`, and the PIN appears nowhere in either.
+#[test]
+fn ctl_trace_shows_opensc_signing_decoded_and_the_pin_blanked() {
+    const PIN: &str = "31415926";
+    let config = r#"
+[service]
+state_dir = "{state}"
+control = "{socket}"
+
+[[card]]
+id = "alice"
+keys = "files"
+pin = "31415926"
+properties = { cert1 = "{ids}/cert1.crt.pem", key1 = "{ids}/cert1.key.pem" }
+
+[[reader]]
+id = "r0"
+transport = "vpcd"
+address = "127.0.0.1:35963"
+cards = ["alice"]
+"#;
+    let s = serve(config);
+    s.pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
+    let start = |json: bool| {
+        let mut c = Command::new(VCCID);
+        c.args(["ctl", "--socket"]).arg(&s.socket);
+        if json {
+            c.arg("--json");
+        }
+        c.args(["trace", "r0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vccid ctl trace starts")
+    };
+    let mut text_trace = start(false);
+    let mut json_trace = start(true);
+    // Both have subscribed once the service logs their trace threads' first client... simply
+    // give them the time to send their request.
+    std::thread::sleep(Duration::from_millis(500));
+    s.pcscd
+        .sign_and_verify("0001", PIN, &s.ids.join("cert1.crt.pem"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let read = |c: &mut std::process::Child| {
+        testkit::terminate(c, Duration::from_secs(5), "vccid ctl trace").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(c.stdout.as_mut().unwrap(), &mut out).unwrap();
+        out
+    };
+    let text_out = read(&mut text_trace);
+    let json_out = read(&mut json_trace);
+    println!("{text_out}");
+    for want in [
+        "SELECT",
+        "VERIFY PIN [8 bytes redacted] → 9000",
+        "command: 8 bytes, secret (blanked)",
+    ] {
+        assert!(text_out.contains(want), "no {want:?} in:\n{text_out}");
+    }
+    // The signature: CAC's SIGN/DECRYPT (INS 42), its output blanked like a decipher's.
+    let sign_line = text_out
+        .lines()
+        .find(|l| l.contains("→ 9000") && (l.contains("SIGN") || l.contains("INS 42")))
+        .unwrap_or_else(|| panic!("no signature exchange in:\n{text_out}"));
+    println!("signature: {sign_line}");
+    let mut verify_seen = false;
+    for l in json_out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert_eq!(v["event"], "APDU", "{l}");
+        if v["data"]["line"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("VERIFY PIN [")
+        {
+            verify_seen = true;
+            assert_eq!(v["data"]["command-redacted"], true, "{l}");
+            assert_eq!(v["data"]["command"], "0000000000000000", "{l}");
+        }
+    }
+    assert!(verify_seen, "no VERIFY in the JSON trace:\n{json_out}");
+    let pin_hex: String = PIN.bytes().map(|b| format!("{b:02X}")).collect();
+    for out in [&text_out, &json_out] {
+        assert!(
+            !out.contains(PIN) && !out.contains(&pin_hex) && !out.contains(&pin_hex.to_lowercase())
+        );
+    }
+}
