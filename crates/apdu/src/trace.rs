@@ -325,6 +325,35 @@ fn read_level(mut data: &[u8], depth: usize, budget: &mut usize) -> Vec<Node> {
     out
 }
 
+/// The data of one side of an exchange for a person, indented: a TLV tree when the whole
+/// field reads as TLV, else its length; "secret (blanked)" for a redacted side; nothing for an
+/// empty one, or for a SELECT's AID (the line names it).
+pub fn render_side(side: &str, header: [u8; 4], data: &[u8], redacted: bool) -> String {
+    if data.is_empty() || (side == "command" && header[1] == 0xA4) {
+        return String::new();
+    }
+    if redacted {
+        return format!("    {side}: {} bytes, secret (blanked)\n", data.len());
+    }
+    let tree = tlv_tree(data);
+    if !is_whole(&tree) {
+        return format!("    {side}: {} bytes\n", data.len());
+    }
+    let mut out = format!("    {side}:\n");
+    for l in render(&tree).lines().take(40) {
+        let _ = writeln!(out, "      {l}");
+    }
+    out
+}
+
+/// An exchange for a person: its line, then both sides' data ([`render_side`]).
+pub fn render_exchange(e: &Exchange) -> String {
+    let mut out = format!("{}\n", e.line);
+    out += &render_side("command", e.header, &e.command_data, e.command_redacted);
+    out += &render_side("response", e.header, &e.response_data, e.response_redacted);
+    out
+}
+
 /// Whether every byte of the tree was read as TLV (no [`Node::Bytes`] at any level): data that
 /// only starts like TLV (CAC's SimpleTLV buffers, a signature) is better shown as a length.
 pub fn is_whole(nodes: &[Node]) -> bool {

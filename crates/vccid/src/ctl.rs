@@ -470,31 +470,20 @@ fn trace_text(e: &Value, colour: bool, trees: bool) -> String {
         d["micros"].as_u64().unwrap_or(0)
     );
     if trees {
+        let header = apdu::hex::parse(&s("header"))
+            .and_then(|h| <[u8; 4]>::try_from(h).ok())
+            .unwrap_or_default();
         for (side, redacted) in [
             ("command", "command-redacted"),
             ("response", "response-redacted"),
         ] {
             let bytes = apdu::hex::parse(&s(side)).unwrap_or_default();
-            if bytes.is_empty() {
-                continue;
-            }
-            if d[redacted].as_bool() == Some(true) {
-                out += &format!("    {side}: {} bytes, secret (blanked)\n", bytes.len());
-                continue;
-            }
-            // SELECT carries an AID, not TLV: the line already names it.
-            if side == "command" && s("header").get(2..4) == Some("A4") {
-                continue;
-            }
-            let tree = apdu::trace::tlv_tree(&bytes);
-            if !apdu::trace::is_whole(&tree) {
-                out += &format!("    {side}: {} bytes\n", bytes.len());
-                continue;
-            }
-            out += &format!("    {side}:\n");
-            for l in apdu::trace::render(&tree).lines().take(40) {
-                out += &format!("      {l}\n");
-            }
+            out += &apdu::trace::render_side(
+                side,
+                header,
+                &bytes,
+                d[redacted].as_bool() == Some(true),
+            );
         }
     }
     out
