@@ -45,6 +45,11 @@ impl DualCard {
         &mut self.piv
     }
 
+    /// The CAC application (its status).
+    pub fn cac(&self) -> &CacCard {
+        &self.cac
+    }
+
     /// The CAC application, for the service's administration (PIN).
     pub fn cac_mut(&mut self) -> &mut CacCard {
         &mut self.cac

@@ -146,6 +146,11 @@ pub enum Cmd {
         /// Check the configuration and exit.
         #[arg(long)]
         check: bool,
+        /// Serve the web console at ADDR (loopback IP:PORT, port 0 for a free one), as
+        /// `console` in [service]; its URL, with the token every request needs, is printed
+        /// (and `vccid ctl console-url` tells it).
+        #[arg(long, value_name = "ADDR")]
+        console: Option<String>,
         /// More log output (-v debug, -vv trace); RUST_LOG overrides.
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,

@@ -78,6 +78,8 @@ pub struct ServiceConfig {
     /// Allow plaintext listeners on non-loopback addresses (each connection logs a warning).
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// The web console's address (loopback IP:PORT; port 0 for any free one); none: no console.
+    pub console: Option<String>,
 }
 
 /// `[[card]]`: one card. `Debug` leaves the PIN and PUK out.

@@ -425,6 +425,7 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ("query-commands", &[]),
     ("query-readers", &[]),
     ("query-cards", &[]),
+    ("query-console", &[]),
     (
         "card-add",
         &[
@@ -500,6 +501,14 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
     }
     Ok(match cmd {
         "qmp_capabilities" => json!({}),
+        "query-console" => match svc.console_url() {
+            Some(url) => json!({ "url": url }),
+            None => {
+                return Err(anyhow!(
+                    "no console: give serve --console 127.0.0.1:PORT, or console in [service]"
+                ))
+            }
+        },
         "query-version" => {
             json!({"vccid": env!("CARGO_PKG_VERSION"), "commit": env!("VCCID_COMMIT")})
         }

@@ -28,6 +28,8 @@ pub struct CtlArgs {
 pub enum CtlCmd {
     /// The service's version.
     Version,
+    /// The web console's URL, with the token every request needs (open it in a browser).
+    ConsoleUrl,
     /// The readers, their slots and the cards in them.
     #[command(alias = "query-readers")]
     Readers,
@@ -509,6 +511,9 @@ pub fn run(args: CtlArgs) -> Result<()> {
             )
         }),
         CtlCmd::Readers => show(&c.execute("query-readers", json!({}))?, &print_readers),
+        CtlCmd::ConsoleUrl => show(&c.execute("query-console", json!({}))?, &|v| {
+            println!("{}", v["url"].as_str().unwrap_or("?"))
+        }),
         CtlCmd::LibvirtXml { name } => {
             let xml = libvirt_xml(&mut c, &name)?;
             if args.json {

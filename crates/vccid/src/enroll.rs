@@ -109,6 +109,33 @@ impl Cards {
         Ok(typed)
     }
 
+    /// What a status page shows of emulated card `id`: PIN tries left and its certificates
+    /// (label, subject, notAfter); `None` for a card of another kind.
+    pub fn details(&self, registry: &slot::Registry, id: &str) -> Option<Details> {
+        let (card, _, _) = self.get(registry, id).ok()?;
+        let guard = lock(&card);
+        let (tries, certs) = match guard.inner() {
+            EmulatedCard::Cac(c) => (c.pin_tries_left(), c.certificates()),
+            EmulatedCard::Piv(p) => (p.pin_tries_left(), p.certificates()),
+            EmulatedCard::Dual(d) => {
+                let mut certs = d.cac().certificates();
+                certs.extend(d.piv().certificates());
+                (d.cac().pin_tries_left(), certs)
+            }
+        };
+        Some(Details {
+            pin_tries_left: Some(tries),
+            certificates: certs
+                .into_iter()
+                .map(|(label, der)| CertInfo {
+                    label,
+                    subject: card::keystore::certificate_subject(&der),
+                    not_after: crate::expiry::not_after(&der),
+                })
+                .collect(),
+        })
+    }
+
     /// Card `id`, its specification and data directory.
     fn get(
         &self,
@@ -127,6 +154,26 @@ impl Cards {
             })?;
         Ok((e.0, e.1.spec.clone(), e.1.data_dir.clone()))
     }
+}
+
+/// A card's status ([`Cards::details`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Details {
+    /// Wrong PINs left before it blocks.
+    pub pin_tries_left: Option<u8>,
+    /// Its certificates.
+    pub certificates: Vec<CertInfo>,
+}
+
+/// A certificate on a card, for a status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertInfo {
+    /// The identity's label, or the PIV slot ("9A").
+    pub label: String,
+    /// The subject, RFC 4514.
+    pub subject: Option<String>,
+    /// notAfter, RFC 3339 UTC.
+    pub not_after: Option<String>,
 }
 
 /// The PIV application of a card.

@@ -19,6 +19,16 @@ pub enum Expiry {
     Expired { date: String },
 }
 
+/// The certificate's notAfter (RFC 5280 §4.1.2.5), RFC 3339 UTC; `None` when the bytes are no
+/// X.509 certificate.
+pub fn not_after(cert_der: &[u8]) -> Option<String> {
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let t = cert.tbs_certificate().validity().not_after.to_system_time();
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 /// Reads the certificate's notAfter (RFC 5280 §4.1.2.5); `None` when the bytes are no X.509
 /// certificate.
 pub fn expiry(cert_der: &[u8], now: SystemTime) -> Option<Expiry> {

@@ -6,6 +6,7 @@ pub mod card_port;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod emul_args;

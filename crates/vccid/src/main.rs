@@ -113,7 +113,7 @@ fn default_config() -> PathBuf {
 }
 
 /// `vccid serve`.
-fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
+fn serve(config: Option<PathBuf>, check: bool, console: Option<String>) -> Result<()> {
     let path = config.or_else(|| Some(default_config()).filter(|p| p.exists()));
     let (cfg, from) = match &path {
         Some(p) => (vccid::config::Config::load(p)?, p.display().to_string()),
@@ -159,6 +159,12 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
         cfg.service.control_group.as_deref(),
         svc.clone(),
     )?;
+    if let Some(addr) = console.or_else(|| cfg.service.console.clone()) {
+        let c = vccid::console::start(&addr, svc.clone())?;
+        // Before the ready line: scripts that wait for it find the URL printed.
+        println!("vccid: console: {}", c.url);
+        svc.set_console_url(c.url);
+    }
     // What runs, run-time cards of an earlier start included.
     let status = format!(
         "serving {} card(s) in {} reader(s); control socket {}",
@@ -186,7 +192,12 @@ fn serve(config: Option<PathBuf>, check: bool) -> Result<()> {
 
 fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(Cmd::Serve { config, check, .. }) => return serve(config, check),
+        Some(Cmd::Serve {
+            config,
+            check,
+            console,
+            ..
+        }) => return serve(config, check, console),
         Some(Cmd::Ctl(a)) => return vccid::ctl::run(a),
         Some(Cmd::Tls(cmd)) => return tls_init(cmd),
         Some(Cmd::Init { dir }) => {

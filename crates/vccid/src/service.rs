@@ -147,6 +147,8 @@ pub struct Service {
     pcscd: Mutex<Option<hostcard::pcscd::Keeper>>,
     /// The emulated cards as themselves, for enrollment and PINs (`enroll.rs`).
     enrollment: crate::enroll::Cards,
+    /// The web console's URL (token included), when it runs.
+    console_url: Mutex<Option<String>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,6 +189,7 @@ impl Service {
             readers: Mutex::default(),
             pcscd: Mutex::default(),
             enrollment: crate::enroll::Cards::default(),
+            console_url: Mutex::default(),
         });
         for c in &cfg.cards {
             svc.make_card(c.clone(), false)
@@ -209,6 +212,16 @@ impl Service {
         }
         svc.load_runtime();
         Ok(svc)
+    }
+
+    /// The web console's URL, token included, when it runs.
+    pub fn console_url(&self) -> Option<String> {
+        lock(&self.console_url).clone()
+    }
+
+    /// Records the web console's URL.
+    pub fn set_console_url(&self, url: String) {
+        *lock(&self.console_url) = Some(url);
     }
 
     /// The registry of slots and cards.

@@ -204,6 +204,20 @@ impl CacCard {
         self.logged_in
     }
 
+    /// Wrong PINs left before the PIN blocks (for status pages).
+    pub fn pin_tries_left(&self) -> u8 {
+        self.pin.tries_left()
+    }
+
+    /// The certificates of its identities, with their labels (DER).
+    pub fn certificates(&self) -> Vec<(String, Vec<u8>)> {
+        self.keys
+            .identities()
+            .iter()
+            .map(|i| (i.label.clone(), i.cert_der.clone()))
+            .collect()
+    }
+
     fn process(&mut self, bytes: &[u8]) -> Vec<u8> {
         let cmd = match Command::parse(bytes) {
             Ok(c) => c,

@@ -262,6 +262,26 @@ impl PivCard {
         Ok(card)
     }
 
+    /// Wrong PINs left before the PIN blocks (for status pages).
+    pub fn pin_tries_left(&self) -> u8 {
+        self.pin.tries_left()
+    }
+
+    /// The certificates in its key slots' objects now (enrolled ones included), as
+    /// ("9A", DER) pairs in slot order.
+    pub fn certificates(&self) -> Vec<(String, Vec<u8>)> {
+        crypto::SLOTS
+            .iter()
+            .map(|(r, _)| *r)
+            .chain(crypto::RETIRED)
+            .filter_map(|r| {
+                let tag = objects::cert_object(r)?;
+                let der = objects::cert_in_object(self.objects.get(&tag)?)?;
+                Some((format!("{r:02X}"), der.to_vec()))
+            })
+            .collect()
+    }
+
     /// The serial number GET SERIAL answers (from the first certificate).
     pub fn serial(&self) -> u32 {
         self.serial

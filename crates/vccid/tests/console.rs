@@ -1,0 +1,317 @@
+//! The web console of `vccid serve` (issue #18) over HTTP, with curl inside the service's
+//! private namespaces (where the console listens): the token, the Host and Origin checks and
+//! the Content-Security-Policy; the state; the live trace as server-sent events while OpenSC
+//! signs (VERIFY blanked, the PIN nowhere); eject and insert seen by pcscd; the pcap download
+//! read by tshark. The browser itself is driven in console_browser.rs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use testkit::{text, CommandExt, PrivatePcscd};
+
+const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+const PIN: &str = "31415926";
+
+struct Console {
+    pcscd: PrivatePcscd,
+    url: String,
+    /// http://127.0.0.1:PORT
+    origin: String,
+    token: String,
+    ids: PathBuf,
+}
+
+/// `vccid serve --console 127.0.0.1:0` with one card in a vpcd reader and a second reader,
+/// inside a private pcscd's namespaces.
+fn start() -> Console {
+    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
+    let dir = pcscd.dir.path().to_path_buf();
+    let ids = dir.join("ids");
+    std::fs::create_dir(&ids).unwrap();
+    testkit::openssl_identities(&ids).unwrap();
+    let config = format!(
+        r#"
+[service]
+state_dir = "{state}"
+control = "{dir}/control.sock"
+
+[[card]]
+id = "alice"
+keys = "files"
+pin = "{PIN}"
+properties = {{ cert1 = "{ids}/cert1.crt.pem", key1 = "{ids}/cert1.key.pem" }}
+
+[[reader]]
+id = "r0"
+transport = "vpcd"
+address = "127.0.0.1:35963"
+cards = ["alice"]
+"#,
+        state = dir.join("state").display(),
+        dir = dir.display(),
+        ids = ids.display(),
+    );
+    let file = dir.join("vccid.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = pcscd.command(VCCID);
+    cmd.args(["serve", "--console", "127.0.0.1:0", "--config"])
+        .arg(&file);
+    pcscd.spawn("vccid", cmd).unwrap();
+    let mut url = String::new();
+    testkit::wait_for("the console's URL", Duration::from_secs(30), || {
+        url = pcscd
+            .child_log("vccid")
+            .lines()
+            .find_map(|l| l.strip_prefix("vccid: console: "))
+            .unwrap_or("")
+            .to_string();
+        !url.is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pcscd.child_log("vccid")));
+    let (origin, token) = url.split_once("/?token=").expect("URL with a token");
+    pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
+    Console {
+        origin: origin.to_string(),
+        token: token.to_string(),
+        url,
+        pcscd,
+        ids,
+    }
+}
+
+impl Console {
+    /// curl inside the namespaces: status code, headers and body.
+    fn curl(&self, args: &[&str]) -> (u16, String, String) {
+        let out = self
+            .pcscd
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+                "-o",
+                "/dev/stdout",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(args)
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let (rest, code) = t.trim_end().rsplit_once('\n').unwrap_or(("", "0"));
+        let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        (
+            code.trim().parse().unwrap_or(0),
+            headers.to_lowercase(),
+            body.to_string(),
+        )
+    }
+
+    fn with_token(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{}{path}{sep}token={}", self.origin, self.token)
+    }
+
+    fn post(&self, path: &str, body: &str, origin: &str) -> (u16, String, String) {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let origin = format!("Origin: {origin}");
+        self.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            &origin,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("{}{path}", self.origin),
+        ])
+    }
+
+    /// An event stream read for `seconds`, in the background.
+    fn events(&self, seconds: u32) -> Child {
+        self.pcscd
+            .command("curl")
+            .args(["-sS", "-N", "--max-time", &seconds.to_string()])
+            .arg(self.with_token("/api/events"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[test]
+fn the_console_needs_its_token_its_host_and_its_origin() {
+    let c = start();
+    // No token, a wrong one: 403, with the security headers anyway.
+    let (code, headers, _) = c.curl(&[&format!("{}/", c.origin)]);
+    assert_eq!(code, 403);
+    assert!(
+        headers.contains("content-security-policy: default-src 'none'"),
+        "{headers}"
+    );
+    let (code, _, _) = c.curl(&[&format!("{}/?token=00{}", c.origin, &c.token[2..])]);
+    assert_eq!(code, 403, "a wrong token");
+    // The URL serve printed: the page, its script and style, with the strict policy.
+    let (code, headers, body) = c.curl(&[&c.url]);
+    assert_eq!(code, 200, "{body}");
+    assert!(headers.contains(&format!(
+        "content-security-policy: {}",
+        vccid::console::CSP.to_lowercase()
+    )));
+    assert!(
+        headers.contains("referrer-policy: no-referrer"),
+        "{headers}"
+    );
+    assert!(body.contains("app.js"), "{body}");
+    // The script and style hold no data: no token needed; the Host check still applies.
+    for asset in ["/app.js", "/app.css"] {
+        let (code, _, _) = c.curl(&[&format!("{}{asset}", c.origin)]);
+        assert_eq!(code, 200, "{asset}");
+        let (code, _, _) = c.curl(&["-H", "Host: evil.example", &format!("{}{asset}", c.origin)]);
+        assert_eq!(code, 403, "{asset} for another host");
+    }
+    // DNS rebinding: the right token, another Host.
+    let (code, _, body) = c.curl(&["-H", "Host: evil.example:80", &c.with_token("/api/state")]);
+    assert_eq!(code, 403, "{body}");
+    // Cross-site: a POST from another origin, and one with no Origin at all.
+    let (code, _, _) = c.post("/api/eject", r#"{"what": "r0"}"#, "http://evil.example");
+    assert_eq!(code, 403);
+    let (code, _, _) = c.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {}", c.token),
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"what": "r0"}"#,
+        &format!("{}/api/eject", c.origin),
+    ]);
+    assert_eq!(code, 403, "a POST without Origin");
+    // Nothing was ejected by any of them.
+    c.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
+    // The state: the reader, the card with its certificate and PIN tries.
+    let (code, _, body) = c.curl(&[&c.with_token("/api/state")]);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["readers"][0]["id"], "r0", "{v}");
+    assert_eq!(v["readers"][0]["slots"][0]["card"], "alice", "{v}");
+    assert_eq!(v["cards"][0]["pin_tries_left"], 3, "{v}");
+    assert!(
+        v["cards"][0]["certificates"][0]["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("CN=")),
+        "{v}"
+    );
+    // The URL from the control socket is the same.
+    let out = Command::new(VCCID)
+        .args(["ctl", "--socket"])
+        .arg(c.pcscd.dir.path().join("control.sock"))
+        .arg("console-url")
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        c.url,
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
+    let c = start();
+    let mut stream = c.events(12);
+    std::thread::sleep(Duration::from_secs(1));
+    c.pcscd
+        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+        .unwrap();
+    // Eject and insert, as the page's buttons do.
+    let (code, _, body) = c.post("/api/eject", r#"{"what": "r0"}"#, &c.origin);
+    assert_eq!(code, 200, "{body}");
+    c.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let (code, _, body) = c.post(
+        "/api/insert",
+        r#"{"card": "alice", "reader": "r0"}"#,
+        &c.origin,
+    );
+    assert_eq!(code, 200, "{body}");
+    c.pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
+    // An ephemeral card, and a refusal the page shows.
+    let (code, _, body) = c.post(
+        "/api/cards",
+        r#"{"id": "eph1", "profile": "piv"}"#,
+        &c.origin,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = c.post(
+        "/api/insert",
+        r#"{"card": "eph1", "reader": "nope"}"#,
+        &c.origin,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("nope"), "{body}");
+    // The pcap of what was traced while the page watched.
+    let pcap = c.pcscd.dir.path().join("trace.pcap");
+    let out = c
+        .pcscd
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "-o"])
+        .arg(&pcap)
+        .arg(c.with_token("/api/pcap?reader=r0"))
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut stream_out = String::new();
+    let _ = testkit::wait_child(&mut stream, Duration::from_secs(20), "curl -N");
+    std::io::Read::read_to_string(stream.stdout.as_mut().unwrap(), &mut stream_out).unwrap();
+    assert!(stream_out.contains("event: state"), "{stream_out}");
+    assert!(stream_out.contains("event: apdu"), "{stream_out}");
+    assert!(
+        stream_out.contains("VERIFY PIN [8 bytes redacted] → 9000"),
+        "{stream_out}"
+    );
+    assert!(stream_out.contains("SIGN/DECRYPT"), "{stream_out}");
+    assert!(
+        stream_out.contains("\"card\":null"),
+        "the ejection in a state event"
+    );
+    let pin_hex: String = PIN.bytes().map(|b| format!("{b:02X}")).collect();
+    assert!(!stream_out.contains(PIN) && !stream_out.contains(&pin_hex));
+    // tshark reads the capture as CCID with the APDUs inside.
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(&pcap)
+        .args([
+            "-Y",
+            "usbccid",
+            "-T",
+            "fields",
+            "-e",
+            "usbccid.bMessageType",
+        ])
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    let types = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        types.lines().filter(|l| l.trim() == "0x6f").count() >= 5,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        types.lines().filter(|l| l.trim() == "0x80").count() >= 5,
+        "{}",
+        text(&out)
+    );
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(
+        !bytes.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
+        "the PIN in the pcap"
+    );
+}
