@@ -229,6 +229,12 @@ impl PrivatePcscd {
         Ok(me)
     }
 
+    /// The network namespace of this instance (`/proc/PID/ns/net` of the namespace holder), for
+    /// `setns(2)` or `nsenter --net=`.
+    pub fn netns_path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
+    }
+
     /// pcscd's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pcscd.log")).unwrap_or_default()

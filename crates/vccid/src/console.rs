@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,14 +68,13 @@ struct Shared {
     watchers: Arc<Watchers>,
 }
 
-/// The open event streams, and what the console keeps while there is one: the hosts the
-/// transports reported, and the newest exchanges (for the pcap).
+/// The open event streams, and what the console keeps while there is one: the newest exchanges
+/// (for the pcap).
 #[derive(Default)]
 struct Watchers {
     count: AtomicUsize,
     /// Senders of the open streams.
     streams: Mutex<Vec<tokio::sync::mpsc::Sender<SseEvent>>>,
-    hosts: Mutex<BTreeMap<String, String>>,
     ring: Mutex<VecDeque<(String, apdu::trace::Exchange, SystemTime)>>,
 }
 
@@ -253,7 +252,6 @@ async fn app_css() -> Response {
 
 /// Readers (with the host of each slot), cards, version.
 fn state_json(s: &Shared) -> Value {
-    let hosts = lock(&s.watchers.hosts).clone();
     let readers: Vec<Value> = s
         .service
         .readers()
@@ -262,7 +260,7 @@ fn state_json(s: &Shared) -> Value {
             let slots: Vec<Value> = r
                 .slots
                 .iter()
-                .map(|sl| json!({"id": sl.id, "card": sl.card, "host": hosts.get(&sl.id)}))
+                .map(|sl| json!({"id": sl.id, "card": sl.card, "host": sl.host}))
                 .collect();
             json!({"id": r.id, "transport": r.transport, "address": r.address, "slots": slots})
         })
@@ -366,16 +364,8 @@ fn feed(s: &Arc<Shared>) {
                 if !w.watched() {
                     return;
                 }
-                use slot::Event as E;
-                match &e {
-                    E::ApduDone { .. } => continue,
-                    E::HostConnected { slot, peer } => {
-                        lock(&w.hosts).insert(slot.clone(), peer.clone());
-                    }
-                    E::HostDisconnected { slot, .. } => {
-                        lock(&w.hosts).remove(slot);
-                    }
-                    _ => {}
+                if matches!(e, slot::Event::ApduDone { .. }) {
+                    continue;
                 }
                 let data = state_json(&shared).to_string();
                 w.broadcast(&SseEvent::default().event("state").data(data));

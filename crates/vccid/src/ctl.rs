@@ -316,8 +316,12 @@ fn print_readers(v: &Value) {
             r["address"].as_str().unwrap_or("?")
         );
         for s in r["slots"].as_array().into_iter().flatten() {
+            let host = s["host"]
+                .as_str()
+                .map(|h| format!("  (host: {h})"))
+                .unwrap_or_default();
             println!(
-                "  {}: {}",
+                "  {}: {}{host}",
                 s["id"].as_str().unwrap_or("?"),
                 s["card"].as_str().unwrap_or("(empty)")
             );

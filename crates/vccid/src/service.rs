@@ -83,6 +83,9 @@ pub struct SlotInfo {
     pub id: String,
     /// The card in it.
     pub card: Option<String>,
+    /// The host connected to it (a USB reader's QEMU or USB/IP importer), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A card the service holds, and how it was made.
@@ -149,6 +152,8 @@ pub struct Service {
     enrollment: crate::enroll::Cards,
     /// The web console's URL (token included), when it runs.
     console_url: Mutex<Option<String>>,
+    /// The host connected to each slot of a USB reader now (QEMU, a USB/IP importer).
+    hosts: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +195,7 @@ impl Service {
             pcscd: Mutex::default(),
             enrollment: crate::enroll::Cards::default(),
             console_url: Mutex::default(),
+            hosts: Arc::default(),
         });
         for c in &cfg.cards {
             svc.make_card(c.clone(), false)
@@ -544,6 +550,7 @@ impl Service {
                     .map(|s| SlotInfo {
                         id: s.clone(),
                         card: self.registry.card_in(s).ok().flatten(),
+                        host: lock(&self.hosts).get(s).cloned(),
                     })
                     .collect(),
             })
@@ -568,11 +575,14 @@ impl Service {
     /// registry events (HOST_CONNECTED, HOST_DISCONNECTED on the control socket).
     fn host_hook(&self, slots: Vec<Vec<String>>) -> crate::usb::HostHook {
         let registry = self.registry.clone();
+        let hosts = self.hosts.clone();
         Arc::new(move |i, peer, arrived| {
             for s in slots.get(i).into_iter().flatten() {
                 let _ = if arrived {
+                    lock(&hosts).insert(s.clone(), peer.to_string());
                     registry.host_connected(s, peer)
                 } else {
+                    lock(&hosts).remove(s);
                     registry.host_disconnected(s, peer)
                 };
             }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use testkit::{text, CommandExt, PrivatePcscd};
 
@@ -314,4 +315,301 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
         !bytes.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
         "the PIN in the pcap"
     );
+}
+
+// --- The real browser: Debian's headless Chromium through chromedriver (WebDriver) ---------
+
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::{Client, ClientBuilder, Locator};
+use std::path::Path;
+
+/// chromedriver inside the service's network namespace (so Chromium is there too), in a
+/// process group of its own (killing the group takes Chromium with it).
+struct Chromedriver {
+    child: Child,
+    port: u16,
+}
+
+impl Chromedriver {
+    /// Called from a thread already in `netns`: the port is picked and probed there.
+    fn start(netns: &Path, dir: &Path) -> Chromedriver {
+        use std::os::unix::process::CommandExt as _;
+        let port = testkit::free_port().unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["--", "chromedriver"])
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--log-path={}",
+                dir.join("chromedriver.log").display()
+            ))
+            .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+            .env("XDG_CACHE_HOME", dir.join("xdg-cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver starts (apt-get install chromium-driver)");
+        let d = Chromedriver { child, port };
+        testkit::wait_for("chromedriver", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap();
+        d
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let pgid = -(self.child.id() as i32);
+        // SAFETY: kill(2) on our own child's process group; no memory is touched.
+        unsafe { libc::kill(pgid, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver's browser log (`POST /session/{id}/se/log`), drained by each call.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(serde_json::json!({"type": "browser"}).to_string()),
+        )
+    }
+}
+
+/// The browser log's (level, message) pairs since the last call.
+async fn browser_log(client: &Client) -> Vec<(String, String)> {
+    let v = client.issue_cmd(BrowserLog).await.expect("the browser log");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["level"].as_str().unwrap_or("").to_string(),
+                e["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn capabilities(profile: &Path) -> Capabilities {
+    let caps = serde_json::json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                // A name that resolves to the console: a DNS-rebinding page's Host.
+                "--host-resolver-rules=MAP rebind.test 127.0.0.1",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+        "goog:loggingPrefs": {"browser": "ALL"},
+    });
+    match caps {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a JSON object"),
+    }
+}
+
+/// The HTTP status of the page the browser shows.
+async fn page_status(client: &Client) -> u64 {
+    client
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].responseStatus;",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn wait_for(client: &Client, xpath: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::XPath(xpath))
+        .await
+        .unwrap_or_else(|e| panic!("no {xpath}: {e}"))
+}
+
+#[test]
+fn a_real_browser_watches_the_trace_ejects_and_inserts() {
+    let c = Arc::new(start());
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshot.png");
+    let c2 = c.clone();
+    let netns = c.pcscd.netns_path();
+    // The WebDriver client on a thread of its own that moves into the service's network
+    // namespace (setns moves only the calling thread), with a runtime on that thread.
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns).unwrap();
+        // SAFETY: setns(2) with a namespace file descriptor we own; it moves only this thread.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(browse(&c2, &netns, &shot));
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    println!(
+        "screenshot: {}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/console-screenshot.png")
+            .display()
+    );
+}
+
+async fn browse(c: &Console, netns: &Path, shot: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Chromedriver::start(netns, dir.path());
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities(&dir.path().join("profile")))
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session");
+    // 1. Without the token: refused.
+    client.goto(&format!("{}/", c.origin)).await.unwrap();
+    assert_eq!(page_status(&client).await, 403);
+    // 2. A DNS-rebinding name for the console, with the right token: refused by Host.
+    let port = c.origin.rsplit(':').next().unwrap();
+    client
+        .goto(&format!("http://rebind.test:{port}/?token={}", c.token))
+        .await
+        .unwrap();
+    assert_eq!(page_status(&client).await, 403, "a wrong Host");
+    let refused = browser_log(&client).await;
+    assert!(
+        refused
+            .iter()
+            .filter(|(l, _)| l == "SEVERE")
+            .all(|(_, m)| m.contains("status of 403")),
+        "only the refusals: {refused:?}"
+    );
+    // 3. The console: readers and cards appear, the stream is live.
+    client.goto(&c.url).await.unwrap();
+    assert_eq!(page_status(&client).await, 200);
+    wait_for(
+        &client,
+        "//tr[contains(@class,'slot-row') and @data-slot='r0']",
+    )
+    .await;
+    wait_for(&client, "//tr[@data-card='alice']").await;
+    wait_for(&client, "//*[@id='conn' and @data-state='live']").await;
+    // 4. OpenSC signs on the host: the trace shows SELECT, VERIFY (redacted) and the signature.
+    c.pcscd
+        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+        .unwrap();
+    wait_for(
+        &client,
+        "//details[contains(@class,'apdu-row')][contains(.,'SELECT')]",
+    )
+    .await;
+    wait_for(
+        &client,
+        "//details[contains(@class,'apdu-row')][contains(.,'VERIFY PIN [8 bytes redacted]')]",
+    )
+    .await;
+    let sign = wait_for(
+        &client,
+        "//details[contains(@class,'apdu-row')][contains(.,'SIGN/DECRYPT') and contains(.,'(256 bytes)')]",
+    )
+    .await;
+    sign.click().await.unwrap();
+    let page = client.source().await.unwrap();
+    assert!(!page.contains(PIN), "the PIN on the page");
+    // 5. Eject: pcscd sees the card go; insert: it comes back.
+    client
+        .find(Locator::Css("button.eject[data-slot='r0']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.pcscd.wait_no_card(0, Duration::from_secs(15)).unwrap();
+    wait_for(
+        &client,
+        "//select[contains(@class,'insert-card') and @data-slot='r0']/option[@value='alice']",
+    )
+    .await;
+    client
+        .find(Locator::Css("select.insert-card[data-slot='r0']"))
+        .await
+        .unwrap()
+        .select_by_value("alice")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("button.insert[data-slot='r0']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.pcscd.wait_card(0, Duration::from_secs(15)).unwrap();
+    wait_for(
+        &client,
+        "//tr[contains(@class,'slot-row') and @data-slot='r0'][contains(.,'alice')]",
+    )
+    .await;
+    // 6. A cross-origin page posting to the console (an attacker's page the user opens): refused,
+    //    the card stays in.
+    let attack = format!(
+        "data:text/html,<script>fetch('{}/api/eject',{{method:'POST',headers:{{'Content-Type':'application/json','Authorization':'Bearer {}'}},body:JSON.stringify({{what:'r0'}})}}).then(r=>document.title='status '+r.status).catch(e=>document.title='blocked')</script>",
+        c.origin, c.token
+    );
+    client.goto(&attack).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut title = String::new();
+    while std::time::Instant::now() < deadline {
+        title = client.title().await.unwrap_or_default();
+        if !title.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(title == "blocked" || title == "status 403", "{title}");
+    c.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
+    let _ = browser_log(&client).await;
+    // 7. The console again for the screenshot; its log has no errors.
+    client.goto(&c.url).await.unwrap();
+    wait_for(&client, "//tr[@data-card='alice']").await;
+    c.pcscd
+        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+        .unwrap();
+    let row = wait_for(
+        &client,
+        "//details[contains(@class,'apdu-row')][contains(.,'GET DATA') or contains(.,'READ BUFFER')]",
+    )
+    .await;
+    row.click().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let png = client.screenshot().await.unwrap();
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    std::fs::write(shot, png).unwrap();
+    let log = browser_log(&client).await;
+    let errors: Vec<_> = log.iter().filter(|(l, _)| l == "SEVERE").collect();
+    assert!(errors.is_empty(), "the console's browser log: {errors:?}");
+    client.close().await.unwrap();
+    drop(driver);
 }
