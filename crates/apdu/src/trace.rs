@@ -239,32 +239,50 @@ pub const MAX_DEPTH: usize = 8;
 /// See [`MAX_DEPTH`].
 pub const MAX_NODES: usize = 256;
 
-/// SP 800-73-4 Part 1 and Part 2's names for the tags a PIV exchange carries (and the
-/// template tags of GENERAL AUTHENTICATE, Part 2 §3.2.4).
-fn tag_name(tag: u32) -> Option<&'static str> {
-    Some(match tag {
+/// SP 800-73-4's names for the tags a PIV exchange carries, by the template they are in
+/// (`parent`; `None` at the top): the same tag means different things in different templates
+/// (80 is a witness in 7C, an algorithm in AC).
+fn tag_name(parent: Option<u32>, tag: u32) -> Option<&'static str> {
+    Some(match (parent, tag) {
+        // Part 2 §3.2.4, GENERAL AUTHENTICATE's dynamic authentication template.
+        (Some(0x7C), 0x80) => "witness",
+        (Some(0x7C), 0x81) => "challenge",
+        (Some(0x7C), 0x82) => "response",
+        (Some(0x7C), 0x85) => "exponentiation",
+        // Part 1 Table 3: the application property template and its algorithms.
+        (Some(0x61), 0x4F) | (Some(0x79), 0x4F) => "AID",
+        (Some(0x61), 0x79) => "coexistent tag allocation authority",
+        (Some(0x61), 0x50) => "application label",
+        (Some(0x61), 0x5F50) => "URL",
+        (Some(0x61), 0xAC) => "cryptographic algorithms",
+        (Some(0xAC), 0x80) => "algorithm",
+        (Some(0xAC), 0x06) => "object identifier",
+        // Part 1 Table 9 (CHUID) and Tables 10-15 (certificates), inside the 53 wrapper.
+        (Some(0x53), 0x30) => "FASC-N",
+        (Some(0x53), 0x32) => "organizational identifier",
+        (Some(0x53), 0x33) => "DUNS",
+        (Some(0x53), 0x34) => "GUID",
+        (Some(0x53), 0x35) => "expiration date",
+        (Some(0x53), 0x36) => "cardholder UUID",
+        (Some(0x53), 0x3E) => "issuer asymmetric signature",
+        (Some(0x53), 0x70) => "certificate",
+        (Some(0x53), 0x71) => "certificate info",
+        (Some(0x53), 0xFE) => "error detection code",
+        // Part 2 §3.3.2, GENERATE ASYMMETRIC KEY PAIR's public key.
+        (Some(0x7F49), 0x81) => "modulus",
+        (Some(0x7F49), 0x82) => "public exponent",
+        (Some(0x7F49), 0x86) => "EC point",
         // ISO 7816-4 §7.4.1: the FCI of a SELECT.
-        0x6F => "FCI template",
-        0x84 => "DF name",
-        0xA5 => "FCI proprietary",
-        0x53 => "data object",
-        0x5C => "tag list",
-        0x70 => "certificate",
-        0x71 => "certificate info",
-        0xFE => "error detection code",
-        0x7C => "dynamic authentication template",
-        0x80 => "witness",
-        0x81 => "challenge",
-        0x82 => "response",
-        0x85 => "exponentiation",
-        0x4F => "AID",
-        0x61 => "application property template",
-        0x79 => "coexistent tag allocation authority",
-        0xAC => "cryptographic algorithms",
-        0x5F2F => "PIN usage policy",
-        0x7F49 => "public key",
-        0x86 => "EC point",
-        0xAA => "PIN policy",
+        (Some(0x6F), 0x84) => "DF name",
+        (Some(0x6F), 0xA5) => "FCI proprietary",
+        (_, 0x53) => "data object",
+        (_, 0x5C) => "tag list",
+        (_, 0x7C) => "dynamic authentication template",
+        (_, 0x61) => "application property template",
+        (_, 0x6F) => "FCI template",
+        (_, 0x7F49) => "public key",
+        (_, 0xAC) => "cryptographic algorithms",
+        (_, 0x5F2F) => "PIN usage policy",
         _ => return None,
     })
 }
@@ -272,10 +290,10 @@ fn tag_name(tag: u32) -> Option<&'static str> {
 /// Reads `data` as a sequence of BER-TLV objects, constructed ones recursively.
 pub fn tlv_tree(data: &[u8]) -> Vec<Node> {
     let mut budget = MAX_NODES;
-    read_level(data, 0, &mut budget)
+    read_level(data, None, 0, &mut budget)
 }
 
-fn read_level(mut data: &[u8], depth: usize, budget: &mut usize) -> Vec<Node> {
+fn read_level(mut data: &[u8], parent: Option<u32>, depth: usize, budget: &mut usize) -> Vec<Node> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if *budget == 0 || depth >= MAX_DEPTH {
@@ -303,13 +321,13 @@ fn read_level(mut data: &[u8], depth: usize, budget: &mut usize) -> Vec<Node> {
                 let container = by_tag && ber::iter(t.value).all(|r| r.is_ok());
                 let constructed = container && !t.value.is_empty();
                 let children = if constructed {
-                    read_level(t.value, depth + 1, budget)
+                    read_level(t.value, Some(t.tag), depth + 1, budget)
                 } else {
                     Vec::new()
                 };
                 out.push(Node::Tlv {
                     tag: t.tag,
-                    name: tag_name(t.tag),
+                    name: tag_name(parent, t.tag),
                     len: t.value.len(),
                     value: (!constructed && t.value.len() <= 16).then(|| t.value.to_vec()),
                     children,

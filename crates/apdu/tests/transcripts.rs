@@ -43,3 +43,13 @@ fn check(name: &str) {
 fn piv_windows_login() {
     check("piv-windows-login");
 }
+
+#[test]
+fn opensc_cac_signing() {
+    check("opensc-cac-sign");
+}
+
+#[test]
+fn yubico_piv_tool_status_and_verify() {
+    check("yubico-piv-tool-status");
+}

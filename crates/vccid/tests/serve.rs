@@ -822,6 +822,10 @@ cards = ["alice"]
     let text_out = read(&mut text_trace);
     let json_out = read(&mut json_trace);
     println!("{text_out}");
+    // Recording a transcript for crates/apdu/tests/transcripts (BLESS there afterwards).
+    if let Some(path) = std::env::var_os("VCCID_RECORD_TRACE") {
+        std::fs::write(path, &json_out).unwrap();
+    }
     for want in [
         "SELECT",
         "VERIFY PIN [8 bytes redacted] → 9000",
@@ -856,4 +860,78 @@ cards = ["alice"]
             !out.contains(PIN) && !out.contains(&pin_hex) && !out.contains(&pin_hex.to_lowercase())
         );
     }
+}
+
+/// `vccid ctl trace --json` while yubico-piv-tool reads a PIV card's status and verifies its
+/// PIN: the exchanges decoded in PIV's terms (objects by name), the PIN blanked.
+#[test]
+fn ctl_trace_decodes_yubico_piv_tool_on_a_piv_card() {
+    let config = r#"
+[service]
+state_dir = "{state}"
+control = "{socket}"
+
+[[card]]
+id = "pat"
+profile = "piv"
+ephemeral = true
+
+[[reader]]
+id = "r0"
+transport = "vpcd"
+address = "127.0.0.1:35963"
+cards = ["pat"]
+"#;
+    let s = serve(config);
+    s.pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
+    let mut trace = Command::new(VCCID)
+        .args(["ctl", "--socket"])
+        .arg(&s.socket)
+        .args(["--json", "trace", "r0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for args in [
+        &["-r", "Virtual PCD", "-a", "status"][..],
+        &["-r", "Virtual PCD", "-a", "verify-pin", "-P", "123456"][..],
+    ] {
+        let o = s
+            .pcscd
+            .command("yubico-piv-tool")
+            .args(args)
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        assert!(o.status.success(), "yubico-piv-tool {args:?}: {}", text(&o));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    testkit::terminate(&mut trace, Duration::from_secs(5), "vccid ctl trace").unwrap();
+    let mut out = String::new();
+    trace
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    if let Some(path) = std::env::var_os("VCCID_RECORD_TRACE") {
+        std::fs::write(path, &out).unwrap();
+    }
+    let lines: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["data"]["line"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in [
+        "SELECT PIV → 9000",
+        "GET DATA 5FC102 (CHUID) → 9000",
+        "VERIFY PIN [8 bytes redacted] → 9000",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "no {want:?} in {lines:#?}"
+        );
+    }
+    assert!(!out.contains("313233343536"), "the PIN in the trace");
 }
