@@ -6,8 +6,8 @@
 //! - the `Host` header must name this console (127.0.0.1:PORT, localhost:PORT, [::1]:PORT):
 //!   a page of another site that rebinds its DNS name to 127.0.0.1 is refused (DNS rebinding);
 //! - every request carries the token made at start (`?token=` or `Authorization: Bearer`),
-//!   compared in constant time; without it, 403 (but for the page's script and style, which
-//!   hold no data and which a `<script src>` cannot send a token for);
+//!   compared in constant time; without it, 403 (the page is served with the token in its
+//!   script's and style's URLs, which a `<script src>` needs);
 //! - a request with an `Origin` header (every cross-site fetch, form or EventSource) must come
 //!   from this console's own origin; POSTs must have one;
 //! - every answer has a strict Content-Security-Policy (scripts and styles from this origin
@@ -182,7 +182,7 @@ async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respon
     let mut answer = if !s.hosts.iter().any(|x| x == host) {
         tracing::warn!(host, "console: request for another host refused");
         refuse(StatusCode::FORBIDDEN, "wrong Host")
-    } else if !public(req.uri().path()) && !token_ok(&s, &req) {
+    } else if !token_ok(&s, &req) {
         refuse(
             StatusCode::FORBIDDEN,
             "a token is needed: open the URL vccid serve printed (vccid ctl console-url)",
@@ -203,12 +203,6 @@ async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respon
     hs.insert("x-frame-options", HeaderValue::from_static("DENY"));
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     answer
-}
-
-/// The page's script and style: the same for everyone, no data in them, and loaded by the
-/// page without the token (a `<script src>` cannot send it).
-fn public(path: &str) -> bool {
-    matches!(path, "/app.js" | "/app.css")
 }
 
 fn token_ok(s: &Shared, req: &Request) -> bool {
@@ -238,8 +232,11 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
-async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX)
+async fn index(State(s): State<Arc<Shared>>) -> Response {
+    let page = INDEX
+        .replace("\"/app.css\"", &format!("\"/app.css?token={}\"", s.token))
+        .replace("\"/app.js\"", &format!("\"/app.js?token={}\"", s.token));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 async fn app_js() -> Response {

@@ -170,12 +170,16 @@ fn the_console_needs_its_token_its_host_and_its_origin() {
         "{headers}"
     );
     assert!(body.contains("app.js"), "{body}");
-    // The script and style hold no data: no token needed; the Host check still applies.
+    // The page names its script and style with the token; without it they are refused too.
     for asset in ["/app.js", "/app.css"] {
-        let (code, _, _) = c.curl(&[&format!("{}{asset}", c.origin)]);
+        assert!(
+            body.contains(&format!("\"{asset}?token={}\"", c.token)),
+            "{body}"
+        );
+        let (code, _, _) = c.curl(&[&c.with_token(asset)]);
         assert_eq!(code, 200, "{asset}");
-        let (code, _, _) = c.curl(&["-H", "Host: evil.example", &format!("{}{asset}", c.origin)]);
-        assert_eq!(code, 403, "{asset} for another host");
+        let (code, _, _) = c.curl(&[&format!("{}{asset}", c.origin)]);
+        assert_eq!(code, 403, "{asset} without the token");
     }
     // DNS rebinding: the right token, another Host.
     let (code, _, body) = c.curl(&["-H", "Host: evil.example:80", &c.with_token("/api/state")]);
