@@ -151,6 +151,11 @@ pub enum Cmd {
         /// (and `vccid ctl console-url` tells it).
         #[arg(long, value_name = "ADDR")]
         console: Option<String>,
+        /// The console over TLS with this `tls-creds-x509` directory (`vccid tls init DIR
+        /// --name HOST --ip ADDRESS`), as `console_tls` in [service]: needed for an address
+        /// other than loopback.
+        #[arg(long, value_name = "DIR")]
+        console_tls: Option<PathBuf>,
         /// More log output (-v debug, -vv trace); RUST_LOG overrides.
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,

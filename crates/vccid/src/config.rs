@@ -80,6 +80,8 @@ pub struct ServiceConfig {
     pub insecure_plaintext: bool,
     /// The web console's address (loopback IP:PORT; port 0 for any free one); none: no console.
     pub console: Option<String>,
+    /// A `tls-creds-x509` directory: the console over TLS, on any address.
+    pub console_tls: Option<PathBuf>,
 }
 
 /// `[[card]]`: one card. `Debug` leaves the PIN and PUK out.

@@ -95,15 +95,18 @@ impl Watchers {
     }
 }
 
-/// Starts the console on `addr` (loopback only) for `service`; returns where it is.
-pub fn start(addr: &str, service: Arc<Service>) -> Result<Console> {
+/// Starts the console on `addr` for `service`; returns where it is. Plain HTTP on loopback;
+/// any other address only with `tls`, a QEMU `tls-creds-x509` directory whose server
+/// certificate names the console: its names and addresses are then the only `Host`s taken.
+pub fn start(addr: &str, tls: Option<&std::path::Path>, service: Arc<Service>) -> Result<Console> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("console address {addr:?}: expected IP:PORT"))?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && tls.is_none() {
         bail!(
-            "the console serves plaintext HTTP: it listens on loopback only ({addr} is not); \
-             reach it from elsewhere through an SSH tunnel"
+            "the console listens on {addr}, not loopback: that needs TLS (console_tls in \
+             [service], or --console-tls DIR, a `vccid tls init` directory), or use loopback \
+             and an SSH tunnel"
         );
     }
     let listener = std::net::TcpListener::bind(addr)
@@ -114,11 +117,33 @@ pub fn start(addr: &str, service: Arc<Service>) -> Result<Console> {
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow!("no random numbers for the token"))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let port = addr.port();
-    let hosts = match addr {
-        SocketAddr::V4(_) => vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
-        SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
+    let (scheme, hosts, acceptor) = match tls {
+        None => {
+            let hosts = match addr {
+                SocketAddr::V4(_) => {
+                    vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+                }
+                SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
+            };
+            ("http", hosts, None)
+        }
+        Some(dir) => {
+            let opts = link::tls::TlsOptions {
+                dir: dir.to_path_buf(),
+                // Browsers have no client certificate; the token is the credential.
+                verify_peer: false,
+                server_name: None,
+                on_certificate: Some(crate::expiry::warn),
+            };
+            let mut cfg = (*opts.server_config()?).clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let names = certificate_names(&dir.join("server-cert.pem"))?;
+            let hosts: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            ("https", hosts, Some(acceptor))
+        }
     };
-    let origin = format!("http://{}", hosts[0]);
+    let origin = format!("{scheme}://{}", hosts[0]);
     let url = format!("{origin}/?token={token}");
     let shared = Arc::new(Shared {
         service,
@@ -150,13 +175,16 @@ pub fn start(addr: &str, service: Arc<Service>) -> Result<Console> {
                 Err(e) => return tracing::warn!("console: no runtime: {e}"),
             };
             rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
-                            tracing::warn!("console stopped: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("console: {e}"),
+                let l = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::warn!("console: {e}"),
+                };
+                let served = match acceptor {
+                    None => axum::serve(l, app).await,
+                    Some(acceptor) => axum::serve(TlsListener { tcp: l, acceptor }, app).await,
+                };
+                if let Err(e) = served {
+                    tracing::warn!("console stopped: {e}");
                 }
             });
         })?;
@@ -221,8 +249,9 @@ fn token_ok(s: &Shared, req: &Request) -> bool {
 }
 
 fn origin_ok(s: &Shared, h: &HeaderMap, post: bool) -> bool {
+    let scheme = s.origin.split("://").next().unwrap_or("http");
     match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(o) => s.hosts.iter().any(|x| o == format!("http://{x}")) || o == s.origin,
+        Some(o) => s.hosts.iter().any(|x| o == format!("{scheme}://{x}")),
         // A browser sends Origin with every POST; something without one is not a page of ours.
         None => !post,
     }
@@ -523,5 +552,85 @@ impl std::io::Write for SharedBuf {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The names and addresses a server certificate is for (its subjectAltName, RFC 5280
+/// §4.2.1.6): the `Host`s the console over TLS takes. IPv6 addresses in brackets.
+fn certificate_names(pem_path: &std::path::Path) -> Result<Vec<String>> {
+    use x509_cert::der::{Decode, DecodePem};
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let pem = std::fs::read(pem_path).with_context(|| format!("reading {}", pem_path.display()))?;
+    let cert = x509_cert::Certificate::from_pem(&pem)
+        .with_context(|| format!("{}: not a PEM certificate", pem_path.display()))?;
+    let mut names = Vec::new();
+    for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
+        if ext.extn_id != x509_cert::der::oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
+            continue;
+        }
+        let san = SubjectAltName::from_der(ext.extn_value.as_bytes())?;
+        for n in san.0 {
+            match n {
+                GeneralName::DnsName(d) => names.push(d.to_string()),
+                GeneralName::IpAddress(ip) => match ip.as_bytes().len() {
+                    4 => {
+                        let b: [u8; 4] = ip.as_bytes().try_into().unwrap_or_default();
+                        names.push(std::net::Ipv4Addr::from(b).to_string());
+                    }
+                    16 => {
+                        let b: [u8; 16] = ip.as_bytes().try_into().unwrap_or_default();
+                        names.push(format!("[{}]", std::net::Ipv6Addr::from(b)));
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!(
+            "{}: the certificate names no host (subjectAltName): `vccid tls init DIR --name \
+             HOST --ip ADDRESS` makes one that does",
+            pem_path.display()
+        );
+    }
+    // An address first: the URL printed then works without a name service.
+    names.sort_by_key(|n| !(n.starts_with('[') || n.parse::<std::net::Ipv4Addr>().is_ok()));
+    Ok(names)
+}
+
+/// TLS connections for axum: a handshake per accepted connection, at most 10 s; a client
+/// that fails it is dropped and the next one accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("console: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => tracing::info!(%peer, "console: TLS handshake failed: {e}"),
+                Err(_) => tracing::info!(%peer, "console: TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }

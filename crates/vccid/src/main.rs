@@ -113,7 +113,12 @@ fn default_config() -> PathBuf {
 }
 
 /// `vccid serve`.
-fn serve(config: Option<PathBuf>, check: bool, console: Option<String>) -> Result<()> {
+fn serve(
+    config: Option<PathBuf>,
+    check: bool,
+    console: Option<String>,
+    console_tls: Option<PathBuf>,
+) -> Result<()> {
     let path = config.or_else(|| Some(default_config()).filter(|p| p.exists()));
     let (cfg, from) = match &path {
         Some(p) => (vccid::config::Config::load(p)?, p.display().to_string()),
@@ -160,7 +165,8 @@ fn serve(config: Option<PathBuf>, check: bool, console: Option<String>) -> Resul
         svc.clone(),
     )?;
     if let Some(addr) = console.or_else(|| cfg.service.console.clone()) {
-        let c = vccid::console::start(&addr, svc.clone())?;
+        let tls = console_tls.or_else(|| cfg.service.console_tls.clone());
+        let c = vccid::console::start(&addr, tls.as_deref(), svc.clone())?;
         // Before the ready line: scripts that wait for it find the URL printed.
         println!("vccid: console: {}", c.url);
         svc.set_console_url(c.url);
@@ -196,8 +202,9 @@ fn run(args: Args) -> Result<()> {
             config,
             check,
             console,
+            console_tls,
             ..
-        }) => return serve(config, check, console),
+        }) => return serve(config, check, console, console_tls),
         Some(Cmd::Ctl(a)) => return vccid::ctl::run(a),
         Some(Cmd::Tls(cmd)) => return tls_init(cmd),
         Some(Cmd::Init { dir }) => {

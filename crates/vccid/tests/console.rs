@@ -22,9 +22,15 @@ struct Console {
     ids: PathBuf,
 }
 
-/// `vccid serve --console 127.0.0.1:0` with one card in a vpcd reader and a second reader,
-/// inside a private pcscd's namespaces.
+/// `vccid serve --console 127.0.0.1:0` with one card in a vpcd reader, inside a private
+/// pcscd's namespaces.
 fn start() -> Console {
+    start_with(&["--console", "127.0.0.1:0"], None)
+}
+
+/// The same with these console options; `tls`: a `vccid tls init` directory to make first,
+/// with these arguments.
+fn start_with(console: &[&str], tls: Option<(&str, &[&str])>) -> Console {
     let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
     let dir = pcscd.dir.path().to_path_buf();
     let ids = dir.join("ids");
@@ -54,9 +60,20 @@ cards = ["alice"]
     );
     let file = dir.join("vccid.toml");
     std::fs::write(&file, config).unwrap();
+    if let Some((tls_dir, args)) = tls {
+        let out = Command::new(VCCID)
+            .args(["tls", "init"])
+            .arg(dir.join(tls_dir))
+            .args(args)
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
     let mut cmd = pcscd.command(VCCID);
-    cmd.args(["serve", "--console", "127.0.0.1:0", "--config"])
-        .arg(&file);
+    cmd.arg("serve").args(console).arg("--config").arg(&file);
+    if let Some((tls_dir, _)) = tls {
+        cmd.arg("--console-tls").arg(dir.join(tls_dir));
+    }
     pcscd.spawn("vccid", cmd).unwrap();
     let mut url = String::new();
     testkit::wait_for("the console's URL", Duration::from_secs(30), || {
@@ -616,4 +633,51 @@ async fn browse(c: &Console, netns: &Path, shot: &Path) {
     assert!(errors.is_empty(), "the console's browser log: {errors:?}");
     client.close().await.unwrap();
     drop(driver);
+}
+
+/// Off loopback only with TLS: refused without it; with a `vccid tls init` directory, https
+/// with its certificate, the certificate's names as the only Hosts, and no plaintext.
+#[test]
+fn the_console_off_loopback_needs_tls() {
+    // Without TLS, serve refuses to start and says why.
+    let pcscd = PrivatePcscd::start().unwrap();
+    let out = pcscd
+        .command(VCCID)
+        .args(["serve", "--console", "0.0.0.0:0"])
+        .env("XDG_CONFIG_HOME", pcscd.dir.path())
+        .env("XDG_RUNTIME_DIR", pcscd.dir.path())
+        .env("XDG_DATA_HOME", pcscd.dir.path())
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("needs TLS"), "{}", text(&out));
+    drop(pcscd);
+
+    let c = start_with(
+        &["--console", "0.0.0.0:0"],
+        Some(("tls", &["--name", "vccid.test", "--ip", "127.0.0.1"])),
+    );
+    assert!(c.url.starts_with("https://127.0.0.1:"), "{}", c.url);
+    let ca = c.pcscd.dir.path().join("tls/ca-cert.pem");
+    let ca = ca.to_string_lossy();
+    let (code, headers, body) = c.curl(&["--cacert", &ca, &c.url]);
+    assert_eq!(code, 200, "{body}");
+    assert!(headers.contains("content-security-policy"), "{headers}");
+    // By the certificate's DNS name too; not by a name it does not carry.
+    let port = c.origin.rsplit(':').next().unwrap();
+    let resolve = format!("vccid.test:{port}:127.0.0.1");
+    let by_name = format!("https://vccid.test:{port}/api/state?token={}", c.token);
+    let (code, _, body) = c.curl(&["--cacert", &ca, "--resolve", &resolve, &by_name]);
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = c.curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Host: evil.example:{port}"),
+        &c.with_token("/api/state"),
+    ]);
+    assert_eq!(code, 403);
+    // Plain HTTP on the TLS port gets no page.
+    let (code, _, _) = c.curl(&[&c.with_token("/api/state").replace("https://", "http://")]);
+    assert_ne!(code, 200);
 }
