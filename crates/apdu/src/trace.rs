@@ -415,6 +415,12 @@ fn render_into(s: &mut String, nodes: &[Node], depth: usize) {
                     let _ = write!(s, " {name}");
                 }
                 match value {
+                    // Printable text (a label, a date) as text too.
+                    Some(v) if v.len() >= 3 && v.iter().all(|b| (0x20..0x7F).contains(b)) => {
+                        let hex: Vec<String> = v.iter().map(|b| format!("{b:02X}")).collect();
+                        let text: String = v.iter().map(|b| char::from(*b)).collect();
+                        let _ = writeln!(s, ": {} \"{text}\"", hex.join(" "));
+                    }
                     Some(v) if !v.is_empty() => {
                         let hex: Vec<String> = v.iter().map(|b| format!("{b:02X}")).collect();
                         let _ = writeln!(s, ": {}", hex.join(" "));

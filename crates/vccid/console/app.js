@@ -703,12 +703,27 @@
     es.addEventListener('error', () => {
       if (source !== es) return;
       if (es.readyState === 2) {
-        // Closed for good (the server refused): try again later ourselves.
+        // Closed for good (the server refused): a token the service no longer takes (it
+        // restarted, with a new one) ends the page; anything else, try again later.
         es.close();
         source = null;
-        setConn('closed', 'disconnected, retrying…');
-        if (!retryTimer) retryTimer = setTimeout(connect, retryDelay);
-        retryDelay = Math.min(retryDelay * 2, 30000);
+        fetch('/api/state', { headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' })
+          .then((res) => {
+            if (res.status === 403) {
+              setConn('closed', 'token expired');
+              showMessage('The service no longer takes this page\'s token (it restarted?): ' +
+                'open the new URL that `vccid ctl console-url` prints.');
+              return;
+            }
+            setConn('closed', 'disconnected, retrying…');
+            if (!retryTimer) retryTimer = setTimeout(connect, retryDelay);
+            retryDelay = Math.min(retryDelay * 2, 30000);
+          })
+          .catch(() => {
+            setConn('closed', 'disconnected, retrying…');
+            if (!retryTimer) retryTimer = setTimeout(connect, retryDelay);
+            retryDelay = Math.min(retryDelay * 2, 30000);
+          });
       } else {
         setConn('reconnecting', 'reconnecting…');
       }

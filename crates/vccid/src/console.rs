@@ -95,6 +95,25 @@ impl Watchers {
     }
 }
 
+/// Checks console settings as [`start`] would, without starting anything (`serve --check`).
+pub fn check(addr: &str, tls: Option<&std::path::Path>) -> Result<()> {
+    let a: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("console {addr:?}: expected IP:PORT (127.0.0.1:8470)"))?;
+    match tls {
+        None if !a.ip().is_loopback() => bail!(
+            "console {a}: not loopback: that needs TLS (console_tls, a `vccid tls init` \
+             directory), or use loopback and an SSH tunnel"
+        ),
+        Some(dir) => {
+            certificate_names(&dir.join("server-cert.pem"))
+                .with_context(|| format!("console_tls {}", dir.display()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 /// Starts the console on `addr` for `service`; returns where it is. Plain HTTP on loopback;
 /// any other address only with `tls`, a QEMU `tls-creds-x509` directory whose server
 /// certificate names the console: its names and addresses are then the only `Host`s taken.
@@ -120,10 +139,12 @@ pub fn start(addr: &str, tls: Option<&std::path::Path>, service: Arc<Service>) -
     let (scheme, hosts, acceptor) = match tls {
         None => {
             let hosts = match addr {
-                SocketAddr::V4(_) => {
-                    vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+                SocketAddr::V4(a) => {
+                    vec![format!("{}:{port}", a.ip()), format!("localhost:{port}")]
                 }
-                SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
+                SocketAddr::V6(a) => {
+                    vec![format!("[{}]:{port}", a.ip()), format!("localhost:{port}")]
+                }
             };
             ("http", hosts, None)
         }
@@ -209,15 +230,25 @@ async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respon
         .unwrap_or("");
     let mut answer = if !s.hosts.iter().any(|x| x == host) {
         tracing::warn!(host, "console: request for another host refused");
-        refuse(StatusCode::FORBIDDEN, "wrong Host")
+        let why = format!(
+            "wrong Host {host:?}: this console answers to {} only (an SSH tunnel must keep \
+             the port)",
+            s.hosts.join(", ")
+        );
+        refuse(StatusCode::FORBIDDEN, &why)
     } else if !token_ok(&s, &req) {
         refuse(
             StatusCode::FORBIDDEN,
-            "a token is needed: open the URL vccid serve printed (vccid ctl console-url)",
+            "no token, or not this start's (the service makes a new one at every start): \
+             open the URL `vccid ctl console-url` prints",
         )
     } else if !origin_ok(&s, h, req.method() == axum::http::Method::POST) {
         tracing::warn!("console: cross-origin request refused");
-        refuse(StatusCode::FORBIDDEN, "cross-origin request")
+        refuse(
+            StatusCode::FORBIDDEN,
+            "cross-origin request (a POST must come from the console's own page; scripts use \
+             the control socket)",
+        )
     } else {
         next.run(req).await
     };
@@ -398,6 +429,7 @@ fn feed(s: &Arc<Shared>) {
             }
         });
     let w = s.watchers.clone();
+    let shared = s.clone();
     let trace = s.service.registry().subscribe_trace(1024);
     let _ = std::thread::Builder::new()
         .name("console-trace".into())
@@ -407,6 +439,9 @@ fn feed(s: &Arc<Shared>) {
                     return;
                 }
                 let now = SystemTime::now();
+                // VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER change the PIN tries
+                // the page shows: the state goes out after them.
+                let pin_changed = matches!(t.exchange.header[1], 0x20 | 0x24 | 0x2C);
                 let data = apdu_json(&t.slot, t.card.as_deref(), &t.exchange, now).to_string();
                 {
                     let mut ring = lock(&w.ring);
@@ -416,6 +451,10 @@ fn feed(s: &Arc<Shared>) {
                     ring.push_back((t.slot.clone(), t.exchange, now));
                 }
                 w.broadcast(&SseEvent::default().event("apdu").data(data));
+                if pin_changed {
+                    let state = state_json(&shared).to_string();
+                    w.broadcast(&SseEvent::default().event("state").data(state));
+                }
             }
         });
 }
@@ -451,6 +490,11 @@ struct PcapQuery {
 /// DataBlock pairs (what `--pcap` writes for a USB reader; for every transport here, from the
 /// folded and redacted exchanges).
 async fn pcap(State(s): State<Arc<Shared>>, Query(q): Query<PcapQuery>) -> Response {
+    if let Some(r) = &q.reader {
+        if !s.service.readers().iter().any(|x| &x.id == r) {
+            return refuse(StatusCode::NOT_FOUND, &format!("no reader {r:?}"));
+        }
+    }
     let ring: Vec<_> = lock(&s.watchers.ring)
         .iter()
         .filter(|(slot, _, _)| {

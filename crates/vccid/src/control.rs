@@ -320,8 +320,22 @@ fn start_trace(
     id: Option<&Value>,
 ) -> Value {
     if let Some(r) = &reader {
-        if !service.readers().iter().any(|x| &x.id == r) {
-            return error(id, &format!("no reader {r:?}"));
+        let readers = service.readers();
+        if !readers.iter().any(|x| &x.id == r) {
+            let ids: Vec<&str> = readers.iter().map(|x| x.id.as_str()).collect();
+            let card = service
+                .cards()
+                .into_iter()
+                .find(|c| &c.id == r)
+                .map(|c| match c.slot {
+                    Some(s) => format!(" ({r:?} is a card, in {s})"),
+                    None => format!(" ({r:?} is a card, in no reader)"),
+                })
+                .unwrap_or_default();
+            return error(
+                id,
+                &format!("no reader {r:?}{card}; readers: {}", ids.join(", ")),
+            );
         }
     }
     let trace = service.registry().subscribe_trace(1024);

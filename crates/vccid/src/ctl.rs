@@ -637,6 +637,35 @@ pub fn run(args: CtlArgs) -> Result<()> {
             let mut seen = 0u64;
             while count.is_none_or(|n| seen < n) {
                 let e = c.next_event(None)?;
+                // A card arriving or leaving the traced reader belongs in its story.
+                let card_event =
+                    matches!(e["event"].as_str(), Some("CARD_INSERTED" | "CARD_EJECTED"))
+                        && reader.as_ref().is_none_or(|r| {
+                            let slot = e["data"]["slot"].as_str().unwrap_or("");
+                            slot == r
+                                || slot
+                                    .strip_prefix(r.as_str())
+                                    .is_some_and(|x| x.starts_with('/'))
+                        });
+                if card_event {
+                    if args_json {
+                        writeln!(out, "{e}")?;
+                    } else {
+                        let what = if e["event"] == "CARD_INSERTED" {
+                            "inserted into"
+                        } else {
+                            "ejected from"
+                        };
+                        writeln!(
+                            out,
+                            "-- card {} {what} {}",
+                            e["data"]["card"].as_str().unwrap_or("?"),
+                            e["data"]["slot"].as_str().unwrap_or("?")
+                        )?;
+                    }
+                    out.flush()?;
+                    continue;
+                }
                 if e["event"] != "APDU" {
                     continue;
                 }

@@ -130,6 +130,11 @@ fn serve(
             ),
         ),
     };
+    let console_tls = console_tls.or_else(|| cfg.service.console_tls.clone());
+    let console = console.or_else(|| cfg.service.console.clone());
+    if let Some(addr) = &console {
+        vccid::console::check(addr, console_tls.as_deref())?;
+    }
     if check {
         println!(
             "{from}: {} card(s), {} reader(s): OK",
@@ -164,9 +169,8 @@ fn serve(
         cfg.service.control_group.as_deref(),
         svc.clone(),
     )?;
-    if let Some(addr) = console.or_else(|| cfg.service.console.clone()) {
-        let tls = console_tls.or_else(|| cfg.service.console_tls.clone());
-        let c = vccid::console::start(&addr, tls.as_deref(), svc.clone())?;
+    if let Some(addr) = console {
+        let c = vccid::console::start(&addr, console_tls.as_deref(), svc.clone())?;
         // Before the ready line: scripts that wait for it find the URL printed.
         println!("vccid: console: {}", c.url);
         svc.set_console_url(c.url);

@@ -957,6 +957,33 @@ impl Service {
                 push("readers-added", r.id.get_ref());
             }
         }
+        // The console and the control socket are the process's own: they change at restart.
+        let old_service = lock(&self.config).service.clone();
+        let (o, n) = (&old_service, &new.service);
+        let mut restart = Vec::new();
+        if (&o.console, &o.console_tls) != (&n.console, &n.console_tls) {
+            restart.push("console");
+        }
+        if (
+            &o.control,
+            &o.control_mode,
+            &o.control_group,
+            &o.control_owner,
+        ) != (
+            &n.control,
+            &n.control_mode,
+            &n.control_group,
+            &n.control_owner,
+        ) {
+            restart.push("control");
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "[service] {} changed: applied at the next start, not by a reload",
+                restart.join(" and ")
+            );
+            report["restart-needed"] = serde_json::json!(restart);
+        }
         *lock(&self.config) = new.clone();
         tracing::info!(%report, "configuration reloaded");
         Ok(report)

@@ -201,6 +201,13 @@ fn the_console_needs_its_token_its_host_and_its_origin() {
     // DNS rebinding: the right token, another Host.
     let (code, _, body) = c.curl(&["-H", "Host: evil.example:80", &c.with_token("/api/state")]);
     assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("answers to 127.0.0.1:"),
+        "the refusal names the hosts: {body}"
+    );
+    // A capture of a reader that does not exist.
+    let (code, _, _) = c.curl(&[&c.with_token("/api/pcap?reader=nope")]);
+    assert_eq!(code, 404);
     // Cross-site: a POST from another origin, and one with no Origin at all.
     let (code, _, _) = c.post("/api/eject", r#"{"what": "r0"}"#, "http://evil.example");
     assert_eq!(code, 403);
@@ -650,6 +657,15 @@ fn the_console_off_loopback_needs_tls() {
         .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
     assert!(!out.status.success());
+    assert!(text(&out).contains("needs TLS"), "{}", text(&out));
+    // `serve --check` refuses it as serve would.
+    let out = pcscd
+        .command(VCCID)
+        .args(["serve", "--check", "--console", "0.0.0.0:8470"])
+        .env("XDG_CONFIG_HOME", pcscd.dir.path())
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("needs TLS"), "{}", text(&out));
     drop(pcscd);
 
