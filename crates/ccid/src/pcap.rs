@@ -40,6 +40,9 @@ pub struct PcapTap<W: Write + Send> {
     out: W,
     next_id: u64,
     failed: bool,
+    /// The time records are stamped with instead of now (a capture made afterwards from a
+    /// trace, `PcapTap::at`).
+    at: Option<SystemTime>,
     /// `None` when the user asked for the secrets (`--pcap-secrets`).
     redactor: Option<Redactor>,
 }
@@ -239,8 +242,15 @@ impl<W: Write + Send> PcapTap<W> {
             out,
             next_id: 1,
             failed: false,
+            at: None,
             redactor: Some(Redactor::default()),
         })
+    }
+
+    /// Stamps the records that follow with `t` instead of the time they are written (`None`:
+    /// now again): a capture written afterwards from a trace keeps each exchange's time.
+    pub fn at(&mut self, t: Option<SystemTime>) {
+        self.at = t;
     }
 
     /// Whether to write PIN, PUK and management-key bytes as they are (`--pcap-secrets`);
@@ -256,7 +266,9 @@ impl<W: Write + Send> PcapTap<W> {
         if self.failed {
             return;
         }
-        let now = SystemTime::now()
+        let now = self
+            .at
+            .unwrap_or_else(SystemTime::now)
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut m = Vec::with_capacity(64 + r.data.len());

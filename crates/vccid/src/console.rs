@@ -486,8 +486,8 @@ struct PcapQuery {
     reader: Option<String>,
 }
 
-/// The exchanges seen while the page watched, as a usbmon capture of CCID XfrBlock /
-/// DataBlock pairs (what `--pcap` writes for a USB reader; for every transport here, from the
+/// The exchanges seen while the page watched, each at the time it happened, as a usbmon capture
+/// of CCID XfrBlock / DataBlock pairs (what `--pcap` writes for a USB reader; for every transport here, from the
 /// folded and redacted exchanges).
 async fn pcap(State(s): State<Arc<Shared>>, Query(q): Query<PcapQuery>) -> Response {
     if let Some(r) = &q.reader {
@@ -545,7 +545,8 @@ pub fn pcap_bytes(exchanges: &[(String, apdu::trace::Exchange, SystemTime)]) -> 
         length: u16::try_from(config.len()).unwrap_or(u16::MAX),
     };
     tap.control(&setup, &[], &Transfer::Done(config));
-    for (seq, (_, e, _)) in exchanges.iter().enumerate() {
+    for (seq, (_, e, when)) in exchanges.iter().enumerate() {
+        tap.at(Some(*when));
         let [cla, ins, p1, p2] = e.header;
         let mut cmd = apdu::CommandBuf::new(cla, ins, p1, p2).data(e.command_data.clone());
         // Le as the response's length, so Wireshark's APDU dissector reads it.

@@ -338,6 +338,40 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
         "{}",
         text(&out)
     );
+    // The APDUs inside, with the decoding the README gives; the records carry the exchanges'
+    // times (the signing came before the eject, seconds before the download).
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(&pcap)
+        .args([
+            "-d",
+            "usbccid.subdissector,iso7816",
+            "-Y",
+            "iso7816.apdu.ins",
+        ])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "iso7816.apdu.ins",
+            "-e",
+            "frame.time_epoch",
+        ])
+        .output_within(testkit::TOOL_TIMEOUT)
+        .unwrap();
+    let rows = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        rows.lines().any(|l| l.starts_with("0x20")),
+        "VERIFY decoded: {}",
+        text(&out)
+    );
+    let times: Vec<f64> = rows
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1)?.parse().ok())
+        .collect();
+    let spread = times.iter().cloned().fold(f64::MIN, f64::max)
+        - times.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(times.len() >= 5 && spread > 0.001, "exchange times: {rows}");
     let bytes = std::fs::read(&pcap).unwrap();
     assert!(
         !bytes.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
