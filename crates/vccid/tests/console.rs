@@ -4,23 +4,43 @@
 //! signs (VERIFY blanked, the PIN nowhere); eject and insert seen by pcscd; the pcap download
 //! read by tshark. The browser itself is driven in console_browser.rs.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::{text, CommandExt, PrivatePcscd};
 
-const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+mod common;
+use common::{Served, VCCID};
+
 const PIN: &str = "31415926";
 
 struct Console {
-    pcscd: PrivatePcscd,
+    s: Served,
     url: String,
     /// http://127.0.0.1:PORT
     origin: String,
     token: String,
-    ids: PathBuf,
+    /// The console's `vccid tls init` directory, if it has one.
+    tls: Option<tempfile::TempDir>,
 }
+
+const CONFIG: &str = r#"
+[service]
+state_dir = "{state}"
+control = "{socket}"
+
+[[card]]
+id = "alice"
+keys = "files"
+pin = "31415926"
+properties = { cert1 = "{ids}/cert1.crt.pem", key1 = "{ids}/cert1.key.pem" }
+
+[[reader]]
+id = "r0"
+transport = "vpcd"
+address = "127.0.0.1:35963"
+cards = ["alice"]
+"#;
 
 /// `vccid serve --console 127.0.0.1:0` with one card in a vpcd reader, inside a private
 /// pcscd's namespaces.
@@ -28,72 +48,45 @@ fn start() -> Console {
     start_with(&["--console", "127.0.0.1:0"], None)
 }
 
-/// The same with these console options; `tls`: a `vccid tls init` directory to make first,
-/// with these arguments.
-fn start_with(console: &[&str], tls: Option<(&str, &[&str])>) -> Console {
-    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
-    let dir = pcscd.dir.path().to_path_buf();
-    let ids = dir.join("ids");
-    std::fs::create_dir(&ids).unwrap();
-    testkit::openssl_identities(&ids).unwrap();
-    let config = format!(
-        r#"
-[service]
-state_dir = "{state}"
-control = "{dir}/control.sock"
-
-[[card]]
-id = "alice"
-keys = "files"
-pin = "{PIN}"
-properties = {{ cert1 = "{ids}/cert1.crt.pem", key1 = "{ids}/cert1.key.pem" }}
-
-[[reader]]
-id = "r0"
-transport = "vpcd"
-address = "127.0.0.1:35963"
-cards = ["alice"]
-"#,
-        state = dir.join("state").display(),
-        dir = dir.display(),
-        ids = ids.display(),
-    );
-    let file = dir.join("vccid.toml");
-    std::fs::write(&file, config).unwrap();
-    if let Some((tls_dir, args)) = tls {
+/// The same with these console options; `tls`: the arguments of a `vccid tls init` directory
+/// to make first and serve the console with.
+fn start_with(console: &[&str], tls: Option<&[&str]>) -> Console {
+    let tls = tls.map(|args| {
+        let dir = tempfile::tempdir().unwrap();
         let out = Command::new(VCCID)
             .args(["tls", "init"])
-            .arg(dir.join(tls_dir))
+            .arg(dir.path())
             .args(args)
             .output_within(testkit::TOOL_TIMEOUT)
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
+        dir
+    });
+    let mut args = console.to_vec();
+    let tls_dir = tls.as_ref().map(|d| d.path().display().to_string());
+    if let Some(d) = &tls_dir {
+        args.extend(["--console-tls", d]);
     }
-    let mut cmd = pcscd.command(VCCID);
-    cmd.arg("serve").args(console).arg("--config").arg(&file);
-    if let Some((tls_dir, _)) = tls {
-        cmd.arg("--console-tls").arg(dir.join(tls_dir));
-    }
-    pcscd.spawn("vccid", cmd).unwrap();
+    let s = Served::start_with(CONFIG, &args);
     let mut url = String::new();
     testkit::wait_for("the console's URL", Duration::from_secs(30), || {
-        url = pcscd
-            .child_log("vccid")
+        url = s
+            .log()
             .lines()
             .find_map(|l| l.strip_prefix("vccid: console: "))
             .unwrap_or("")
             .to_string();
         !url.is_empty()
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", pcscd.child_log("vccid")));
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
     let (origin, token) = url.split_once("/?token=").expect("URL with a token");
-    pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
+    s.wait_card(0);
     Console {
         origin: origin.to_string(),
         token: token.to_string(),
         url,
-        pcscd,
-        ids,
+        s,
+        tls,
     }
 }
 
@@ -101,6 +94,7 @@ impl Console {
     /// curl inside the namespaces: status code, headers and body.
     fn curl(&self, args: &[&str]) -> (u16, String, String) {
         let out = self
+            .s
             .pcscd
             .command("curl")
             .args([
@@ -152,7 +146,8 @@ impl Console {
 
     /// An event stream read for `seconds`, in the background.
     fn events(&self, seconds: u32) -> Child {
-        self.pcscd
+        self.s
+            .pcscd
             .command("curl")
             .args(["-sS", "-N", "--max-time", &seconds.to_string()])
             .arg(self.with_token("/api/events"))
@@ -224,7 +219,7 @@ fn the_console_needs_its_token_its_host_and_its_origin() {
     ]);
     assert_eq!(code, 403, "a POST without Origin");
     // Nothing was ejected by any of them.
-    c.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
+    c.s.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
     // The state: the reader, the card with its certificate and PIN tries.
     let (code, _, body) = c.curl(&[&c.with_token("/api/state")]);
     assert_eq!(code, 200);
@@ -241,7 +236,7 @@ fn the_console_needs_its_token_its_host_and_its_origin() {
     // The URL from the control socket is the same.
     let out = Command::new(VCCID)
         .args(["ctl", "--socket"])
-        .arg(c.pcscd.dir.path().join("control.sock"))
+        .arg(&c.s.socket)
         .arg("console-url")
         .output_within(testkit::TOOL_TIMEOUT)
         .unwrap();
@@ -258,20 +253,20 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
     let c = start();
     let mut stream = c.events(12);
     std::thread::sleep(Duration::from_secs(1));
-    c.pcscd
-        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+    c.s.pcscd
+        .sign_and_verify("0001", PIN, &c.s.ids.join("cert1.crt.pem"))
         .unwrap();
     // Eject and insert, as the page's buttons do.
     let (code, _, body) = c.post("/api/eject", r#"{"what": "r0"}"#, &c.origin);
     assert_eq!(code, 200, "{body}");
-    c.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    c.s.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
     let (code, _, body) = c.post(
         "/api/insert",
         r#"{"card": "alice", "reader": "r0"}"#,
         &c.origin,
     );
     assert_eq!(code, 200, "{body}");
-    c.pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
+    c.s.pcscd.wait_card(0, Duration::from_secs(10)).unwrap();
     // An ephemeral card, and a refusal the page shows.
     let (code, _, body) = c.post(
         "/api/cards",
@@ -287,15 +282,15 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("nope"), "{body}");
     // The pcap of what was traced while the page watched.
-    let pcap = c.pcscd.dir.path().join("trace.pcap");
-    let out = c
-        .pcscd
-        .command("curl")
-        .args(["-sS", "--max-time", "10", "-o"])
-        .arg(&pcap)
-        .arg(c.with_token("/api/pcap?reader=r0"))
-        .output_within(testkit::TOOL_TIMEOUT)
-        .unwrap();
+    let pcap = c.s.pcscd.dir.path().join("trace.pcap");
+    let out =
+        c.s.pcscd
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(&pcap)
+            .arg(c.with_token("/api/pcap?reader=r0"))
+            .output_within(testkit::TOOL_TIMEOUT)
+            .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let mut stream_out = String::new();
     let _ = testkit::wait_child(&mut stream, Duration::from_secs(20), "curl -N");
@@ -518,7 +513,7 @@ fn a_real_browser_watches_the_trace_ejects_and_inserts() {
     let c = Arc::new(start());
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshot.png");
     let c2 = c.clone();
-    let netns = c.pcscd.netns_path();
+    let netns = c.s.pcscd.netns_path();
     // The WebDriver client on a thread of its own that moves into the service's network
     // namespace (setns moves only the calling thread), with a runtime on that thread.
     std::thread::spawn(move || {
@@ -579,8 +574,8 @@ async fn browse(c: &Console, netns: &Path, shot: &Path) {
     wait_for(&client, "//tr[@data-card='alice']").await;
     wait_for(&client, "//*[@id='conn' and @data-state='live']").await;
     // 4. OpenSC signs on the host: the trace shows SELECT, VERIFY (redacted) and the signature.
-    c.pcscd
-        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+    c.s.pcscd
+        .sign_and_verify("0001", PIN, &c.s.ids.join("cert1.crt.pem"))
         .unwrap();
     wait_for(
         &client,
@@ -608,7 +603,7 @@ async fn browse(c: &Console, netns: &Path, shot: &Path) {
         .click()
         .await
         .unwrap();
-    c.pcscd.wait_no_card(0, Duration::from_secs(15)).unwrap();
+    c.s.pcscd.wait_no_card(0, Duration::from_secs(15)).unwrap();
     wait_for(
         &client,
         "//select[contains(@class,'insert-card') and @data-slot='r0']/option[@value='alice']",
@@ -628,7 +623,7 @@ async fn browse(c: &Console, netns: &Path, shot: &Path) {
         .click()
         .await
         .unwrap();
-    c.pcscd.wait_card(0, Duration::from_secs(15)).unwrap();
+    c.s.pcscd.wait_card(0, Duration::from_secs(15)).unwrap();
     wait_for(
         &client,
         "//tr[contains(@class,'slot-row') and @data-slot='r0'][contains(.,'alice')]",
@@ -651,13 +646,13 @@ async fn browse(c: &Console, netns: &Path, shot: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(title == "blocked" || title == "status 403", "{title}");
-    c.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
+    c.s.pcscd.wait_card(0, Duration::from_secs(2)).unwrap();
     let _ = browser_log(&client).await;
     // 7. The console again for the screenshot; its log has no errors.
     client.goto(&c.url).await.unwrap();
     wait_for(&client, "//tr[@data-card='alice']").await;
-    c.pcscd
-        .sign_and_verify("0001", PIN, &c.ids.join("cert1.crt.pem"))
+    c.s.pcscd
+        .sign_and_verify("0001", PIN, &c.s.ids.join("cert1.crt.pem"))
         .unwrap();
     let row = wait_for(
         &client,
@@ -705,10 +700,15 @@ fn the_console_off_loopback_needs_tls() {
 
     let c = start_with(
         &["--console", "0.0.0.0:0"],
-        Some(("tls", &["--name", "vccid.test", "--ip", "127.0.0.1"])),
+        Some(&["--name", "vccid.test", "--ip", "127.0.0.1"]),
     );
     assert!(c.url.starts_with("https://127.0.0.1:"), "{}", c.url);
-    let ca = c.pcscd.dir.path().join("tls/ca-cert.pem");
+    let ca = c
+        .tls
+        .as_ref()
+        .expect("a TLS directory")
+        .path()
+        .join("ca-cert.pem");
     let ca = ca.to_string_lossy();
     let (code, headers, body) = c.curl(&["--cacert", &ca, &c.url]);
     assert_eq!(code, 200, "{body}");

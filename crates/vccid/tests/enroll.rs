@@ -6,101 +6,16 @@
 //! VERIFYs reported as `PIN_BLOCKED`, then unblocked and set by `vccid ctl`.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use testkit::{text, CommandExt, PrivatePcscd};
+use testkit::{text, CommandExt};
 
-const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+mod common;
+use common::{ctl, ctl_output, Served, VCCID};
 
-/// `vccid ctl ARGS` against `socket`.
-fn ctl_output(socket: &Path, args: &[&str]) -> Output {
-    Command::new(VCCID)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output_within(testkit::TOOL_TIMEOUT)
-        .expect("vccid ctl runs")
-}
-
-/// `vccid ctl ARGS`'s standard output, or a panic with its output.
-fn ctl(socket: &Path, args: &[&str]) -> String {
-    let o = ctl_output(socket, args);
-    assert!(o.status.success(), "vccid ctl {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Served {
-    pcscd: PrivatePcscd,
-    socket: PathBuf,
-    /// The scratch directory (the test CA, requests, certificates).
-    dir: PathBuf,
-    state: PathBuf,
-    /// How many times `vccid serve` was started (each run logs to its own file).
-    runs: usize,
-}
-
+/// What the enrollment tests ask of the service besides starting it (common.rs).
 impl Served {
-    /// `vccid serve` in a private pcscd's namespaces with `config` (`{state}` and `{socket}`
-    /// filled in).
-    fn start(config: &str) -> Served {
-        let pcscd = PrivatePcscd::start().expect("private pcscd starts");
-        let dir = pcscd.dir.path().to_path_buf();
-        let socket = dir.join("control.sock");
-        let state = dir.join("state");
-        let config = config
-            .replace("{socket}", &socket.display().to_string())
-            .replace("{state}", &state.display().to_string());
-        std::fs::write(dir.join("vccid.toml"), config).unwrap();
-        let mut s = Served {
-            pcscd,
-            socket,
-            dir,
-            state,
-            runs: 0,
-        };
-        s.run();
-        s
-    }
-
-    fn log_name(&self) -> String {
-        format!("vccid{}", self.runs)
-    }
-
-    fn log(&self) -> String {
-        self.pcscd.child_log(&self.log_name())
-    }
-
-    /// Starts `vccid serve` (again) and waits for its control socket.
-    fn run(&mut self) {
-        self.runs += 1;
-        let mut cmd = self.pcscd.command(VCCID);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(self.dir.join("vccid.toml"));
-        self.pcscd.spawn(&self.log_name(), cmd).unwrap();
-        let socket = self.socket.clone();
-        testkit::wait_for("the control socket", Duration::from_secs(30), || {
-            UnixStream::connect(&socket).is_ok()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
-    }
-
-    /// Stops `vccid serve` and starts it again.
-    fn restart(&mut self) {
-        let name = self.log_name();
-        self.pcscd.stop_child(&name, "TERM");
-        self.run();
-    }
-
-    fn wait_card(&self, reader: usize) {
-        self.pcscd
-            .wait_card(reader, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
-    }
-
     /// Waits until pcscd has seen a card that went away from vpcd a moment ago (a restart, a
     /// card made anew) come back: the card stays away for vpcd's REMOVAL_GAP, and pcscd polls
     /// vpcd every 400 ms, so a reader may still show the card that went before it shows it

@@ -5,12 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use testkit::{text, CommandExt, PrivatePcscd};
 
-const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
+mod common;
+use common::{ctl, Served, VCCID};
 
 /// The certificate serials `pkcs15-tool --list-certificates` shows for reader `index`.
 fn serials(pcscd: &PrivatePcscd, index: usize) -> Vec<String> {
@@ -27,49 +28,6 @@ fn serials(pcscd: &PrivatePcscd, index: usize) -> Vec<String> {
 }
 
 /// `vccid ctl ARGS` against `socket`; its stdout, or a panic with its stderr.
-fn ctl(socket: &Path, args: &[&str]) -> String {
-    let o = Command::new(VCCID)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output_within(testkit::TOOL_TIMEOUT)
-        .expect("vccid ctl runs");
-    assert!(o.status.success(), "vccid ctl {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Served {
-    pcscd: PrivatePcscd,
-    socket: PathBuf,
-    ids: PathBuf,
-}
-
-/// `vccid serve` in `pcscd`'s namespaces with the configuration `config` (where `{ids}` is the
-/// directory of testkit's identities and `{socket}` the control socket).
-fn serve(config: &str) -> Served {
-    let mut pcscd = PrivatePcscd::start().expect("private pcscd starts");
-    let dir = pcscd.dir.path().to_path_buf();
-    let ids = dir.join("ids");
-    std::fs::create_dir(&ids).unwrap();
-    testkit::openssl_identities(&ids).unwrap();
-    let socket = dir.join("control.sock");
-    let config = config
-        .replace("{ids}", &ids.display().to_string())
-        .replace("{socket}", &socket.display().to_string())
-        .replace("{state}", &dir.join("state").display().to_string());
-    let file = dir.join("vccid.toml");
-    std::fs::write(&file, config).unwrap();
-    let mut cmd = pcscd.command(VCCID);
-    cmd.arg("serve").arg("--config").arg(&file);
-    pcscd.spawn("vccid", cmd).unwrap();
-    testkit::wait_for("the control socket", Duration::from_secs(30), || {
-        UnixStream::connect(&socket).is_ok()
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", pcscd.child_log("vccid")));
-    Served { pcscd, socket, ids }
-}
-
 const TWO_READERS: &str = r#"
 [service]
 state_dir = "{state}"
@@ -106,10 +64,10 @@ cards = ["bob"]
 
 #[test]
 fn configured_cards_are_in_their_readers_and_ctl_moves_them() {
-    let s = serve(TWO_READERS);
+    let s = Served::start(TWO_READERS);
     for i in 0..2 {
         if let Err(e) = s.pcscd.wait_card(i, Duration::from_secs(30)) {
-            panic!("{e}\n{}", s.pcscd.child_log("vccid"));
+            panic!("{e}\n{}", s.log());
         }
     }
     let (alice, bob) = (serials(&s.pcscd, 0), serials(&s.pcscd, 1));
@@ -203,7 +161,7 @@ fn configured_cards_are_in_their_readers_and_ctl_moves_them() {
     assert_eq!(added, "dave  emulated cac files  in no reader\n");
     ctl(&s.socket, &["card", "remove", "dave"]);
     assert!(!ctl(&s.socket, &["cards"]).contains("dave"));
-    let log = s.pcscd.child_log("vccid");
+    let log = s.log();
     assert!(
         log.contains("control: client connected client=uid 0"),
         "{log}"
@@ -226,7 +184,7 @@ fn request(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> ser
 
 /// The pid of `vccid serve` (the namespace's child of that name).
 fn serve_pid(s: &Served) -> u32 {
-    s.pcscd.child_pid("vccid").expect("vccid runs")
+    s.pcscd.child_pid(&s.log_name()).expect("vccid runs")
 }
 
 /// Resident memory of a process, KiB.
@@ -263,7 +221,7 @@ fn ask(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> serde_j
 
 #[test]
 fn bad_control_input_gets_errors_and_the_service_goes_on() {
-    let s = serve(TWO_READERS);
+    let s = Served::start(TWO_READERS);
     let (mut r, mut w) = raw(&s.socket);
     let desc = |v: serde_json::Value| v["error"]["desc"].as_str().unwrap_or_default().to_string();
     assert!(desc(ask(&mut r, &mut w, "{not json")).starts_with("not JSON"));
@@ -352,7 +310,7 @@ fn bad_control_input_gets_errors_and_the_service_goes_on() {
             .is_ok_and(|o| o.status.success())
     })
     .unwrap();
-    let log = s.pcscd.child_log("vccid");
+    let log = s.log();
     assert!(
         log.contains("connections already under way; closing this one"),
         "{log}"
@@ -549,7 +507,7 @@ fn wait_name(pcscd: &PrivatePcscd, reader: usize, want: &str) -> String {
 
 #[test]
 fn cards_made_at_run_time_survive_a_restart_and_delete_leaves_nothing() {
-    let s = serve(TWO_READERS);
+    let s = Served::start(TWO_READERS);
     s.pcscd.wait_card(1, Duration::from_secs(30)).unwrap();
     let state = s.pcscd.dir.path().join("state");
     let watcher = Watcher::start(&s.pcscd);
@@ -574,35 +532,23 @@ fn cards_made_at_run_time_survive_a_restart_and_delete_leaves_nothing() {
     ctl(&s.socket, &["card", "add", "tmp", "--ephemeral"]);
     assert!(!state.join("cards/tmp").exists());
     // Restart: eve is back in r1, tmp is gone.
-    let Served {
-        mut pcscd,
-        socket,
-        ids: _,
-    } = s;
-    pcscd.stop_child("vccid", "TERM");
+    let mut s = s;
+    s.stop();
     // pcscd sees the card go with the old process, before the new one brings it back.
-    pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
-    let mut cmd = pcscd.command(VCCID);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(pcscd.dir.path().join("vccid.toml"));
-    pcscd.spawn("vccid2", cmd).unwrap();
-    testkit::wait_for("the control socket", Duration::from_secs(30), || {
-        UnixStream::connect(&socket).is_ok()
-    })
-    .unwrap();
-    pcscd.wait_card(1, Duration::from_secs(30)).unwrap();
-    let cards = ctl(&socket, &["cards"]);
+    s.pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
+    s.run();
+    s.pcscd.wait_card(1, Duration::from_secs(30)).unwrap();
+    let cards = ctl(&s.socket, &["cards"]);
     assert!(
         cards.contains("eve  emulated piv generated  in r1"),
         "{cards}\n{}",
-        pcscd.child_log("vccid2")
+        s.log()
     );
     assert!(!cards.contains("tmp"), "{cards}");
-    assert_eq!(serials(&pcscd, 1), eve, "the same card after the restart");
+    assert_eq!(serials(&s.pcscd, 1), eve, "the same card after the restart");
     // Deleted: its identities and state are gone, and so is the run-time record.
-    ctl(&socket, &["card", "remove", "eve", "--delete"]);
-    pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
+    ctl(&s.socket, &["card", "remove", "eve", "--delete"]);
+    s.pcscd.wait_no_card(1, Duration::from_secs(10)).unwrap();
     assert!(!state.join("cards/eve").exists());
     let rt = std::fs::read_to_string(state.join("runtime.toml")).unwrap();
     assert!(!rt.contains("eve"), "{rt}");
@@ -610,7 +556,7 @@ fn cards_made_at_run_time_survive_a_restart_and_delete_leaves_nothing() {
 
 #[test]
 fn reload_keeps_unchanged_readers_connected() {
-    let s = serve(TWO_READERS);
+    let s = Served::start(TWO_READERS);
     for i in 0..2 {
         s.pcscd.wait_card(i, Duration::from_secs(30)).unwrap();
     }
@@ -646,7 +592,7 @@ fn reload_keeps_unchanged_readers_connected() {
         !seen.contains(&(0, "Card removed".to_string())),
         "reader 0 saw its card go: {seen:?}"
     );
-    let log = s.pcscd.child_log("vccid");
+    let log = s.log();
     assert_eq!(
         log.matches("connected to vpcd addr=127.0.0.1:35963")
             .count(),
@@ -719,7 +665,7 @@ transport = "usbredir"
 address = "unix:{state}/u0.sock"
 cards = ["alice"]
 "#;
-    let s = serve(config);
+    let s = Served::start(config);
     let file = s.pcscd.dir.path().join("vccid.toml");
     let good = std::fs::read_to_string(&file).unwrap();
     let sock = s.pcscd.dir.path().join("state/u0.sock");
@@ -789,7 +735,7 @@ transport = "vpcd"
 address = "127.0.0.1:35963"
 cards = ["alice"]
 "#;
-    let s = serve(config);
+    let s = Served::start(config);
     s.pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
     let start = |json: bool| {
         let mut c = Command::new(VCCID);
@@ -882,7 +828,7 @@ transport = "vpcd"
 address = "127.0.0.1:35963"
 cards = ["pat"]
 "#;
-    let s = serve(config);
+    let s = Served::start(config);
     s.pcscd.wait_card(0, Duration::from_secs(30)).unwrap();
     let mut trace = Command::new(VCCID)
         .args(["ctl", "--socket"])
