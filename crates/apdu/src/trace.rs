@@ -364,12 +364,15 @@ pub fn render_side(side: &str, header: [u8; 4], data: &[u8], redacted: bool) -> 
     out
 }
 
-/// An exchange for a person: its line, then both sides' data ([`render_side`]).
+/// Both sides' data of an exchange for a person ([`render_side`]).
+pub fn render_data(e: &Exchange) -> String {
+    render_side("command", e.header, &e.command_data, e.command_redacted)
+        + &render_side("response", e.header, &e.response_data, e.response_redacted)
+}
+
+/// An exchange for a person: its line, then both sides' data.
 pub fn render_exchange(e: &Exchange) -> String {
-    let mut out = format!("{}\n", e.line);
-    out += &render_side("command", e.header, &e.command_data, e.command_redacted);
-    out += &render_side("response", e.header, &e.response_data, e.response_redacted);
-    out
+    format!("{}\n{}", e.line, render_data(e))
 }
 
 /// Whether every byte of the tree was read as TLV (no [`Node::Bytes`] at any level): data that

@@ -92,6 +92,26 @@ pub fn which(tool: &str) -> Result<PathBuf> {
         })
         .ok_or_else(|| format!("{tool} is not installed (the test command installs it)"))
 }
+/// How many CCID XfrBlock (PC_to_RDR 6F) and DataBlock (RDR_to_PC 80) messages tshark decodes
+/// in a usbmon capture (`--pcap`, the console's pcap download).
+pub fn ccid_blocks(pcap: &std::path::Path) -> Result<(usize, usize)> {
+    let o = output(
+        Command::new("tshark").arg("-r").arg(pcap).args([
+            "-Y",
+            "usbccid",
+            "-T",
+            "fields",
+            "-e",
+            "usbccid.bMessageType",
+        ]),
+        TOOL_TIMEOUT,
+        "tshark",
+    )?;
+    let types = String::from_utf8_lossy(&o.stdout);
+    let count = |t: &str| types.lines().filter(|l| l.trim() == t).count();
+    Ok((count("0x6f"), count("0x80")))
+}
+
 /// A free TCP port on 127.0.0.1 (bound once and released).
 pub fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")

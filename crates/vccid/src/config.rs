@@ -232,6 +232,15 @@ pub fn slot_id(reader: &str, slots: usize, n: usize) -> String {
     }
 }
 
+/// Whether `slot` is a slot of reader `reader`: the reader's own id for a one-slot reader,
+/// `READER/N` for the slots of one with more ([`slot_id`]).
+pub fn slot_in_reader(slot: &str, reader: &str) -> bool {
+    slot == reader
+        || slot
+            .strip_prefix(reader)
+            .is_some_and(|n| n.starts_with('/'))
+}
+
 /// A name usable as a card or reader id (and as a file name: generated cards live in a
 /// directory of that name).
 pub fn valid_id(id: &str) -> Result<(), String> {

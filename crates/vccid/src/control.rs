@@ -39,15 +39,8 @@ pub const SYSTEM_PATH: &str = "/run/vccid/control.sock";
 /// `/run/vccid/control.sock` as root (or without a runtime directory).
 pub fn default_path() -> PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    // systemd.exec(5): a colon-separated list when the unit names several directories.
-    if let Some(d) = env("RUNTIME_DIRECTORY") {
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        return PathBuf::from(first).join("control.sock");
+    if let Some(d) = crate::systemd_dir("RUNTIME_DIRECTORY") {
+        return d.join("control.sock");
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -344,13 +337,9 @@ fn start_trace(
         .name("control-trace".into())
         .spawn(move || {
             for t in trace {
-                // A multi-slot reader's slots are READER/N.
-                let mine = reader.as_ref().is_none_or(|r| {
-                    t.slot == *r
-                        || t.slot
-                            .strip_prefix(r.as_str())
-                            .is_some_and(|s| s.starts_with('/'))
-                });
+                let mine = reader
+                    .as_ref()
+                    .is_none_or(|r| crate::config::slot_in_reader(&t.slot, r));
                 if mine && send(&w, &trace_json(&t)).is_err() {
                     return;
                 }

@@ -642,10 +642,7 @@ pub fn run(args: CtlArgs) -> Result<()> {
                     matches!(e["event"].as_str(), Some("CARD_INSERTED" | "CARD_EJECTED"))
                         && reader.as_ref().is_none_or(|r| {
                             let slot = e["data"]["slot"].as_str().unwrap_or("");
-                            slot == r
-                                || slot
-                                    .strip_prefix(r.as_str())
-                                    .is_some_and(|x| x.starts_with('/'))
+                            crate::config::slot_in_reader(slot, r)
                         });
                 if card_event {
                     if args_json {

@@ -19,24 +19,26 @@ pub enum Expiry {
     Expired { date: String },
 }
 
-/// The certificate's notAfter (RFC 5280 §4.1.2.5), RFC 3339 UTC; `None` when the bytes are no
-/// X.509 certificate.
-pub fn not_after(cert_der: &[u8]) -> Option<String> {
+/// The certificate's notAfter (RFC 5280 §4.1.2.5) and its RFC 3339 form (UTC); `None` when
+/// the bytes are no X.509 certificate.
+fn read_not_after(cert_der: &[u8]) -> Option<(SystemTime, String)> {
     let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
     let t = cert.tbs_certificate().validity().not_after.to_system_time();
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
-
-/// Reads the certificate's notAfter (RFC 5280 §4.1.2.5); `None` when the bytes are no X.509
-/// certificate.
-pub fn expiry(cert_der: &[u8], now: SystemTime) -> Option<Expiry> {
-    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
-    let not_after = cert.tbs_certificate().validity().not_after.to_system_time();
-    let date = time::OffsetDateTime::from(not_after)
+    let date = time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "?".into());
+    Some((t, date))
+}
+
+/// The certificate's notAfter, RFC 3339 UTC; `None` when the bytes are no X.509 certificate.
+pub fn not_after(cert_der: &[u8]) -> Option<String> {
+    read_not_after(cert_der).map(|(_, date)| date)
+}
+
+/// What the certificate's validity period says at `now`; `None` when the bytes are no X.509
+/// certificate.
+pub fn expiry(cert_der: &[u8], now: SystemTime) -> Option<Expiry> {
+    let (not_after, date) = read_not_after(cert_der)?;
     Some(match not_after.duration_since(now) {
         Err(_) => Expiry::Expired { date },
         Ok(left) if left <= SOON => Expiry::Soon {

@@ -24,6 +24,15 @@ pub mod spec;
 pub mod tls_init;
 pub mod usb;
 
+/// The first directory of a systemd directory variable (`$RUNTIME_DIRECTORY`,
+/// `$STATE_DIRECTORY`, `$CONFIGURATION_DIRECTORY`; systemd.exec(5): colon-separated when the
+/// unit names several), when the service runs under a unit that sets it.
+pub fn systemd_dir(var: &str) -> Option<std::path::PathBuf> {
+    let v = std::env::var(var).ok()?;
+    let first = v.split(':').next().filter(|d| !d.is_empty())?;
+    Some(std::path::PathBuf::from(first))
+}
+
 /// Parses the command line; a usage error is one line set like every other error of the
 /// program (`PROG: error: ...`, exit status 2) followed by clap's usage hint, never a doubled
 /// prefix; `--help` and `--version` print and exit 0.

@@ -83,18 +83,10 @@ fn check_applicable(args: &Args, specs: &[CardSpec]) -> Result<()> {
     Ok(())
 }
 
-/// The first directory of a systemd directory variable (systemd.exec(5): colon-separated when
-/// the unit names several).
-fn env_dir(var: &str) -> Option<PathBuf> {
-    let v = std::env::var(var).ok()?;
-    let first = v.split(':').next().filter(|d| !d.is_empty())?;
-    Some(PathBuf::from(first))
-}
-
 /// The configuration file `vccid serve` reads without --config.
 fn default_config() -> PathBuf {
     // systemd's ConfigurationDirectory= (/etc/vccid for the packaged unit).
-    if let Some(d) = env_dir("CONFIGURATION_DIRECTORY") {
+    if let Some(d) = vccid::systemd_dir("CONFIGURATION_DIRECTORY") {
         return d.join("vccid.toml");
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -147,7 +139,7 @@ fn serve(
     let state_dir = match &cfg.service.state_dir {
         Some(d) => d.clone(),
         // systemd's StateDirectory= (/var/lib/vccid for the packaged unit).
-        None => env_dir("STATE_DIRECTORY")
+        None => vccid::systemd_dir("STATE_DIRECTORY")
             .or_else(card::keystore::default_data_dir)
             .ok_or_else(|| {
                 anyhow::anyhow!(

@@ -219,26 +219,10 @@ fn default_card_in_guest(controller: &str) {
 /// tshark decodes the usbmon capture as CCID: the XfrBlock / DataBlock pairs of the guest's
 /// work, at least `apdus` of them.
 fn assert_capture_has_the_guest_work(pcap: &Path, apdus: usize) {
-    let o = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-Y",
-            "usbccid",
-            "-T",
-            "fields",
-            "-e",
-            "usbccid.bMessageType",
-        ])
-        .output_within(testkit::TOOL_TIMEOUT)
-        .expect("tshark runs");
-    let types = String::from_utf8_lossy(&o.stdout);
-    let xfr = types.lines().filter(|l| l.trim() == "0x6f").count();
-    let data_blocks = types.lines().filter(|l| l.trim() == "0x80").count();
+    let (xfr, data_blocks) = testkit::ccid_blocks(pcap).unwrap();
     assert!(
         xfr >= apdus && data_blocks >= xfr,
-        "XfrBlock {xfr}, DataBlock {data_blocks}: {}",
-        text(&o)
+        "XfrBlock {xfr}, DataBlock {data_blocks}"
     );
 }
 
