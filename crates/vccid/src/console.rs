@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
@@ -73,6 +73,10 @@ struct Shared {
 #[derive(Default)]
 struct Watchers {
     count: AtomicUsize,
+    /// Whether the threads that feed the streams run (registry events, trace): one of each,
+    /// however often streams come and go.
+    events_fed: AtomicBool,
+    trace_fed: AtomicBool,
     /// Senders of the open streams.
     streams: Mutex<Vec<tokio::sync::mpsc::Sender<SseEvent>>>,
     ring: Mutex<VecDeque<(String, apdu::trace::Exchange, SystemTime)>>,
@@ -80,18 +84,26 @@ struct Watchers {
 
 impl Watchers {
     fn broadcast(&self, e: &SseEvent) {
-        lock(&self.streams).retain(|tx| match tx.try_send(e.clone()) {
+        let mut streams = lock(&self.streams);
+        streams.retain(|tx| match tx.try_send(e.clone()) {
             Ok(()) => true,
             // A slow page loses events rather than slowing the cards.
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => true,
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
         });
-        self.count
-            .store(lock(&self.streams).len(), Ordering::Release);
+        self.count.store(streams.len(), Ordering::Release);
     }
 
     fn watched(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// For a feeder that found nobody watching: gives up its place (`fed`), and says whether
+    /// to stop. A stream that came meanwhile saw `fed` still set and started no feeder of its
+    /// own: then the feeder takes its place back and goes on.
+    fn stop_feeding(&self, fed: &AtomicBool) -> bool {
+        fed.store(false, Ordering::SeqCst);
+        !self.watched() || fed.swap(true, Ordering::SeqCst)
     }
 }
 
@@ -390,27 +402,30 @@ async fn add_card(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> Resp
     control(&s, "card-add", args)
 }
 
-fn micros_of(t: SystemTime) -> (u64, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.subsec_micros())
+/// An exchange for the page: the control socket's `APDU` event data (`control::trace_json`),
+/// its time, and its detail (TLV trees, as `ctl trace` shows them).
+fn apdu_json(t: &slot::TraceEvent) -> Value {
+    let v = crate::control::trace_json(t);
+    let mut d = v["data"].clone();
+    d["seconds"] = v["timestamp"]["seconds"].clone();
+    d["microseconds"] = v["timestamp"]["microseconds"].clone();
+    d["detail"] = json!(apdu::trace::render_data(&t.exchange));
+    d
 }
 
-/// An exchange for the page: the trace line and its detail (TLV trees, as `ctl trace`).
-fn apdu_json(slot: &str, card: Option<&str>, e: &apdu::trace::Exchange, t: SystemTime) -> Value {
-    let (seconds, microseconds) = micros_of(t);
-    let detail = apdu::trace::render_side("command", e.header, &e.command_data, e.command_redacted)
-        + &apdu::trace::render_side("response", e.header, &e.response_data, e.response_redacted);
-    json!({
-        "slot": slot, "card": card, "line": e.line, "sw": format!("{:04X}", e.sw),
-        "micros": e.micros, "pieces": e.pieces, "seconds": seconds,
-        "microseconds": microseconds, "detail": detail,
-    })
-}
-
-/// Starts, for the first stream, the threads that feed every stream: registry events (state
-/// changes, hosts) and the trace. Each ends at its next event once no stream is open, which
+/// Starts the threads that feed every stream, unless they run: registry events (state
+/// changes) and the trace. Each ends at its next event once no stream is open, which
 /// unsubscribes it: a console nobody watches subscribes to nothing.
 fn feed(s: &Arc<Shared>) {
+    if !s.watchers.events_fed.swap(true, Ordering::SeqCst) {
+        feed_events(s);
+    }
+    if !s.watchers.trace_fed.swap(true, Ordering::SeqCst) {
+        feed_trace(s);
+    }
+}
+
+fn feed_events(s: &Arc<Shared>) {
     let w = s.watchers.clone();
     let events = s.service.registry().subscribe_with_capacity(256);
     let shared = s.clone();
@@ -418,7 +433,7 @@ fn feed(s: &Arc<Shared>) {
         .name("console-events".into())
         .spawn(move || {
             for e in events {
-                if !w.watched() {
+                if !w.watched() && w.stop_feeding(&w.events_fed) {
                     return;
                 }
                 if matches!(e, slot::Event::ApduDone { .. }) {
@@ -428,6 +443,9 @@ fn feed(s: &Arc<Shared>) {
                 w.broadcast(&SseEvent::default().event("state").data(data));
             }
         });
+}
+
+fn feed_trace(s: &Arc<Shared>) {
     let w = s.watchers.clone();
     let shared = s.clone();
     let trace = s.service.registry().subscribe_trace(1024);
@@ -435,14 +453,14 @@ fn feed(s: &Arc<Shared>) {
         .name("console-trace".into())
         .spawn(move || {
             for t in trace {
-                if !w.watched() {
+                if !w.watched() && w.stop_feeding(&w.trace_fed) {
                     return;
                 }
                 let now = SystemTime::now();
                 // VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER change the PIN tries
                 // the page shows: the state goes out after them.
                 let pin_changed = matches!(t.exchange.header[1], 0x20 | 0x24 | 0x2C);
-                let data = apdu_json(&t.slot, t.card.as_deref(), &t.exchange, now).to_string();
+                let data = apdu_json(&t).to_string();
                 {
                     let mut ring = lock(&w.ring);
                     if ring.len() == RING {
@@ -465,14 +483,12 @@ async fn events(State(s): State<Arc<Shared>>) -> Response {
         .event("state")
         .data(state_json(&s).to_string());
     let _ = tx.try_send(first);
-    let was_watched = s.watchers.watched();
-    lock(&s.watchers.streams).push(tx);
-    s.watchers
-        .count
-        .store(lock(&s.watchers.streams).len(), Ordering::Release);
-    if !was_watched {
-        feed(&s);
+    {
+        let mut streams = lock(&s.watchers.streams);
+        streams.push(tx);
+        s.watchers.count.store(streams.len(), Ordering::Release);
     }
+    feed(&s);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -498,12 +514,9 @@ async fn pcap(State(s): State<Arc<Shared>>, Query(q): Query<PcapQuery>) -> Respo
     let ring: Vec<_> = lock(&s.watchers.ring)
         .iter()
         .filter(|(slot, _, _)| {
-            q.reader.as_ref().is_none_or(|r| {
-                slot == r
-                    || slot
-                        .strip_prefix(r.as_str())
-                        .is_some_and(|x| x.starts_with('/'))
-            })
+            q.reader
+                .as_ref()
+                .is_none_or(|r| crate::config::slot_in_reader(slot, r))
         })
         .cloned()
         .collect();

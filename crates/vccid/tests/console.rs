@@ -297,9 +297,12 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
     std::io::Read::read_to_string(stream.stdout.as_mut().unwrap(), &mut stream_out).unwrap();
     assert!(stream_out.contains("event: state"), "{stream_out}");
     assert!(stream_out.contains("event: apdu"), "{stream_out}");
-    assert!(
-        stream_out.contains("VERIFY PIN [8 bytes redacted] → 9000"),
-        "{stream_out}"
+    assert_eq!(
+        stream_out
+            .matches("VERIFY PIN [8 bytes redacted] → 9000")
+            .count(),
+        1,
+        "one login, one VERIFY: {stream_out}"
     );
     assert!(stream_out.contains("SIGN/DECRYPT"), "{stream_out}");
     assert!(
@@ -309,30 +312,9 @@ fn the_console_streams_the_trace_ejects_inserts_and_exports_a_pcap() {
     let pin_hex: String = PIN.bytes().map(|b| format!("{b:02X}")).collect();
     assert!(!stream_out.contains(PIN) && !stream_out.contains(&pin_hex));
     // tshark reads the capture as CCID with the APDUs inside.
-    let out = Command::new("tshark")
-        .args(["-r"])
-        .arg(&pcap)
-        .args([
-            "-Y",
-            "usbccid",
-            "-T",
-            "fields",
-            "-e",
-            "usbccid.bMessageType",
-        ])
-        .output_within(testkit::TOOL_TIMEOUT)
-        .unwrap();
-    let types = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        types.lines().filter(|l| l.trim() == "0x6f").count() >= 5,
-        "{}",
-        text(&out)
-    );
-    assert!(
-        types.lines().filter(|l| l.trim() == "0x80").count() >= 5,
-        "{}",
-        text(&out)
-    );
+    let (xfr, data_blocks) = testkit::ccid_blocks(&pcap).unwrap();
+    assert!(xfr >= 5, "XfrBlock {xfr}");
+    assert!(data_blocks >= 5, "DataBlock {data_blocks}");
     // The APDUs inside, with the decoding the README gives; the records carry the exchanges'
     // times (the signing came before the eject, seconds before the download).
     let out = Command::new("tshark")
@@ -730,4 +712,36 @@ fn the_console_off_loopback_needs_tls() {
     // Plain HTTP on the TLS port gets no page.
     let (code, _, _) = c.curl(&[&c.with_token("/api/state").replace("https://", "http://")]);
     assert_ne!(code, 200);
+}
+
+/// Regression (review of issue #18): a page that left while its feeders were still subscribed
+/// (one event after it left, none since) must not make the next page's stream fed twice: the
+/// state after one insertion arrives once.
+#[test]
+fn a_stream_after_a_page_left_is_fed_once() {
+    let c = start();
+    let mut gone = c.events(1);
+    let _ = testkit::wait_child(&mut gone, Duration::from_secs(10), "curl -N");
+    // One registry event with nobody watching: the feeder finds the stream gone, and stays
+    // subscribed until the next event.
+    let (code, _, body) = c.post("/api/eject", r#"{"what": "r0"}"#, &c.origin);
+    assert_eq!(code, 200, "{body}");
+    c.s.pcscd.wait_no_card(0, Duration::from_secs(10)).unwrap();
+    let mut stream = c.events(4);
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, _, body) = c.post(
+        "/api/insert",
+        r#"{"card": "alice", "reader": "r0"}"#,
+        &c.origin,
+    );
+    assert_eq!(code, 200, "{body}");
+    let _ = testkit::wait_child(&mut stream, Duration::from_secs(10), "curl -N");
+    let mut out = String::new();
+    std::io::Read::read_to_string(stream.stdout.as_mut().unwrap(), &mut out).unwrap();
+    // The state on connecting has the slot empty; the insertion's has alice in it, once.
+    assert_eq!(
+        out.matches("\"card\":\"alice\",\"host\"").count(),
+        1,
+        "the insertion's state, once: {out}"
+    );
 }
