@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11 mount kmod systemd sudo libvirt-clients libxml2-utils g++ dpkg-dev lintian debootstrap systemd-container libvirt-daemon libvirt-daemon-driver-qemu chromium chromium-driver curl)
+PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11 mount kmod systemd sudo libvirt-clients libxml2-utils g++ dpkg-dev lintian debootstrap systemd-container libvirt-daemon libvirt-daemon-driver-qemu chromium chromium-driver curl procps)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
