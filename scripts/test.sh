@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11 mount kmod systemd sudo libvirt-clients libxml2-utils g++ dpkg-dev lintian debootstrap systemd-container libvirt-daemon libvirt-daemon-driver-qemu chromium chromium-driver curl procps)
+# cargo-deny (the supply-chain check below) is compiled once per machine; it starts now so that
+# it builds while apt downloads.
+deny_install=""
+if ! command -v cargo-deny >/dev/null; then
+  mkdir -p target
+  cargo install cargo-deny --locked --version 0.20.2 -q >target/cargo-deny-install.log 2>&1 &
+  deny_install=$!
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +33,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo deny check licenses bans sources (deny.toml: licences, duplicate crypto crates, crates.io only)"
+if [ -n "$deny_install" ]; then
+  wait "$deny_install" || { cat target/cargo-deny-install.log; exit 1; }
+fi
+cargo deny check licenses bans sources
+cargo deny --manifest-path fuzz/Cargo.toml --config deny.toml check licenses bans sources
 echo "== cargo build --release (the README's run command, which a test runs, uses it)"
 cargo build --release -p vccid
 ls -l target/release/vccid target/release/vscclient

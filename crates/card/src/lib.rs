@@ -15,6 +15,8 @@ pub mod enroll;
 pub mod keystore;
 mod pin;
 pub mod piv;
+#[cfg(test)]
+mod secrets_tests;
 mod traced;
 
 pub use card_api::{Card, FixedCard, Presence};

@@ -8,11 +8,13 @@ pub type PinBlocked = Arc<dyn Fn() + Send + Sync>;
 
 /// A card PIN with a retry counter (ISO 7816-4 §7.5.6: 63Cx tries left, 6983 blocked).
 /// Its value is wiped when dropped or changed, and `Debug` shows the counters only.
+#[derive(zeroize::ZeroizeOnDrop)]
 pub struct Pin {
     value: Zeroizing<Vec<u8>>,
     max_tries: u8,
     tries_left: u8,
-    /// Called when a wrong try takes the counter to 0.
+    /// Called when a wrong try takes the counter to 0 (code, no secret).
+    #[zeroize(skip)]
     on_blocked: Option<PinBlocked>,
 }
 

@@ -111,6 +111,14 @@ pub enum Error {
         /// Why.
         cause: rustls::pki_types::pem::Error,
     },
+    /// A private-key file that group or others may read or write.
+    #[error("refusing private key {}: {why}", path.display())]
+    KeyExposed {
+        /// The file.
+        path: PathBuf,
+        /// Who may read or write it, and the fix.
+        why: String,
+    },
     /// The CA certificate is not one rustls accepts as a trust anchor.
     #[error("bad CA certificate in {}: {cause}", path.display())]
     BadCa {

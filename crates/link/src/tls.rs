@@ -147,11 +147,44 @@ impl TlsOptions {
     }
 }
 
+/// Reads a private key, refusing a file that group or others may read or write (issue #17):
+/// a key others can read is no longer private, one they can write can be replaced. Refused
+/// rather than fixed, as OpenSSH refuses an "UNPROTECTED PRIVATE KEY FILE", so that the user
+/// learns the key may have been exposed. The card crate's key stores refuse theirs in the same
+/// words (`card::keystore::exposed`; link sits below the cards and cannot share it).
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_file(path).map_err(|cause| Error::NoKey {
+    let no_key = |cause| Error::NoKey {
         path: path.to_path_buf(),
         cause,
-    })
+    };
+    let unreadable = |e| no_key(rustls::pki_types::pem::Error::Io(e));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // The mode of the file opened (fstat), not of whatever the name points to later.
+    let meta = file.metadata().map_err(unreadable)?;
+    if let Some(why) = exposed(path, &meta) {
+        return Err(Error::KeyExposed {
+            path: path.to_path_buf(),
+            why,
+        });
+    }
+    PrivateKeyDer::from_pem_reader(io::BufReader::new(file)).map_err(no_key)
+}
+
+/// Why a private-key file must not be used as it is (group or others may read or write it),
+/// with the fix; `None` when only its owner may.
+pub fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    let how = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (false, false) => return None,
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (true, true) => "readable and writable",
+    };
+    Some(format!(
+        "{how} by others (mode {mode:04o}): chmod 600 {}",
+        path.display()
+    ))
 }
 
 /// rustls with AWS-LC, key exchange by X25519 then P-256 (GnuTLS, so QEMU, has both).

@@ -1,7 +1,7 @@
 use crate::lock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How many events a subscriber may leave unread before further events to it are dropped
 /// (and counted, [`crate::Registry::dropped_events`]).
@@ -81,33 +81,70 @@ pub struct TraceEvent {
 /// The subscribers. Sending never blocks: a card answering a host must not wait for a slow
 /// reader of events (a UI, a log), so each subscriber has a bounded queue, and what does not fit
 /// is dropped and counted.
+/// Every subscriber has an id, for [`Unsubscribe`].
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
-    subscribers: Mutex<Vec<SyncSender<Event>>>,
+    subscribers: Mutex<Vec<(u64, SyncSender<Event>)>>,
     dropped: AtomicU64,
     /// Trace subscribers, and how many there are: a slot folds exchanges only while one
     /// listens, so that nobody watching costs one atomic load per APDU.
-    tracers: Mutex<Vec<SyncSender<TraceEvent>>>,
+    tracers: Mutex<Vec<(u64, SyncSender<TraceEvent>)>>,
     tracer_count: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// Ends a subscription when dropped: the receiver's iteration ends
+/// once it has taken what was already queued. Dropping the receiver also unsubscribes, but only
+/// at the next event, which on a quiet registry may be long in coming: a thread blocked on the
+/// receiver, and whatever it holds, would wait until then. Made by
+/// [`Registry::subscribe_until`](crate::Registry::subscribe_until) and
+/// [`Registry::subscribe_trace_until`](crate::Registry::subscribe_trace_until).
+#[derive(Debug)]
+#[must_use = "dropping it ends the subscription at once"]
+pub struct Unsubscribe {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Unsubscribe {
+    pub(crate) fn new(hub: Arc<Hub>, id: u64) -> Unsubscribe {
+        Unsubscribe { hub, id }
+    }
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id);
+    }
 }
 
 impl Hub {
-    pub(crate) fn subscribe(&self, capacity: usize) -> Receiver<Event> {
+    pub(crate) fn subscribe(&self, capacity: usize) -> (u64, Receiver<Event>) {
         let (tx, rx) = sync_channel(capacity);
-        lock(&self.subscribers).push(tx);
-        rx
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.subscribers).push((id, tx));
+        (id, rx)
     }
 
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn subscribe_trace(&self, capacity: usize) -> Receiver<TraceEvent> {
+    pub(crate) fn subscribe_trace(&self, capacity: usize) -> (u64, Receiver<TraceEvent>) {
         let (tx, rx) = sync_channel(capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut t = lock(&self.tracers);
-        t.push(tx);
+        t.push((id, tx));
         self.tracer_count.store(t.len(), Ordering::Release);
-        rx
+        (id, rx)
+    }
+
+    /// Drops subscriber `id`'s sender (events or trace), which disconnects its receiver.
+    pub(crate) fn unsubscribe(&self, id: u64) {
+        lock(&self.subscribers).retain(|(i, _)| *i != id);
+        let mut t = lock(&self.tracers);
+        t.retain(|(i, _)| *i != id);
+        self.tracer_count.store(t.len(), Ordering::Release);
     }
 
     /// Whether anyone listens to the trace.
@@ -117,7 +154,7 @@ impl Hub {
 
     pub(crate) fn emit_trace(&self, event: TraceEvent) {
         let mut t = lock(&self.tracers);
-        t.retain(|tx| match tx.try_send(event.clone()) {
+        t.retain(|(_, tx)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -131,7 +168,7 @@ impl Hub {
     pub(crate) fn emit(&self, event: Event) {
         tracing::trace!(?event, "slot event");
         let mut subscribers = lock(&self.subscribers);
-        subscribers.retain(|tx| match tx.try_send(event.clone()) {
+        subscribers.retain(|(_, tx)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -44,7 +44,7 @@ mod slot;
 mod tests;
 
 pub use error::Error;
-pub use event::{Event, TraceEvent, DEFAULT_EVENT_CAPACITY};
+pub use event::{Event, TraceEvent, Unsubscribe, DEFAULT_EVENT_CAPACITY};
 pub use registry::Registry;
 pub use slot::{SlotCard, MUTE_RESPONSE};
 

@@ -1,4 +1,4 @@
-use crate::event::{Event, Hub, TraceEvent, DEFAULT_EVENT_CAPACITY};
+use crate::event::{Event, Hub, TraceEvent, Unsubscribe, DEFAULT_EVENT_CAPACITY};
 use crate::slot::{Held, SlotCard, SlotInner};
 use crate::{lock, Error, SharedCard};
 use std::collections::BTreeMap;
@@ -91,7 +91,15 @@ impl Registry {
     /// full are dropped for this subscriber and counted in [`dropped_events`](Self::dropped_events).
     /// Dropping the receiver unsubscribes.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<Event> {
-        self.shared.hub.subscribe(capacity)
+        self.shared.hub.subscribe(capacity).1
+    }
+
+    /// [`subscribe_with_capacity`](Self::subscribe_with_capacity), ended when the
+    /// [`Unsubscribe`] is dropped, event or no event: for a subscriber whose reason to listen
+    /// (a client's connection) can end while nothing happens.
+    pub fn subscribe_until(&self, capacity: usize) -> (Receiver<Event>, Unsubscribe) {
+        let (id, rx) = self.shared.hub.subscribe(capacity);
+        (rx, Unsubscribe::new(self.shared.hub.clone(), id))
     }
 
     /// The trace from now on: every slot's logical exchanges, folded and redacted
@@ -99,7 +107,14 @@ impl Registry {
     /// [`dropped_events`](Self::dropped_events)). Dropping the receiver unsubscribes; with no
     /// subscriber, slots do not fold at all.
     pub fn subscribe_trace(&self, capacity: usize) -> Receiver<TraceEvent> {
-        self.shared.hub.subscribe_trace(capacity)
+        self.shared.hub.subscribe_trace(capacity).1
+    }
+
+    /// [`subscribe_trace`](Self::subscribe_trace), ended when the [`Unsubscribe`] is dropped
+    /// (and slots stop folding for it at once).
+    pub fn subscribe_trace_until(&self, capacity: usize) -> (Receiver<TraceEvent>, Unsubscribe) {
+        let (id, rx) = self.shared.hub.subscribe_trace(capacity);
+        (rx, Unsubscribe::new(self.shared.hub.clone(), id))
     }
 
     /// Events dropped so far because a subscriber's queue was full (all subscribers together).

@@ -343,6 +343,26 @@ fn subscribers_never_block_the_card() {
     assert_eq!(reg.dropped_events(), 3);
 }
 
+/// A subscription ended by its `Unsubscribe` ends its receiver at once, with no event to
+/// come: a thread waiting on it (a control client's events or trace) is not held until the
+/// next one. What was queued before still arrives.
+#[test]
+fn unsubscribe_ends_the_receiver_without_waiting_for_an_event() {
+    let reg = Registry::new();
+    let (events, unsubscribe) = reg.subscribe_until(16);
+    let (trace, trace_unsubscribe) = reg.subscribe_trace_until(16);
+    reg.add_slot("A").unwrap();
+    let waiter = std::thread::spawn(move || events.iter().count());
+    let tracer = std::thread::spawn(move || trace.iter().count());
+    drop(unsubscribe);
+    drop(trace_unsubscribe);
+    assert_eq!(waiter.join().unwrap(), 1, "the ReaderAdded queued before");
+    assert_eq!(tracer.join().unwrap(), 0);
+    // The registry goes on without them.
+    reg.add_slot("B").unwrap();
+    assert_eq!(reg.dropped_events(), 0);
+}
+
 /// A host hammering a slot while its card is moved away and back: every answer is the card's
 /// or the mute one, and nothing deadlocks (the host holds a slot lock, then the card's; the
 /// registry its own, then the slot's, then the card's).

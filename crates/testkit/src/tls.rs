@@ -61,7 +61,22 @@ pub fn expired_client(dir: &Path, out: &Path) -> Result<()> {
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = p.signed_by(&key, &issuer).map_err(e)?;
     std::fs::write(out.join("client-cert.pem"), cert.pem()).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("client-key.pem"), key.serialize_pem()).map_err(|e| e.to_string())
+    write_private(&out.join("client-key.pem"), key.serialize_pem().as_bytes())
+}
+
+/// Writes a private key as `vccid tls init` does, mode 0600: vccid refuses a key file others
+/// may read (issue #17).
+pub fn write_private(path: &Path, pem: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(pem))
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// A tshark capture running until [`Capture::stop`].

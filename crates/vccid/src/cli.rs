@@ -2,6 +2,7 @@
 //! shell completions (`examples/dist.rs`, issue #16) are made from the very definitions the
 //! programs parse.
 
+use crate::secret::SpecText;
 use clap::Parser;
 use std::path::PathBuf;
 use zeroize::Zeroizing;
@@ -77,7 +78,7 @@ pub struct Args {
     /// listens on the port + N, USB/IP exports bus ids 1-1, 1-2, ...; standard input then
     /// takes `eject SLOT`, `insert CARD SLOT`, `move CARD SLOT` and `status`.
     #[arg(long = "card", value_name = "SPEC", default_value = "emulated")]
-    pub cards: Vec<String>,
+    pub cards: Vec<SpecText>,
 
     /// With several --card: put all the cards in ONE USB reader with a slot each (CCID
     /// bMaxSlotIndex = cards - 1) instead of one reader per card.
@@ -225,7 +226,7 @@ pub struct VscclientArgs {
 
     /// The card as vccid specifies it (`emulated`, `emulated,backend=...`), instead of -c/-e.
     #[arg(long, value_name = "SPEC")]
-    pub card: Option<String>,
+    pub card: Option<SpecText>,
 
     /// The reader name announced to the host (default: the PC/SC reader's name, or
     /// "Virtual Reader" for an emulated card).

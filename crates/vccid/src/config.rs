@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+use zeroize::Zeroizing;
 
 /// A configuration that cannot be used: where, and why.
 #[derive(Debug, thiserror::Error)]
@@ -102,12 +103,13 @@ pub struct CardConfig {
     /// Generated keys kept in memory only: nothing is written to disk (for CI).
     #[serde(default)]
     pub ephemeral: bool,
-    /// The card PIN (default 12345678 on CAC, 123456 on PIV). Prefer `pin_file`.
-    pub pin: Option<String>,
+    /// The card PIN (default 12345678 on CAC, 123456 on PIV). Prefer `pin_file`. Wiped when
+    /// dropped, as the PUK.
+    pub pin: Option<Zeroizing<String>>,
     /// A file whose first line is the PIN.
     pub pin_file: Option<PathBuf>,
     /// The PIV PUK.
-    pub puk: Option<String>,
+    pub puk: Option<Zeroizing<String>>,
     /// A file whose first line is the PUK.
     pub puk_file: Option<PathBuf>,
     /// Wrong PINs before the PIN blocks (1..15, default 3).
@@ -124,7 +126,7 @@ pub struct CardConfig {
 
 impl fmt::Debug for CardConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        let secret = |v: &Option<Zeroizing<String>>| v.as_ref().map(|_| card::Redacted);
         f.debug_struct("CardConfig")
             .field("id", self.id.get_ref())
             .field("kind", &self.kind)

@@ -217,15 +217,21 @@ fn client(s: UnixStream, service: &Arc<Service>) {
         return;
     }
     // Events go out from a thread of their own, so that a request in progress never waits for
-    // them; the registry drops (and counts) what a slow client's queue cannot hold.
-    let events = service.registry().subscribe_with_capacity(256);
-    let ew = writer.clone();
+    // them; the registry drops (and counts) what a slow client's queue cannot hold. The
+    // subscriptions (events, traces) end when this function returns: their threads, and the
+    // connection they hold, go with the client, not at the next event or APDU.
+    let (events, unsubscribe) = service.registry().subscribe_until(256);
+    let mut subscriptions = vec![unsubscribe];
+    let (ew, ew_who) = (writer.clone(), who.clone());
     let _ = std::thread::Builder::new()
         .name("control-events".into())
         .spawn(move || {
             for e in events {
                 if let Some(v) = event_json(&e) {
-                    if send(&ew, &v).is_err() {
+                    if let Err(e) = send(&ew, &v) {
+                        // A client that stops reading would otherwise hold its events (and
+                        // this thread) for ever; it is told nothing more and dropped.
+                        tracing::warn!(client = %ew_who, "control: events not taken within {WRITE_TIMEOUT:?} ({e}); client dropped");
                         let _ = events_half.shutdown(std::net::Shutdown::Both);
                         return;
                     }
@@ -233,7 +239,10 @@ fn client(s: UnixStream, service: &Arc<Service>) {
             }
         });
     let mut input = BufReader::new(reader);
-    let mut line = Vec::new();
+    // A request may carry a PIN, a PUK or a private key: the line is wiped when the client
+    // leaves, and sized for the longest line up front so that growing it leaves no copies in
+    // freed memory (issue #17).
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(MAX_LINE + 1));
     loop {
         line.clear();
         let n = match (&mut input)
@@ -255,14 +264,30 @@ fn client(s: UnixStream, service: &Arc<Service>) {
             tracing::warn!(client = %who, "control: request line too long; client dropped");
             break;
         }
-        let text = String::from_utf8_lossy(&line);
+        // RFC 8259 §8.1: JSON text exchanged between systems is UTF-8; anything else is refused
+        // whole rather than guessed at.
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => t,
+            Err(e) => {
+                let desc = format!("request is not UTF-8 (byte {})", e.valid_up_to());
+                if send(&writer, &refused(&who, None, &desc)).is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         if text.trim().is_empty() {
             continue;
         }
-        let reply = match trace_request(&text) {
-            Some(Ok((id, reader))) => start_trace(service, &writer, reader, id.as_ref()),
-            Some(Err(e)) => e,
-            None => handle(&text, service, &who),
+        let reply = match trace_request(text) {
+            Some(Ok((id, reader))) => {
+                start_trace(service, &writer, reader, id.as_ref(), &mut subscriptions)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(client = %who, command = "trace", "control: refused: {}", e["error"]["desc"].as_str().unwrap_or_default());
+                e
+            }
+            None => handle(text, service, &who),
         };
         if send(&writer, &reply).is_err() {
             break;
@@ -305,12 +330,14 @@ fn trace_request(text: &str) -> Option<Result<(Option<Value>, Option<String>), V
 }
 
 /// Starts sending this client an `APDU` event for every logical exchange on the reader (all
-/// readers without one): folded and redacted by the slot ([`slot::TraceEvent`]).
+/// readers without one): folded and redacted by the slot ([`slot::TraceEvent`]). The trace
+/// lasts as long as what it adds to `subscriptions`.
 fn start_trace(
     service: &Service,
     writer: &Arc<Mutex<UnixStream>>,
     reader: Option<String>,
     id: Option<&Value>,
+    subscriptions: &mut Vec<slot::Unsubscribe>,
 ) -> Value {
     if let Some(r) = &reader {
         let readers = service.readers();
@@ -331,7 +358,8 @@ fn start_trace(
             );
         }
     }
-    let trace = service.registry().subscribe_trace(1024);
+    let (trace, unsubscribe) = service.registry().subscribe_trace_until(1024);
+    subscriptions.push(unsubscribe);
     let w = writer.clone();
     let started = std::thread::Builder::new()
         .name("control-trace".into())
@@ -340,7 +368,18 @@ fn start_trace(
                 let mine = reader
                     .as_ref()
                     .is_none_or(|r| crate::config::slot_in_reader(&t.slot, r));
-                if mine && send(&w, &trace_json(&t)).is_err() {
+                if !mine {
+                    continue;
+                }
+                if let Err(e) = send(&w, &trace_json(&t)) {
+                    // As for events (see `client`): a client that stops reading its trace is
+                    // dropped, not left holding the connection with its trace gone quiet.
+                    tracing::warn!(
+                        "control: trace not taken within {WRITE_TIMEOUT:?} ({e}); client dropped"
+                    );
+                    if let Ok(s) = w.lock() {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
                     return;
                 }
             }
@@ -386,22 +425,35 @@ fn error(id: Option<&Value>, desc: &str) -> Value {
     v
 }
 
+/// [`error`] for a request that is not one (not JSON, not in QMP's shape), logged with the
+/// client: a hostile or broken client shows in the log, not only in its own answers.
+fn refused(who: &str, id: Option<&Value>, desc: &str) -> Value {
+    tracing::warn!(client = %who, "control: bad request: {desc}");
+    error(id, desc)
+}
+
 /// One request line to its answer.
 pub fn handle(text: &str, service: &Service, who: &str) -> Value {
     if depth(text) > MAX_DEPTH {
-        return error(None, &format!("nested deeper than {MAX_DEPTH} levels"));
+        return refused(who, None, &format!("nested deeper than {MAX_DEPTH} levels"));
     }
-    let req: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return error(None, &format!("not JSON: {e}")),
+    // Its strings (a PIN, a PUK, a private key) are wiped when it is dropped, and so are the
+    // arguments' below.
+    let req = match serde_json::from_str(text) {
+        Ok(v) => crate::secret::WipedJson(v),
+        Err(e) => return refused(who, None, &format!("not JSON: {e}")),
     };
     let id = req.get("id");
     let Some(cmd) = req.get("execute").and_then(Value::as_str) else {
-        return error(id, "expected {\"execute\": COMMAND, \"arguments\": {...}}");
+        return refused(
+            who,
+            id,
+            "expected {\"execute\": COMMAND, \"arguments\": {...}}",
+        );
     };
-    let args = req.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    let args = crate::secret::WipedJson(req.get("arguments").cloned().unwrap_or_else(|| json!({})));
     if !args.is_object() {
-        return error(id, "arguments must be an object");
+        return refused(who, id, "arguments must be an object");
     }
     match execute(cmd, &args, service) {
         Ok(ret) => {
@@ -557,9 +609,9 @@ fn execute(cmd: &str, args: &Value, svc: &Service) -> Result<Value> {
                     })
                     .transpose()?
                     .unwrap_or(false),
-                pin: text("pin"),
+                pin: text("pin").map(zeroize::Zeroizing::new),
                 pin_file: None,
-                puk: text("puk"),
+                puk: text("puk").map(zeroize::Zeroizing::new),
                 puk_file: None,
                 pin_tries,
                 properties,

@@ -101,7 +101,7 @@ pub enum CtlCmd {
     /// Send one raw request (a JSON object) and print the answer.
     Raw {
         /// The request, e.g. '{"execute": "query-cards"}'.
-        request: String,
+        request: crate::secret::Secret,
     },
 }
 
@@ -126,7 +126,7 @@ pub enum CardCmd {
         reader: Option<String>,
         /// More card properties, KEY=VALUE (as in --card), repeatable.
         #[arg(long = "property", value_name = "KEY=VALUE")]
-        properties: Vec<String>,
+        properties: Vec<crate::secret::SpecText>,
     },
     /// Remove a card (ejecting it first); --delete also deletes a generated card from disk.
     Remove {
@@ -270,7 +270,9 @@ impl Connection {
 
     /// Sends a request and returns its `return` value, or its error as an error.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
-        let answer = self.request(&json!({"execute": command, "arguments": arguments}))?;
+        // The arguments may carry a PIN, a PUK or a private key (set-pin, enroll --import).
+        let req = crate::secret::WipedJson(json!({"execute": command, "arguments": arguments}));
+        let answer = self.request(&req)?;
         match (answer.get("return"), answer.get("error")) {
             (Some(r), _) => Ok(r.clone()),
             (None, Some(e)) => bail!("{}", e["desc"].as_str().unwrap_or("error")),
@@ -280,9 +282,12 @@ impl Connection {
 
     /// Sends a raw request and returns the whole answer (events meanwhile are kept).
     pub fn request(&mut self, req: &Value) -> Result<Value> {
-        let mut line = req.to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        // Wiped after sending, and sized up front so that growing it leaves no copies behind
+        // in freed memory: a request may carry a PIN or a private key.
+        let mut line = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+        serde_json::to_writer(&mut *line, req)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
         loop {
             let v = self.next(Some(Instant::now() + Duration::from_secs(60)))?;
             if v.get("event").is_some() {
@@ -728,7 +733,9 @@ pub fn run(args: CtlArgs) -> Result<()> {
             }
         }
         CtlCmd::Raw { request } => {
-            let req: Value = serde_json::from_str(&request).context("the request is not JSON")?;
+            let req = crate::secret::WipedJson(
+                serde_json::from_str(&request).context("the request is not JSON")?,
+            );
             println!("{}", c.request(&req)?);
         }
     }

@@ -17,11 +17,13 @@
 //!   certificate makes the card anew from its files, in the same `Traced` wrapper and slot,
 //!   with an ejection and insertion its host sees, since the CAC card's identifiers change with
 //!   its first certificate.
-//! - PINs: the PIV PIN is kept in the state file; the CAC card has no state file, so a CAC PIN
-//!   set here lasts until the card is made again (`"persisted": false`).
+//! - PINs: each application keeps its PIN in its state file (the CAC card's since issue #17);
+//!   a card without one (`state=off`, ephemeral) keeps a PIN set here until the card is made
+//!   again (`"persisted": false`).
 
 use crate::ctl::Connection;
 use crate::keys::EmulatedCard;
+use crate::secret::Secret;
 use crate::service::Service;
 use crate::spec::{Backend, EmulatedSpec, Profile};
 use anyhow::{anyhow, bail, Context, Result};
@@ -358,10 +360,22 @@ fn remake(
     if let Some(s) = &slot {
         registry.eject(s)?;
     }
+    // The card made anew takes the CAC state file (PIN and counter) with its lock: the old
+    // card lets go of it first, and takes it back if the new one cannot be made.
+    if let EmulatedCard::Cac(c) = lock(card).inner_mut() {
+        c.release_state();
+    }
     let made = crate::keys::emulated_card(spec, data_dir).map(|mut new| {
         watch_pin(&mut new, registry, id);
         *lock(card).inner_mut() = new;
     });
+    if made.is_err() {
+        if let EmulatedCard::Cac(c) = lock(card).inner_mut() {
+            if let Err(e) = c.retake_state() {
+                tracing::error!(card = id, "{e}; its PIN tries answer 6581 until a restart");
+            }
+        }
+    }
     if let Some(s) = &slot {
         registry.insert(id, s)?;
     }
@@ -374,12 +388,12 @@ fn remake(
 /// Sets the PIN of every application of `card`; whether each keeps it across a restart.
 fn set_pin(card: &mut EmulatedCard, pin: &[u8]) -> Result<bool, EnrollError> {
     match card {
-        EmulatedCard::Cac(c) => c.set_pin(pin).map(|()| false),
+        EmulatedCard::Cac(c) => c.set_pin(pin),
         EmulatedCard::Piv(p) => p.set_pin(pin),
         // The PIV rule (6 to 8 digits) is the stricter: checked first, the CAC PIN follows.
         EmulatedCard::Dual(d) => {
-            d.piv_mut().set_pin(pin)?;
-            d.cac_mut().set_pin(pin).map(|()| false)
+            let piv = d.piv_mut().set_pin(pin)?;
+            Ok(d.cac_mut().set_pin(pin)? && piv)
         }
     }
 }
@@ -420,9 +434,8 @@ pub fn card_unblock(svc: &Service, args: &Value) -> Result<Value> {
         (c @ EmulatedCard::Cac(_), None) => set_pin(c, &pin)?,
         (EmulatedCard::Piv(p), puk) => p.unblock(puk, &pin)?,
         (EmulatedCard::Dual(d), puk) => {
-            d.piv_mut().unblock(puk, &pin)?;
-            d.cac_mut().set_pin(&pin)?;
-            false
+            let piv = d.piv_mut().unblock(puk, &pin)?;
+            d.cac_mut().set_pin(&pin)? && piv
         }
     };
     drop(guard);
@@ -467,44 +480,26 @@ pub struct EnrollArgs {
     pub delete_certificate: bool,
 }
 
-/// `vccid ctl card set-pin CARD PIN`. `Debug` leaves the PIN out.
-#[derive(clap::Args)]
+/// `vccid ctl card set-pin CARD PIN`. The PIN is a [`Secret`]: wiped when dropped, left out
+/// of `Debug`.
+#[derive(clap::Args, Debug)]
 pub struct SetPinArgs {
     /// The card.
     pub card: String,
     /// The new PIN (PIV: 6 to 8 digits).
-    pub pin: String,
+    pub pin: Secret,
 }
 
-impl std::fmt::Debug for SetPinArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SetPinArgs")
-            .field("card", &self.card)
-            .field("pin", &card::Redacted)
-            .finish()
-    }
-}
-
-/// `vccid ctl card unblock CARD PIN [--puk PUK]`. `Debug` leaves PIN and PUK out.
-#[derive(clap::Args)]
+/// `vccid ctl card unblock CARD PIN [--puk PUK]`. PIN and PUK are [`Secret`]s.
+#[derive(clap::Args, Debug)]
 pub struct UnblockArgs {
     /// The card.
     pub card: String,
     /// The new PIN.
-    pub pin: String,
+    pub pin: Secret,
     /// The PIV PUK (without it: an administrative reset).
     #[arg(long)]
-    pub puk: Option<String>,
-}
-
-impl std::fmt::Debug for UnblockArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnblockArgs")
-            .field("card", &self.card)
-            .field("pin", &card::Redacted)
-            .field("puk", &self.puk.as_ref().map(|_| card::Redacted))
-            .finish()
-    }
+    pub puk: Option<Secret>,
 }
 
 /// A PEM file's text (`-`: standard input).
@@ -518,6 +513,18 @@ fn read_text(path: &std::path::Path) -> Result<Zeroizing<String>> {
             .with_context(|| format!("reading {}", path.display()))?;
     }
     Ok(s)
+}
+
+/// A private key's PEM text (`-`: standard input), refused as the key stores refuse theirs
+/// when others may read or write the file (issue #17).
+fn read_key(path: &std::path::Path) -> Result<Zeroizing<String>> {
+    if path.as_os_str() == "-" {
+        return read_text(path);
+    }
+    let bytes = card::keystore::read_private(path)?;
+    std::str::from_utf8(&bytes)
+        .map(|s| Zeroizing::new(s.to_string()))
+        .with_context(|| format!("{}: not a PEM file", path.display()))
 }
 
 /// Runs `vccid ctl card enroll`: the request's PEM on standard output for --generate.
@@ -537,7 +544,7 @@ pub fn ctl_enroll(c: &mut Connection, a: EnrollArgs, json_out: bool) -> Result<(
     } else if let Some([cert, key]) = a.import.as_deref() {
         args["action"] = json!("import");
         args["certificate"] = json!(read_text(cert)?.as_str());
-        args["key"] = json!(read_text(key)?.as_str());
+        args["key"] = json!(read_key(key)?.as_str());
     } else {
         args["action"] = json!("delete-certificate");
     }
@@ -558,24 +565,25 @@ pub fn ctl_enroll(c: &mut Connection, a: EnrollArgs, json_out: bool) -> Result<(
         );
     }
     if v["persisted"] == json!(false) {
-        eprintln!("vccid ctl: card {card} keeps no state: this lasts until the card stops");
+        eprintln!("vccid ctl: card {card} keeps no state (state=off or ephemeral): this lasts until the card stops");
     }
     Ok(())
 }
 
 /// Runs `vccid ctl card set-pin`.
 pub fn ctl_set_pin(c: &mut Connection, a: SetPinArgs, json_out: bool) -> Result<()> {
-    let pin = Zeroizing::new(a.pin);
-    let v = c.execute("card-set-pin", json!({"card": a.card, "pin": pin.as_str()}))?;
+    let v = c.execute(
+        "card-set-pin",
+        json!({"card": a.card, "pin": a.pin.as_str()}),
+    )?;
     report_pin(&v, &a.card, "set", json_out);
     Ok(())
 }
 
 /// Runs `vccid ctl card unblock`.
 pub fn ctl_unblock(c: &mut Connection, a: UnblockArgs, json_out: bool) -> Result<()> {
-    let (pin, puk) = (Zeroizing::new(a.pin), a.puk.map(Zeroizing::new));
-    let mut args = json!({"card": a.card, "pin": pin.as_str()});
-    if let Some(p) = &puk {
+    let mut args = json!({"card": a.card, "pin": a.pin.as_str()});
+    if let Some(p) = &a.puk {
         args["puk"] = json!(p.as_str());
     }
     let v = c.execute("card-unblock", args)?;
@@ -591,8 +599,8 @@ fn report_pin(v: &Value, card: &str, what: &str, json_out: bool) {
     println!("PIN of card {card} {what}");
     if v["persisted"] == json!(false) {
         eprintln!(
-            "vccid ctl: card {card} keeps no PIN state (CAC, or state=off): the configured PIN \
-             comes back when the card is made again"
+            "vccid ctl: card {card} keeps no PIN state (state=off or ephemeral): the \
+             configured PIN comes back when the card is made again"
         );
     }
 }
@@ -766,6 +774,26 @@ mod tests {
         let v = crate::control::event_json(&e).unwrap();
         assert_eq!(v["event"], "PIN_BLOCKED");
         assert_eq!(v["data"], json!({"card": "p"}));
+    }
+
+    /// Issue #17: `vccid ctl card enroll --import CERT KEY` refuses a key file others may
+    /// read, naming it and why, as the key stores do.
+    #[test]
+    fn an_exposed_key_to_import_is_refused_with_the_reason() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        std::fs::write(&path, &pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_key(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("readable by others (mode 0644): chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_key(&path).unwrap().as_str(), pem);
     }
 
     #[derive(clap::Parser, Debug)]

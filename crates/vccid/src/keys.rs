@@ -221,8 +221,27 @@ fn piv_config(
     if let Some(t) = spec.pin_tries {
         cfg.pin_tries = t;
     }
-    cfg.state = match (&spec.state, &spec.backend) {
+    cfg.state = state_file(spec, "piv", keys, data_dir_given)?;
+    Ok(cfg)
+}
+
+/// Where application `app` ("piv" or "cac") of a card keeps its state: the PIV card what
+/// changes on it, the CAC card its PIN and retry counter (issue #17). `state=FILE` names the
+/// file of the card's one application; of `cac+piv`, the PIV one's, and the CAC one's is
+/// beside it ([`cac_beside`]). By default a file per card under the data directory, named as
+/// PIV's is: `DATA_DIR/APP/<16 hex digits of the card's certificates>.json`, and a generated
+/// card's `DATA_DIR/cards/ID/APP-state.json`.
+fn state_file(
+    spec: &EmulatedSpec,
+    app: &str,
+    keys: &dyn KeyStore,
+    data_dir_given: Option<&Path>,
+) -> Result<Option<PathBuf>> {
+    Ok(match (&spec.state, &spec.backend) {
         (Some(StateSpec::Off), _) => None,
+        (Some(StateSpec::File(f)), _) if app == "cac" && spec.profile == Profile::CacPiv => {
+            Some(cac_beside(f))
+        }
         (Some(StateSpec::File(f)), _) => Some(f.clone()),
         // Nothing of an ephemeral card is kept (`spec` refuses state=FILE with it).
         (
@@ -232,7 +251,7 @@ fn piv_config(
             },
         ) => None,
         // A generated card keeps its state beside its identities: moving or deleting the
-        // card's directory takes all of it (and `vccid serve` names the same file).
+        // card's directory takes all of it (and `vccid serve` names the same files).
         (
             None,
             Backend::Generated {
@@ -245,23 +264,45 @@ fn piv_config(
             Some(
                 GeneratedIdentities::cards_dir(&dir)
                     .join(name.as_str())
-                    .join("piv-state.json"),
+                    .join(format!("{app}-state.json")),
             )
         }
         (None, _) => {
             let id = card::piv::card_id(keys.identities());
             let dir = data_dir(data_dir_given).map_err(|e| {
-                anyhow!("{e}; the PIV card keeps its state there (or give state=FILE or state=off)")
+                anyhow!(
+                    "{e}; the {} card keeps its state there (or give state=FILE or state=off)",
+                    app.to_uppercase()
+                )
             })?;
-            Some(dir.join("piv").join(format!("{}.json", &id[..16])))
+            Some(dir.join(app).join(format!("{}.json", &id[..16])))
         }
-    };
-    Ok(cfg)
+    })
 }
 
-/// Where the PIV state lives, for the log: the file, or "off".
-fn state_text(cfg: &PivConfig) -> String {
-    match &cfg.state {
+/// The CAC application's state file beside a `cac+piv` card's PIV one: `piv` in the name
+/// becomes `cac` (`piv-state.json`, a generated card's, gives `cac-state.json`, the file the
+/// CAC profile's card has there), else `.cac` goes before the extension (`card.json` gives
+/// `card.cac.json`).
+pub fn cac_beside(piv: &Path) -> PathBuf {
+    let name = piv
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cac = if name.contains("piv") {
+        name.replacen("piv", "cac", 1)
+    } else {
+        match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => format!("{stem}.cac.{ext}"),
+            _ => format!("{name}.cac"),
+        }
+    };
+    piv.with_file_name(cac)
+}
+
+/// Where a card keeps its state, for the log: the file, or "off".
+fn state_text(state: &Option<PathBuf>) -> String {
+    match state {
         Some(path) => path.display().to_string(),
         None => "off (nothing survives a restart)".into(),
     }
@@ -286,7 +327,11 @@ fn cac_view(keys: Box<dyn KeyStore>) -> Result<(Box<dyn KeyStore>, SharedStore)>
     Ok((Box::new(rsa), shared))
 }
 
-fn cac_config(spec: &EmulatedSpec) -> Result<CacConfig> {
+fn cac_config(
+    spec: &EmulatedSpec,
+    keys: &dyn KeyStore,
+    data_dir_given: Option<&Path>,
+) -> Result<CacConfig> {
     let mut cfg = CacConfig::default();
     // An NSS database is QEMU's ccid-card-emulated card: keep libcacard's card identifier, so
     // that a guest that knew that card sees the same one. Every other card's identifier comes
@@ -303,6 +348,12 @@ fn cac_config(spec: &EmulatedSpec) -> Result<CacConfig> {
     if let Some(t) = spec.pin_tries {
         cfg.pin_tries = t;
     }
+    cfg.state = state_file(spec, "cac", keys, data_dir_given)?;
+    // A generated card's enrollment replaces its certificates, which would make its state
+    // file another card's: it names the card by its name instead.
+    if let Backend::Generated { name, .. } = &spec.backend {
+        cfg.state_card = Some(format!("generated card {name}"));
+    }
     Ok(cfg)
 }
 
@@ -318,23 +369,25 @@ pub fn emulated_card(spec: &EmulatedSpec, data_dir_given: Option<PathBuf>) -> Re
             let cfg = piv_config(spec, keys.as_ref(), dir)?;
             let names = labels(keys.as_ref());
             let card = PivCard::new(keys, &cfg)?;
-            tracing::info!(certificates = %names, serial = card.serial(), state = %state_text(&cfg), "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
+            tracing::info!(certificates = %names, serial = card.serial(), state = %state_text(&cfg.state), "PIV card ready (slots 9A, 9C, 9D, 9E, then 82..95, in that order)");
             Ok(EmulatedCard::Piv(Box::new(card)))
         }
         Profile::Cac => {
             let (rsa, _) = cac_view(keys)?;
             let names = labels(rsa.as_ref());
-            let card = CacCard::new(rsa, &cac_config(spec)?)?;
-            tracing::info!(certificates = %names, "CAC card ready");
+            let cfg = cac_config(spec, rsa.as_ref(), dir)?;
+            let card = CacCard::new(rsa, &cfg)?;
+            tracing::info!(certificates = %names, state = %state_text(&cfg.state), "CAC card ready");
             Ok(EmulatedCard::Cac(Box::new(card)))
         }
         Profile::CacPiv => {
             let (rsa, shared) = cac_view(keys)?;
             let cfg = piv_config(spec, &shared, dir)?;
             let (cac_names, piv_names) = (labels(rsa.as_ref()), labels(&shared));
-            let cac = CacCard::new(rsa, &cac_config(spec)?)?;
+            let cac_cfg = cac_config(spec, rsa.as_ref(), dir)?;
+            let cac = CacCard::new(rsa, &cac_cfg)?;
             let piv = PivCard::new(Box::new(shared), &cfg)?;
-            tracing::info!(cac = %cac_names, piv = %piv_names, serial = piv.serial(), state = %state_text(&cfg), "CAC+PIV card ready (SELECT picks the application)");
+            tracing::info!(cac = %cac_names, piv = %piv_names, serial = piv.serial(), state = %state_text(&cfg.state), cac_state = %state_text(&cac_cfg.state), "CAC+PIV card ready (SELECT picks the application)");
             Ok(EmulatedCard::Dual(Box::new(DualCard::new(cac, piv))))
         }
     }

@@ -19,6 +19,9 @@ pub mod notify;
 pub mod passthru;
 pub mod qemu;
 pub mod ready;
+pub mod secret;
+#[cfg(test)]
+mod secrets_tests;
 pub mod service;
 pub mod spec;
 pub mod tls_init;

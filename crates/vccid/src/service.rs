@@ -10,6 +10,7 @@ use link::{Addr, ListenSecurity, Security};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use zeroize::Zeroizing;
 
 /// A card as the transports share it.
 pub type SharedCard = Arc<Mutex<dyn card::Card>>;
@@ -125,13 +126,13 @@ struct ReaderEntry {
 
 /// The cards made at run time, and where they were, as `runtime.toml` keeps them.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Runtime {
+pub(crate) struct Runtime {
     #[serde(default, rename = "card")]
-    cards: Vec<CardConfig>,
+    pub(crate) cards: Vec<CardConfig>,
     /// Slot → the card in it ("" for none), for the slots run time changed against the
     /// configuration.
     #[serde(default)]
-    slots: BTreeMap<String, String>,
+    pub(crate) slots: BTreeMap<String, String>,
 }
 
 /// The running service.
@@ -245,7 +246,18 @@ impl Service {
     /// that cannot be made any more, is left out with a warning.
     fn load_runtime(&self) {
         let path = self.runtime_path();
-        let rt: Runtime = match std::fs::read_to_string(&path) {
+        card::keystore::remove_stale_tmp(&path);
+        // It holds the PINs and PUKs of the cards made at run time: refused, as key files
+        // are, when others may read or write it (issue #17).
+        let text = card::keystore::read_private(&path).and_then(|b| {
+            String::from_utf8(b.to_vec())
+                .map(Zeroizing::new)
+                .map_err(|_| card::keystore::KeyError::File {
+                    path: path.display().to_string(),
+                    why: "not UTF-8".into(),
+                })
+        });
+        let rt: Runtime = match text {
             Ok(b) => match toml::from_str(&b) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -253,9 +265,9 @@ impl Service {
                     return;
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) if !path.exists() => return,
             Err(e) => {
-                tracing::warn!(file = %path.display(), "run-time cards not restored: {e}");
+                tracing::warn!("run-time cards not restored: {e}");
                 return;
             }
         };
@@ -319,7 +331,7 @@ impl Service {
             }
         }
         let path = self.runtime_path();
-        let text = toml::to_string(&rt)?;
+        let text = Zeroizing::new(toml::to_string(&rt)?);
         card::keystore::write_atomic(&path, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -350,26 +362,33 @@ impl Service {
             CardKind::Emulated => {
                 let mut text = config::emulated_spec_text(&c);
                 let props = spec::split(&text)?.1;
-                // A generated persistent PIV card keeps its state beside its identities, so
-                // that deleting the card deletes all of it.
+                // A generated persistent card keeps its state beside its identities, so that
+                // deleting the card deletes all of it: the PIV state, or the CAC card's PIN
+                // state (issue #17; of cac+piv, `cac-state.json` beside `piv-state.json`:
+                // keys::cac_beside).
                 let piv = c.profile.as_deref().is_some_and(|p| p.contains("piv"));
-                if piv && !props.contains_key("state") {
+                if !props.contains_key("state") {
                     if c.ephemeral {
                         text.push_str(",state=off");
                     } else if props.get("backend").map(String::as_str) == Some("generated") {
                         let dir = self.state_dir.join("cards").join(&id);
-                        text.push_str(&format!(",state={}", dir.join("piv-state.json").display()));
+                        let file = if piv {
+                            "piv-state.json"
+                        } else {
+                            "cac-state.json"
+                        };
+                        text.push_str(&format!(",state={}", dir.join(file).display()));
                     }
                 }
                 let mut s = spec::parse(&text)?;
                 if let CardSpec::Emulated(e) = &mut s {
                     e.pin = match (&c.pin, &c.pin_file) {
-                        (Some(p), _) => Some(zeroize::Zeroizing::new(p.clone())),
+                        (Some(p), _) => Some(p.clone()),
                         (None, Some(f)) => spec::secret(Some(f), "")?,
                         (None, None) => None,
                     };
                     e.puk = match (&c.puk, &c.puk_file) {
-                        (Some(p), _) => Some(zeroize::Zeroizing::new(p.clone())),
+                        (Some(p), _) => Some(p.clone()),
                         (None, Some(f)) => spec::secret(Some(f), "")?,
                         (None, None) => None,
                     };

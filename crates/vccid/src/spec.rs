@@ -54,7 +54,8 @@ impl Profile {
     }
 }
 
-/// Where the PIV application keeps what changes on it.
+/// Where the card keeps what changes on it: the PIV application's state file, and the CAC
+/// card's PIN and retry counter (issue #17; for `cac+piv`, a file beside the PIV one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateSpec {
     /// `state=off`: nothing survives a restart.
@@ -71,7 +72,7 @@ pub struct EmulatedSpec {
     pub backend: Backend,
     /// `profile=cac` (default), `profile=piv` or `profile=cac+piv`.
     pub profile: Profile,
-    /// `state=FILE|off` (PIV); default: a file per card under the data directory.
+    /// `state=FILE|off`; default: a file per card under the data directory.
     pub state: Option<StateSpec>,
     /// The PIV PUK (`puk=`, default 12345678).
     pub puk: Option<Zeroizing<String>>,
@@ -242,9 +243,6 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
         "off" => StateSpec::Off,
         _ => StateSpec::File(PathBuf::from(s)),
     });
-    if state.is_some() && !profile.has_piv() {
-        bail!("state= applies to profile=piv and cac+piv only (the CAC card keeps no state)");
-    }
     let pin_tries = props
         .remove("pin-tries")
         .map(|t| {
@@ -278,7 +276,7 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
                 Some(v) => on_off(v).ok_or_else(|| anyhow!("ephemeral={v:?}: expected on or off"))?,
             };
             if ephemeral && matches!(state, Some(StateSpec::File(_))) {
-                bail!("ephemeral=on keeps nothing, so the PIV state is off: drop state=FILE (or ephemeral=on)");
+                bail!("ephemeral=on keeps nothing, so the card's state is off: drop state=FILE (or ephemeral=on)");
             }
             Backend::Generated {
                 name,
@@ -373,7 +371,7 @@ pub fn parse_emulated(mut props: BTreeMap<String, String>) -> Result<EmulatedSpe
     if let Some(k) = props.keys().next() {
         bail!(
             "unknown card property {k:?}; emulated takes profile=, pin=, puk= (PIV), \
-             pin-tries=, state= (PIV), backend= and the backend's own: name=, subject=, \
+             pin-tries=, state=, backend= and the backend's own: name=, subject=, \
              ephemeral= (generated); db=, certN=, password-file= (certificates); certN=, \
              keyN=, p12-password-file= (files); uri=, module=, token=, certN=, \
              token-pin-file= (pkcs11)"
@@ -530,10 +528,14 @@ mod tests {
             Some(StateSpec::File(PathBuf::from("/var/lib/card.json")))
         );
         assert_eq!(emulated("emulated,profile=piv").unwrap().state, None);
+        // The CAC card keeps its PIN state too (issue #17).
+        assert_eq!(
+            emulated("emulated,state=/tmp/x").unwrap().state,
+            Some(StateSpec::File(PathBuf::from("/tmp/x")))
+        );
         for (bad, why) in [
             ("emulated,profile=gids", "unknown profile"),
             ("emulated,puk=12345678", "profile=piv and cac+piv only"),
-            ("emulated,state=/tmp/x", "the CAC card keeps no state"),
         ] {
             let e = emulated(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use link::tls::{CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY};
 use std::net::IpAddr;
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Generates a `tls-creds-x509` directory: a CA, a server certificate for `names` and `ips`,
 /// a client certificate; ECDSA P-256 keys at mode 0600. Refuses to overwrite unless `force`.
@@ -80,11 +81,19 @@ pub fn init(dir: &Path, names: &[String], ips: &[IpAddr], days: u32, force: bool
             .with_context(|| format!("cannot write {}", dir.join(name).display()))
     };
     write(CA_CERT, &ca_cert.pem(), 0o644)?;
-    write(CA_KEY, &ca_key.serialize_pem(), 0o600)?;
+    write(CA_KEY, &Zeroizing::new(ca_key.serialize_pem()), 0o600)?;
     write(SERVER_CERT, &server_cert.pem(), 0o644)?;
-    write(SERVER_KEY, &server_key.serialize_pem(), 0o600)?;
+    write(
+        SERVER_KEY,
+        &Zeroizing::new(server_key.serialize_pem()),
+        0o600,
+    )?;
     write(CLIENT_CERT, &client_cert.pem(), 0o644)?;
-    write(CLIENT_KEY, &client_key.serialize_pem(), 0o600)?;
+    write(
+        CLIENT_KEY,
+        &Zeroizing::new(client_key.serialize_pem()),
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -146,6 +155,50 @@ pub(crate) mod tests {
             on_certificate: None,
         };
         (d, o)
+    }
+
+    /// Issue #17: a TLS key file others may read or write is refused, naming the file and
+    /// why, by the server and by the client; and in the very words of the card's key stores.
+    #[test]
+    fn exposed_tls_keys_are_refused_with_the_reason() {
+        let (d, o) = dir();
+        assert!(o.server_config().is_ok() && o.client_config().is_ok());
+        let set = |f: &str, mode: u32| {
+            std::fs::set_permissions(d.path().join(f), std::fs::Permissions::from_mode(mode))
+                .unwrap()
+        };
+        for (mode, how) in [
+            (0o644, "readable by others (mode 0644)"),
+            (0o640, "readable by others (mode 0640)"),
+            (0o620, "writable by others (mode 0620)"),
+            (0o666, "readable and writable by others (mode 0666)"),
+        ] {
+            set(SERVER_KEY, mode);
+            let e = o.server_config().unwrap_err().to_string();
+            let key = d.path().join(SERVER_KEY);
+            assert_eq!(
+                e,
+                format!(
+                    "refusing private key {}: {how}: chmod 600 {}",
+                    key.display(),
+                    key.display()
+                )
+            );
+            let meta = std::fs::metadata(&key).unwrap();
+            assert_eq!(
+                link::tls::exposed(&key, &meta),
+                card::keystore::exposed(&key, &meta)
+            );
+            set(SERVER_KEY, 0o600);
+            set(CLIENT_KEY, mode);
+            let e = o.client_config().unwrap_err().to_string();
+            assert!(
+                e.contains(CLIENT_KEY) && e.contains(&format!("{how}: chmod 600")),
+                "{e}"
+            );
+            set(CLIENT_KEY, 0o600);
+        }
+        assert!(o.server_config().is_ok() && o.client_config().is_ok());
     }
 
     #[test]

@@ -364,3 +364,166 @@ fn usbip_alongside_usbredir_one_card_two_readers() {
         "{printed}"
     );
 }
+
+/// The next importer of 1-1 once the server has let the last one go, enumerated and
+/// answering an interrupt IN (the slot change message of the card it announces).
+fn next_importer(s: &Server) -> Importer {
+    let mut next = None;
+    testkit::wait_for("the device is free again", Duration::from_secs(15), || {
+        // Refused (in use) or closed on arrival (connections past the limit not yet gone).
+        next = vhci::import(s.addr, "1-1").ok().and_then(Result::ok);
+        next.is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let (_, mut imp) = next.unwrap();
+    enumerate(&mut imp);
+    imp.submit(1, true, NO_SETUP, &[], 8).unwrap();
+    assert_eq!(recv(&mut imp).data, vec![0x50, 0x03]);
+    imp
+}
+
+/// Sends `bytes` on a fresh connection, shuts the write side and returns all the server
+/// sent before it closed.
+fn exchange(s: &Server, bytes: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(bytes).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut b)
+        .unwrap_or_else(|e| panic!("waiting for vccid to close after {bytes:02X?}: {e}"));
+    b
+}
+
+/// A CMD_SUBMIT header (USB/IP §"CMD_SUBMIT") with the given transfer length and ISO packet
+/// count, for the device the first import gets (bus 1, device 2).
+fn submit_header(seq: u32, dir_in: bool, length: u32, packets: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    for w in [
+        1,
+        seq,
+        0x0001_0002,
+        u32::from(dir_in),
+        2,
+        0,
+        length,
+        0,
+        packets,
+        0,
+    ] {
+        v.extend_from_slice(&u32::to_be_bytes(w));
+    }
+    v.extend_from_slice(&NO_SETUP);
+    v
+}
+
+#[test]
+fn hostile_usbip_peers_get_the_protocols_answer_and_the_next_importer_is_served() {
+    let s = Server::start();
+    let mut holder = next_importer(&s);
+
+    // Operation codes a client does not send (a reply's, none, all ones): no reply, the
+    // connection closed, a log line; as usbipd does with an unknown opcode.
+    for op in ["8099", "0003", "0000", "FFFF"] {
+        let got = exchange(&s, &apdu::hex::h(&format!("0111 {op} 00000000")));
+        assert!(got.is_empty(), "op {op}: {got:02X?}");
+    }
+    // OP_REQ_IMPORT of bus ids not exported (unknown, 32 bytes without a NUL, not UTF-8):
+    // OP_REP_IMPORT with status 1, as usbipd answers.
+    let mut odd = [b'1'; 32];
+    odd[..3].copy_from_slice(b"1-\xff");
+    for busid in [&b"9-9"[..], &[b'x'; 32][..], &odd[..]] {
+        let mut req = apdu::hex::h("0111 8003 00000000");
+        let mut id = [0u8; 32];
+        id[..busid.len()].copy_from_slice(busid);
+        req.extend_from_slice(&id);
+        let got = exchange(&s, &req);
+        assert_eq!(
+            apdu::hex::spaced(&got),
+            "01 11 00 03 00 00 00 01",
+            "{busid:02X?}"
+        );
+    }
+    // Truncated requests, then the close: nothing sent back.
+    let import = {
+        let mut r = apdu::hex::h("0111 8003 00000000");
+        r.extend_from_slice(&[0; 32]);
+        r[8..11].copy_from_slice(b"1-1");
+        r
+    };
+    for cut in [1, 3, 7, 9, 20, 39] {
+        assert!(exchange(&s, &import[..cut]).is_empty(), "cut at {cut}");
+    }
+    // A second importer while one is attached: status 1, the first keeps the device.
+    assert_eq!(vhci::import(s.addr, "1-1").unwrap().err(), Some(1));
+    // Unlinks of URBs that never were (or were answered): RET_UNLINK status 0 (§2.4), the
+    // connection goes on.
+    for victim in [0, 99, 12_345, u32::MAX] {
+        let seq = holder.unlink(victim).unwrap();
+        let r = recv(&mut holder);
+        assert_eq!((r.command, r.seqnum, r.status), (4, seq, 0), "{victim}");
+    }
+    // 300 connections left idle while the importer works: past MAX_CONNECTIONS they are
+    // closed on arrival, the rest wait for their request; the importer is not disturbed.
+    let crowd: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    let seq = holder.control([0x80, 6, 0, 1, 0, 0, 18, 0], &[]).unwrap();
+    let r = recv(&mut holder);
+    assert_eq!((r.seqnum, r.status, r.data.len()), (seq, 0, 18));
+    drop(crowd);
+    drop(holder);
+
+    // Bad URBs, each on an importer of its own: the connection closed with a log line, the
+    // next importer served.
+    let bad: [(&str, Vec<u8>); 5] = [
+        (
+            "an OUT transfer of 4 GiB",
+            submit_header(50, false, u32::MAX, 0),
+        ),
+        (
+            "an IN transfer of 2 GiB",
+            submit_header(51, true, 0x7FFF_FFFF, 0),
+        ),
+        ("2^31 ISO packets", submit_header(52, true, 8, 0x7FFF_FFFF)),
+        ("65535 ISO packets", submit_header(53, false, 0, 0xFFFF)),
+        ("garbage", vec![0xA5; 48]),
+    ];
+    for (what, bytes) in bad {
+        let mut imp = next_importer(&s);
+        imp.send_raw(&bytes).unwrap();
+        assert!(imp.closed_by_server(Duration::from_secs(5)), "{what}");
+    }
+    // A URB header cut short, then the importer gone.
+    {
+        let mut imp = next_importer(&s);
+        imp.send_raw(&submit_header(60, true, 8, 0)[..20]).unwrap();
+    }
+    // An OUT transfer that declares more data than it sends, then the close.
+    {
+        let mut imp = next_importer(&s);
+        let mut v = submit_header(61, false, 60_000, 0);
+        v.extend_from_slice(&[0; 100]);
+        imp.send_raw(&v).unwrap();
+    }
+    let mut imp = next_importer(&s);
+    let seq = imp.control([0x80, 6, 0, 1, 0, 0, 18, 0], &[]).unwrap();
+    assert_eq!(recv(&mut imp).seqnum, seq);
+
+    let log = s.log();
+    for line in [
+        "usbip: bad operation request: unknown USB/IP operation 0x8099",
+        "unknown USB/IP operation 0x0003",
+        "unknown USB/IP operation 0xffff",
+        "usbip: import of unknown bus id \"9-9\" refused",
+        "usbip: bad operation request: closed before a complete request",
+        "usbip: import refused: the device is in use by",
+        "connections already under way; closing this one",
+        "declares 4294967295 bytes",
+        "unknown USB/IP command 2779096485",
+    ] {
+        assert!(log.contains(line), "{line:?} is not in the log:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(vhci::devlist(s.addr).unwrap().len(), 12 + 312 + 4);
+}

@@ -1,7 +1,8 @@
 //! The service's PIN administration on the CAC card (issue #15): an issuer's reset of the PIN
 //! (the CAC card has no PUK: GSC-IS 2.1 leaves unblocking to the card management system), and
-//! the hook that reports a PIN blocked by wrong VERIFYs. The CAC card keeps no state file, so
-//! a PIN set here lasts until the card is made again (the configured PIN comes back).
+//! the hook that reports a PIN blocked by wrong VERIFYs. A PIN set here is in the card's state
+//! file before the call returns (issue #17); a card without one (`state=off`, ephemeral) keeps
+//! it until the card is made again (the configured PIN comes back).
 
 use super::CacCard;
 use crate::enroll::EnrollError;
@@ -14,16 +15,29 @@ impl CacCard {
     }
 
     /// Sets the PIN to `pin` (1 to 8 bytes, as VERIFY carries it padded with FF to 8) with its
-    /// retry counter full; a login before must be made again.
-    pub fn set_pin(&mut self, pin: &[u8]) -> Result<(), EnrollError> {
+    /// retry counter full; a login before must be made again. Whether the card keeps it across
+    /// a restart (its state file); a file that cannot be written leaves the PIN as it was.
+    pub fn set_pin(&mut self, pin: &[u8]) -> Result<bool, EnrollError> {
         if pin.is_empty() || pin.len() > 8 || pin.last() == Some(&0xFF) {
             return Err(EnrollError::PinFormat(
                 "a CAC PIN is 1 to 8 characters (VERIFY pads it with FF to 8 bytes)",
             ));
         }
+        let before = zeroize::Zeroizing::new(self.pin.value().to_vec());
+        let (tries, left) = (self.pin.max_tries(), self.pin.tries_left());
         self.pin.change(pin);
         self.logged_in = false;
-        Ok(())
+        self.save().map_err(|error| {
+            self.pin.set(&before, tries, left);
+            EnrollError::Save {
+                path: self
+                    .state
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                error,
+            }
+        })
     }
 }
 

@@ -6,8 +6,11 @@
 mod aca;
 mod admin;
 pub mod applets;
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{CacState, STATE_FORMAT, STATE_VERSION};
 
 use crate::keystore::{KeyError, KeyStore};
 use crate::pin::{Pin, PinStatus, PinVerify};
@@ -15,6 +18,7 @@ use crate::{Card, Presence};
 use apdu::{Command, Sw};
 use applets::{Applet, Kind};
 use sha2::Digest;
+use std::path::PathBuf;
 
 /// Instructions (GSC-IS 2.1 / CAC Endpoint, ISO 7816-4).
 mod ins {
@@ -30,6 +34,10 @@ mod ins {
     pub const GET_DATA: u8 = 0xCA;
 }
 
+/// ISO 7816-4 §5.6: memory failure (the state file could not be written), as the PIV card
+/// answers.
+const MEMORY_FAILURE: Sw = Sw(0x6581);
+
 /// Largest SIGN/DECRYPT input the card accumulates over chained pieces (RSA-4096 is 512
 /// bytes; libcacard has no bound at all).
 const MAX_CRYPT_INPUT: usize = 1024;
@@ -43,6 +51,13 @@ pub struct CacConfig {
     pub pin_tries: u8,
     /// The card identifier in the CCC (tag F0).
     pub card_identifier: CardIdentifier,
+    /// Where the card keeps its PIN and retry counter (issue #17); `None`: a restart brings
+    /// back the configured PIN with full tries.
+    pub state: Option<PathBuf>,
+    /// What the state file names the card by: a name that outlives the card's certificates
+    /// (a generated card, whose certificates enrollment replaces). `None`: SHA-256 over its
+    /// certificates, as the PIV card's state file names its card.
+    pub state_card: Option<String>,
 }
 
 /// Which card identifier the CCC carries (tag F0): what OpenSC takes for the card's serial
@@ -72,6 +87,8 @@ impl std::fmt::Debug for CacConfig {
             .field("pin", &crate::Redacted)
             .field("pin_tries", &self.pin_tries)
             .field("card_identifier", &self.card_identifier)
+            .field("state", &self.state)
+            .field("state_card", &self.state_card)
             .finish()
     }
 }
@@ -82,6 +99,8 @@ impl Default for CacConfig {
             pin: zeroize::Zeroizing::new(Self::DEFAULT_PIN.as_bytes().to_vec()),
             pin_tries: Self::DEFAULT_TRIES,
             card_identifier: CardIdentifier::default(),
+            state: None,
+            state_card: None,
         }
     }
 }
@@ -123,6 +142,12 @@ pub struct CacCard {
     keys: Box<dyn KeyStore>,
     cplc_serial: [u8; 6],
     presence: Presence,
+    /// The state file, if the card keeps one.
+    state: Option<PathBuf>,
+    /// Which card a state file belongs to ([`CacConfig::state_card`]).
+    card_id: String,
+    /// The state file's lock, held while the card lives: one process per card state.
+    lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for CacCard {
@@ -146,6 +171,14 @@ pub enum CacError {
     /// More identities than PKI applets.
     #[error("{0} certificates; the CAC card holds at most {max}", max = applets::MAX_PKI)]
     TooMany(usize),
+    /// The state file could not be used; it is left as it is.
+    #[error("CAC state file {path}: {why}")]
+    State {
+        /// The file.
+        path: String,
+        /// Why.
+        why: crate::piv::StateError,
+    },
 }
 
 impl CacCard {
@@ -177,7 +210,11 @@ impl CacCard {
         let mut cplc_serial = [0u8; 6];
         cplc_serial.copy_from_slice(&digest[..6]);
         let n = ids.len();
-        Ok(CacCard {
+        let card_id = match &config.state_card {
+            Some(name) => name.clone(),
+            None => crate::piv::card_id(ids),
+        };
+        let mut card = CacCard {
             applets: list,
             current: [None; 4],
             pending: None,
@@ -188,7 +225,85 @@ impl CacCard {
             keys,
             cplc_serial,
             presence: Presence::new(true),
-        })
+            state: config.state.clone(),
+            card_id,
+            lock: None,
+        };
+        card.take_state()
+            .map_err(|(path, why)| CacError::State { path, why })?;
+        Ok(card)
+    }
+
+    /// Takes the state file's lock and what the file holds, if the card keeps one: the PIV
+    /// card's rules (a file of another card, of a newer version, or that others may read is
+    /// refused and left as it is).
+    fn take_state(&mut self) -> Result<(), (String, crate::piv::StateError)> {
+        use crate::piv::StateError;
+        let Some(path) = self.state.clone() else {
+            return Ok(());
+        };
+        let err = |why: StateError| (path.display().to_string(), why);
+        self.lock = Some(crate::piv::state::lock(&path).map_err(err)?);
+        // Under the lock no other process writes this file: a temporary one beside it is a
+        // write a crash cut short.
+        crate::keystore::remove_stale_tmp(&path);
+        if let Some(saved) = CacState::load(&path).map_err(err)? {
+            if saved.card != self.card_id {
+                let short = |s: &str| s.get(..16).unwrap_or(s).to_string();
+                return Err(err(StateError::OtherCard {
+                    file: short(&saved.card),
+                    card: short(&self.card_id),
+                }));
+            }
+            self.pin
+                .set(&saved.pin.value, saved.pin.tries, saved.pin.left);
+            tracing::info!(path = %path.display(), tries_left = saved.pin.left, "CAC card state restored");
+        }
+        Ok(())
+    }
+
+    /// Lets go of the state file's lock, for a card made anew from the same files to take
+    /// it (the service's enrollment); the card writes nothing until [`retake_state`](Self::retake_state).
+    pub fn release_state(&mut self) {
+        self.lock = None;
+    }
+
+    /// Takes the state file's lock again after [`release_state`](Self::release_state), when the
+    /// card made anew could not be: this card stays, with the state it had.
+    pub fn retake_state(&mut self) -> Result<(), CacError> {
+        let Some(path) = &self.state else {
+            return Ok(());
+        };
+        self.lock = Some(
+            crate::piv::state::lock(path).map_err(|why| CacError::State {
+                path: path.display().to_string(),
+                why,
+            })?,
+        );
+        Ok(())
+    }
+
+    /// What the state file would hold now.
+    pub fn state(&self) -> CacState {
+        CacState {
+            card: self.card_id.clone(),
+            pin: crate::piv::PinState {
+                value: zeroize::Zeroizing::new(self.pin.value().to_vec()),
+                tries: self.pin.max_tries(),
+                left: self.pin.tries_left(),
+            },
+        }
+    }
+
+    /// Writes the state file, if the card keeps one and holds its lock.
+    fn save(&self) -> std::io::Result<bool> {
+        match (&self.state, &self.lock) {
+            (Some(path), Some(_)) => self.state().save(path).map(|()| true),
+            (Some(_), None) => Err(std::io::Error::other(
+                "the card let go of its state file's lock",
+            )),
+            (None, _) => Ok(false),
+        }
     }
 
     /// Clears the volatile state: selections, pending response, partial crypt input, login.
@@ -340,7 +455,26 @@ impl CacCard {
             .rposition(|b| *b != 0xFF)
             .map_or(0, |p| p + 1);
         self.logged_in = false;
-        match self.pin.verify(&cmd.data[..end]) {
+        let before = self.pin.tries_left();
+        let result = self.pin.verify(&cmd.data[..end]);
+        // The counter is on disk before the answer leaves (issue #17). Every compared try is
+        // written, a right one at full tries too: if only changes were, a disk that refuses
+        // writes would answer 6581 to a wrong PIN and 9000 to the right one, a guess with no
+        // count. A try the file did not take is undone, so that nothing (the answer, a status
+        // query after) tells a right PIN from a wrong one.
+        if result != PinVerify::Blocked {
+            if let Err(e) = self.save() {
+                tracing::error!(
+                    path = ?self.state,
+                    "cannot save the CAC card state; VERIFY answers 6581: {e}"
+                );
+                let value = zeroize::Zeroizing::new(self.pin.value().to_vec());
+                let max = self.pin.max_tries();
+                self.pin.set(&value, max, before);
+                return Answer::Sw(MEMORY_FAILURE);
+            }
+        }
+        match result {
             PinVerify::Ok => {
                 self.logged_in = true;
                 Answer::Sw(Sw::OK)

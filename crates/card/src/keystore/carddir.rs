@@ -10,7 +10,7 @@
 //! identity (its certificates, its card identifiers and the PIV state bound to them).
 
 use super::files::{exposed, FileIdentity};
-use super::{FileStore, KeyError};
+use super::{sync_dir, FileStore, KeyError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -444,11 +444,6 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-/// fsync on a directory, so that the entries made in it (or renamed into it) are on disk.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A self-signed certificate with SHA-256 and its key pair: RSA-2048 for signing and

@@ -29,7 +29,8 @@ pub enum PublicKey {
     Ec(Vec<u8>),
 }
 
-/// A private key held by the card.
+/// A private key held by the card, wiped when dropped (the AWS-LC key and its DER).
+#[derive(zeroize::ZeroizeOnDrop)]
 pub struct CardKey {
     key: PrivateKey,
     der: Zeroizing<Vec<u8>>,

@@ -8,8 +8,6 @@
 
 use super::carddir::{Attr, Blueprint, CardDir, ECC, NAMES};
 use super::{FileIdentity, FileStore, KeyError};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The user's data directory for vccid: `$VCCID_DATA_DIR`, else `$XDG_DATA_HOME/vccid`, else
@@ -102,21 +100,6 @@ pub fn certificate_subject(cert_der: &[u8]) -> Option<String> {
     x509_cert::Certificate::from_der(cert_der)
         .ok()
         .map(|c| c.tbs_certificate().subject().to_string())
-}
-
-/// Writes via a temporary file in the same directory and a rename, so a reader never sees a
-/// half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
 /// may read or write it (a key others can read is no longer private; one they can write can be
 /// replaced). `None` when only its owner may. Refused rather than fixed, as OpenSSH refuses an
 /// "UNPROTECTED PRIVATE KEY FILE": the user learns that the key may have been exposed.
-pub(crate) fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+pub fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o7777;
     let (read, write) = (mode & 0o044 != 0, mode & 0o022 != 0);
@@ -123,7 +123,7 @@ pub(crate) fn exposed(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
 }
 
 /// Reads a file that holds a private key, refusing it when others may read or write it.
-pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     use std::io::Read;
     let mut f =
         std::fs::File::open(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;

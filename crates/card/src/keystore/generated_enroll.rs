@@ -16,7 +16,9 @@
 //! come from the first certificate): OpenSC sees a new card, as it would a reissued one.
 
 use super::KeyKind;
-use super::{read_private, write_atomic, CardKey, GeneratedIdentities, Identity, KeyError};
+use super::{
+    read_private, remove_stale_tmp, write_atomic, CardKey, GeneratedIdentities, Identity, KeyError,
+};
 use crate::enroll::{self, Algorithm, EnrollError};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -48,11 +50,10 @@ fn save_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
     }
 }
 
-/// fsync on a directory: the renames into it are on disk.
+/// fsync on a directory: the removals from it are on disk ([`write_atomic`] syncs its own
+/// renames).
 fn sync_dir(dir: &Path) -> Result<(), EnrollError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(save_err(dir))
+    super::sync_dir(dir).map_err(save_err(dir))
 }
 
 /// Removes a file that may be absent.
@@ -120,7 +121,6 @@ impl GeneratedIdentities {
         // aws-lc-rs writes RSA keys as PKCS#8.
         let pem = enroll::key_pem(&key, "PRIVATE KEY")?;
         write_atomic(&f.pending, pem.as_bytes(), 0o600).map_err(save_err(&f.pending))?;
-        sync_dir(self.dir())?;
         tracing::info!(
             identity = name,
             dir = %self.dir().display(),
@@ -207,7 +207,6 @@ impl GeneratedIdentities {
             journal.push_str(&enroll::key_pem(key, label)?);
         }
         write_atomic(&f.journal, journal.as_bytes(), 0o600).map_err(save_err(&f.journal))?;
-        sync_dir(self.dir())?;
         self.apply_journal(name)?;
         tracing::info!(identity = name, dir = %self.dir().display(), "CAC identity enrolled");
         Ok(())
@@ -228,16 +227,20 @@ impl GeneratedIdentities {
         }
         let pem = enroll::certificate_pem(&cert)?;
         write_atomic(&f.cert, pem.as_bytes(), 0o644).map_err(save_err(&f.cert))?;
-        sync_dir(self.dir())?;
         remove(&f.journal)?;
         remove(&f.pending)?;
         sync_dir(self.dir())
     }
 
-    /// Finishes an enrollment a crash interrupted after its journal was written.
+    /// Finishes an enrollment a crash interrupted after its journal was written, and removes
+    /// the temporary files of writes a crash cut short.
     pub(crate) fn finish_interrupted(&self) -> Result<(), KeyError> {
         for name in CAC_IDENTITIES {
-            let journal = files(self.dir(), name).journal;
+            let f = files(self.dir(), name);
+            for path in [&f.cert, &f.key, &f.pending, &f.journal] {
+                remove_stale_tmp(path);
+            }
+            let journal = f.journal;
             if journal.exists() {
                 self.apply_journal(name).map_err(|e| KeyError::File {
                     path: journal.display().to_string(),

@@ -2,6 +2,7 @@
 //! private key never leaves its store: the store performs the raw RSA operation, ECDSA over a
 //! digest and ECDH itself.
 
+mod atomic;
 mod carddir;
 mod cardkey;
 mod default;
@@ -15,9 +16,11 @@ mod rawec;
 mod rawrsa;
 mod shared;
 
+pub use atomic::{remove_stale_tmp, sync_dir, write_atomic};
 pub use cardkey::{CardKey, KeyKind, PublicKey};
-pub use default::{certificate_subject, default_data_dir, write_atomic, DefaultIdentities};
-pub(crate) use files::{exposed, pem_blocks, read_private};
+pub use default::{certificate_subject, default_data_dir, DefaultIdentities};
+pub(crate) use files::pem_blocks;
+pub use files::{exposed, read_private};
 pub use files::{FileIdentity, FileStore};
 pub use generated::{
     CardName, CardNameError, GeneratedIdentities, SubjectError, SubjectTemplate, MAX_NAME,

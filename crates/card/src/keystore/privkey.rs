@@ -15,6 +15,9 @@ pub(crate) enum PrivateKey {
     Ec(RawEc),
 }
 
+// Either variant wipes itself when dropped (see RawRsa's and RawEc's).
+impl zeroize::ZeroizeOnDrop for PrivateKey {}
+
 impl PrivateKey {
     /// Parses a PKCS#8 PrivateKeyInfo, a PKCS#1 RSAPrivateKey or a SEC 1 ECPrivateKey (DER).
     pub(crate) fn from_der(der: &[u8]) -> Result<Self, PrivateKeyError> {

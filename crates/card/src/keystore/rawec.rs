@@ -152,3 +152,7 @@ impl Drop for RawEc {
         unsafe { aws_lc_sys::EC_KEY_free(self.key.as_ptr()) }
     }
 }
+
+// The drop above is the wipe: AWS-LC's OPENSSL_free (crypto/mem.c) cleanses every allocation
+// it frees, the private scalar's included, before handing it back.
+impl zeroize::ZeroizeOnDrop for RawEc {}

@@ -160,6 +160,10 @@ impl Drop for RawRsa {
     }
 }
 
+// The drop above is the wipe: AWS-LC's OPENSSL_free (crypto/mem.c) cleanses every allocation
+// it frees, d, p, q and the CRT values included, before handing it back.
+impl zeroize::ZeroizeOnDrop for RawRsa {}
+
 #[cfg(test)]
 mod tests {
     use super::super::privkey::PrivateKey;

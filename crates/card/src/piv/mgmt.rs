@@ -13,8 +13,8 @@ pub const ALG_AES192: u8 = 0x0A;
 /// AES-256.
 pub const ALG_AES256: u8 = 0x0C;
 
-/// A management key: its algorithm and value.
-#[derive(Clone, PartialEq, Eq)]
+/// A management key: its algorithm and value, wiped when dropped.
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct ManagementKey {
     alg: u8,
     key: Zeroizing<Vec<u8>>,

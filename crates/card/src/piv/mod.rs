@@ -28,7 +28,7 @@ mod enroll;
 mod fascn;
 mod mgmt;
 mod objects;
-mod state;
+pub(crate) mod state;
 
 pub use crypto::{MAX_IDENTITIES, SLOTS};
 pub use enroll::parse_slot;
@@ -254,6 +254,9 @@ impl PivCard {
                 why,
             };
             card._lock = Some(state::lock(path).map_err(err)?);
+            // Under the lock no other process writes this file: a temporary one beside it is
+            // a write a crash cut short.
+            crate::keystore::remove_stale_tmp(path);
             if let Some(state) = State::load(path).map_err(err)? {
                 card.restore(state).map_err(err)?;
                 tracing::info!(path = %path.display(), "PIV card state restored");
@@ -265,6 +268,11 @@ impl PivCard {
     /// Wrong PINs left before the PIN blocks (for status pages).
     pub fn pin_tries_left(&self) -> u8 {
         self.pin.tries_left()
+    }
+
+    /// Wrong PUKs left before the PUK blocks (for status pages and the stateful fuzz target).
+    pub fn puk_tries_left(&self) -> u8 {
+        self.puk.tries_left()
     }
 
     /// The certificates in its key slots' objects now (enrolled ones included), as
@@ -370,6 +378,13 @@ impl PivCard {
         })
     }
 
+    /// Another application of the card was selected (a dual card's CAC applets): the PIV
+    /// application is deselected and all its security status indicators are set to FALSE
+    /// (SP 800-73-4 Part 2 §3.1.1); its command chain and pending response go with it.
+    pub(crate) fn deselect(&mut self) {
+        self.clear();
+    }
+
     fn clear(&mut self) {
         self.pin_verified = false;
         self.pin_fresh = false;
@@ -408,10 +423,17 @@ impl PivCard {
         }
         // Command chaining (ISO 7816-4 §5.1.1.1): CLA b5 set on all but the last piece, all
         // with the same INS P1 P2.
-        let (ins, p1, p2, mut data) =
-            self.chain
-                .take()
-                .unwrap_or((cmd.ins, cmd.p1, cmd.p2, Vec::new()));
+        // A SELECT is never taken as the wrong piece of another command's chain: it ends the
+        // chain and is carried out, as on a Java Card, whose runtime selects applications
+        // before any applet sees the command (a host that selects has left what it chained).
+        let fresh = (cmd.ins, cmd.p1, cmd.p2, Vec::new());
+        let (ins, p1, p2, mut data) = match self.chain.take() {
+            Some((i, a, b, _)) if cmd.ins == 0xA4 && (i, a, b) != (cmd.ins, cmd.p1, cmd.p2) => {
+                fresh
+            }
+            Some(chain) => chain,
+            None => fresh,
+        };
         if (ins, p1, p2) != (cmd.ins, cmd.p1, cmd.p2) {
             return Sw::LAST_COMMAND_EXPECTED.to_bytes().to_vec();
         }
@@ -470,7 +492,10 @@ impl PivCard {
         }
         // A right-truncated AID selects too (SP 800-73-4 Part 2 §3.1.1).
         if data.len() < 5 || !PIV_AID.starts_with(data) {
-            self.selected = false;
+            // The PIV application is no longer selected (its commands get 6985 until it is
+            // selected again), so none of its security status survives either: SP 800-73-4
+            // Part 2 §3.1.1 sets it to FALSE when the application is deselected.
+            self.clear();
             return Err(Sw::NOT_FOUND);
         }
         self.selected = true;

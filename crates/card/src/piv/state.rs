@@ -3,9 +3,13 @@
 //! and management key with their retry counters.
 //!
 //! The file is JSON with a format name and a version, written atomically (temporary file,
-//! fsync, rename) with mode 0600, because it holds the PIN and private keys. Version 1 is
+//! fsync, rename, fsync of the directory: `keystore::write_atomic`) with mode 0600, because
+//! it holds the PIN and private keys. Version 1 is
 //! the only one so far; a file of a newer version, of another card, or that fails to parse is
 //! reported with its path and left as it is: the card does not start.
+//!
+//! The lock, the permission checks, reading and writing ([`lock`], [`read`], [`write`]) are
+//! the CAC card's too (`cac::state`, issue #17): one code path for every card state file.
 
 use super::mgmt::ManagementKey;
 use serde::{Deserialize, Serialize};
@@ -20,8 +24,9 @@ pub const VERSION: u32 = 1;
 /// The largest state file read (24 certificates of 16 KiB, hex-encoded, with room).
 const MAX_FILE: u64 = 2 * 1024 * 1024;
 
-/// A PIN or PUK: its padded value and counters. `Debug` leaves the value out (issue #14).
-#[derive(Clone, PartialEq, Eq)]
+/// A PIN or PUK: its padded value and counters, wiped when dropped. `Debug` leaves the value
+/// out (issue #14).
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct PinState {
     /// The 8-byte value, FF-padded.
     pub value: Zeroizing<Vec<u8>>,
@@ -41,8 +46,8 @@ impl std::fmt::Debug for PinState {
     }
 }
 
-/// A key the card holds itself. `Debug` leaves the private key out.
-#[derive(Clone, PartialEq, Eq)]
+/// A key the card holds itself, wiped when dropped. `Debug` leaves the private key out.
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct SavedKey {
     /// Algorithm identifier (SP 800-78-4 Table 6-2).
     pub alg: u8,
@@ -68,7 +73,8 @@ impl std::fmt::Debug for SavedKey {
     }
 }
 
-/// Everything the card persists.
+/// Everything the card persists. Not `ZeroizeOnDrop` itself (a card takes its parts by
+/// move), but each secret part wipes itself: [`PinState`], [`ManagementKey`], [`SavedKey`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     /// SHA-256 over the certificates the card was built from, hex: a state file belongs to
@@ -220,6 +226,15 @@ pub enum StateError {
         /// The start of this card's.
         card: String,
     },
+    /// Not JSON with a format name and a version (the CAC card's file, `cac::state`).
+    #[error("not a vccid CAC state file: {0}")]
+    NotCacStateFile(serde_json::Error),
+    /// Another format name than the CAC card's.
+    #[error("format {0:?} is not {f:?}", f = crate::cac::STATE_FORMAT)]
+    CacFormat(String),
+    /// The CAC PIN out of range.
+    #[error("pin: the value must be 1 to 8 bytes not ending in FF, tries 1..15 and left ≤ tries")]
+    CacPin,
     /// A saved key that does not parse.
     #[error("key {slot:02X}: {error}")]
     Key {
@@ -245,12 +260,20 @@ struct Header {
     version: u32,
 }
 
-fn unhex(what: &str, s: &str) -> Result<Vec<u8>, StateError> {
+pub(crate) fn unhex(what: &str, s: &str) -> Result<Vec<u8>, StateError> {
     apdu::hex::parse(s).ok_or_else(|| StateError::NotHex(what.to_string()))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub(crate) fn hex(b: &[u8]) -> String {
+    // One string for the whole field: the file is written on every counter change, and a
+    // string per byte made that most of a PIN try's time (the piv_session fuzz target).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 0x0F)]));
+    }
+    s
 }
 
 fn pin_from(what: &'static str, p: &PinV1) -> Result<PinState, StateError> {
@@ -427,32 +450,48 @@ impl State {
 
     /// Reads the state file at `path`; `None` when there is none yet.
     pub fn load(path: &Path) -> Result<Option<State>, StateError> {
-        use std::io::Read;
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StateError::Read(e)),
-        };
-        // It holds the PIN, the PUK, the management key and private keys.
-        let meta = file.metadata().map_err(StateError::Read)?;
-        if let Some(why) = crate::keystore::exposed(path, &meta) {
-            return Err(StateError::Exposed(why));
+        match read(path)? {
+            Some(bytes) => State::parse(&bytes).map(Some),
+            None => Ok(None),
         }
-        let mut bytes = Zeroizing::new(Vec::new());
-        file.take(MAX_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(StateError::Read)?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(StateError::TooLarge);
-        }
-        State::parse(&bytes).map(Some)
     }
 
     /// Writes the state atomically with mode 0600, creating the directory (0700) if needed.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        make_dir(path)?;
-        crate::keystore::write_atomic(path, &self.to_bytes(), 0o600)
+        write(path, &self.to_bytes())
     }
+}
+
+/// Reads a state file's bytes, refusing one that others may read or write and one larger
+/// than a state file can be; `None` when there is none yet. The PIV card's and the CAC card's
+/// (`cac::state`) alike.
+pub(crate) fn read(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::Read(e)),
+    };
+    // It holds a PIN (and the PIV card's PUK, management key and private keys).
+    let meta = file.metadata().map_err(StateError::Read)?;
+    if let Some(why) = crate::keystore::exposed(path, &meta) {
+        return Err(StateError::Exposed(why));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(StateError::Read)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(StateError::TooLarge);
+    }
+    Ok(Some(bytes))
+}
+
+/// Writes a state file's bytes atomically with mode 0600, creating the directory (0700) if
+/// needed: the PIV card's and the CAC card's (`cac::state`) alike.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    make_dir(path)?;
+    crate::keystore::write_atomic(path, bytes, 0o600)
 }
 
 #[cfg(test)]

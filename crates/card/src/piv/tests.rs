@@ -351,6 +351,36 @@ fn chaining_rules_and_bad_input() {
     assert_eq!(sw(&tx(&mut c, "00 00 00 00")), "6D 00");
 }
 
+/// Found by the piv_session fuzz target: a failed SELECT leaves the PIV application (its
+/// commands get 6985) but the PIN stayed verified for its return (SP 800-73-4 Part 2 §3.1.1:
+/// a deselected PIV application's security status indicators are FALSE).
+#[test]
+fn a_failed_select_clears_the_pin_status() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 A4 04 00 05 D2 76 00 01 24")), "6A 82");
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "69 85");
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80")), "63 C3");
+}
+
+/// Found by the piv_session fuzz target: a SELECT sent while a chain was in progress was
+/// answered 6883 and not carried out; it ends the chain and selects.
+#[test]
+fn a_select_ends_a_chain_in_progress() {
+    let mut c = card();
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, "10 CB 3F FF 02 5C 03")), "90 00");
+    assert_eq!(sw(&tx(&mut c, "00 A4 04 00 05 D2 76 00 01 24")), "6A 82");
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 05 5C 03 5F C1 02 00")), "69 85");
+    tx(&mut c, SELECT);
+    assert_eq!(sw(&tx(&mut c, "10 CB 3F FF 02 5C 03")), "90 00");
+    assert!(tx(&mut c, SELECT).ends_with(&[0x90, 0x00]));
+    // The chain is gone: this piece alone is no tag list, so no CHUID comes back.
+    assert_eq!(sw(&tx(&mut c, "00 CB 3F FF 03 5F C1 02 00")), "6A 80");
+}
+
 proptest::proptest! {
     #[test]
     fn any_apdu_gets_a_status_word(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {

@@ -473,6 +473,42 @@ fn bad_state_files_are_reported_with_their_path_and_left_alone() {
     assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "63 C2");
 }
 
+/// Issue #17: a wrong PIN's count is in the state file before its 63Cx leaves the card, and a
+/// count that cannot be saved is not answered as a wrong PIN (6581), so a restart never gives
+/// tries back. A temporary file a crash left beside the state is removed at the next start.
+#[test]
+fn a_wrong_pin_is_counted_on_disk_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = state_config(dir.path());
+    let path = cfg.state.clone().unwrap();
+    let mut c = open(&cfg).unwrap();
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
+        "63 C2"
+    );
+    assert_eq!(State::load(&path).unwrap().unwrap().pin.left, 2);
+    // The file cannot be replaced (a non-empty directory in its place): no 63C1.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("x"), b"x").unwrap();
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
+        "65 81"
+    );
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
+        "63 C0"
+    );
+    assert_eq!(State::load(&path).unwrap().unwrap().pin.left, 0);
+    drop(c);
+    let leftover = path.with_file_name("state.json.tmp4194305-0");
+    std::fs::write(&leftover, b"{\"format\": \"vccid PIV").unwrap();
+    let mut c = open(&cfg).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "69 83");
+}
+
 /// A state file saved before issue #15 holds the factory CHUID whose FASC-N every card shared:
 /// the card puts its own in place, and keeps a CHUID the user wrote with PUT DATA. The state
 /// file's name (`card_id`) is the same as before: it names the certificates alone.

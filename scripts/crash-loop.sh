@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The crash loop of issue #17: `vccid serve` killed with SIGKILL ROUNDS times (default 1000)
+# at random moments during PIV key generation, certificate import, PIN changes, wrong PINs
+# and run-time enrollment, each restart checked (the state is the old one or the new one,
+# readable, the PIN retry counter never back up, no temporary file left). It is the CI test
+# crates/vccid/tests/crash_safety.rs with more rounds; SEED replays a run (the test prints
+# the seed it used).
+#
+# usage: scripts/crash-loop.sh [ROUNDS [SEED]]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CRASH_ROUNDS="${1:-1000}"
+[ -n "${2:-}" ] && export CRASH_SEED="$2"
+log=$(mktemp /tmp/crash-loop.XXXXXX.log)
+status=0
+cargo test -p vccid --test crash_safety -- --nocapture >"$log" 2>&1 || status=$?
+# Every round's line is in the log; the seed, the summary and any failure are shown here.
+grep -E '^crash_safety:|panicked|^test result' "$log" || true
+[ "$status" -eq 0 ] || { tail -40 "$log"; echo "crash loop FAILED (log: $log)"; }
+exit "$status"
