@@ -53,9 +53,9 @@ impl PivCard {
         }
         self.pin_verified = false;
         self.pin_fresh = false;
-        let before = self.pin.tries_left();
         let result = self.pin.verify(data);
-        self.dirty |= self.pin.tries_left() != before;
+        // Every compared try is saved, a right one at full tries too (see `process`).
+        self.dirty |= result != PinVerify::Blocked;
         match result {
             PinVerify::Ok => {
                 self.pin_verified = true;
@@ -81,9 +81,8 @@ impl PivCard {
             PUK_REF => &mut self.puk,
             _ => return Err(Sw::REFERENCE_NOT_FOUND),
         };
-        let before = which.tries_left();
         let result = which.verify(old);
-        self.dirty |= which.tries_left() != before;
+        self.dirty |= result != PinVerify::Blocked;
         match result {
             PinVerify::Ok => {
                 which.change(new);
@@ -104,9 +103,8 @@ impl PivCard {
             return Err(Sw::WRONG_LENGTH);
         }
         let (puk, new) = data.split_at(8);
-        let before = self.puk.tries_left();
         let result = self.puk.verify(puk);
-        self.dirty |= self.puk.tries_left() != before;
+        self.dirty |= result != PinVerify::Blocked;
         match result {
             PinVerify::Ok => {
                 self.pin.change(new);

@@ -177,6 +177,16 @@ pub struct PivCard {
     presence: Presence,
 }
 
+/// A PIN or PUK as a command found it: value, maximum and remaining tries.
+type SavedPin = (Zeroizing<Vec<u8>>, u8, u8);
+
+/// What a PIN-comparing command may change, kept until its save succeeds.
+struct Counters {
+    pin: SavedPin,
+    puk: SavedPin,
+    verified: (bool, bool),
+}
+
 impl std::fmt::Debug for PivCard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PivCard")
@@ -367,6 +377,28 @@ impl PivCard {
         Ok(())
     }
 
+    /// The PIN and PUK, values and counters, with the login they gave.
+    fn counters(&self) -> Counters {
+        let copy = |p: &Pin| {
+            (
+                Zeroizing::new(p.value().to_vec()),
+                p.max_tries(),
+                p.tries_left(),
+            )
+        };
+        Counters {
+            pin: copy(&self.pin),
+            puk: copy(&self.puk),
+            verified: (self.pin_verified, self.pin_fresh),
+        }
+    }
+
+    fn restore_counters(&mut self, c: Counters) {
+        self.pin.set(&c.pin.0, c.pin.1, c.pin.2);
+        self.puk.set(&c.puk.0, c.puk.1, c.puk.2);
+        (self.pin_verified, self.pin_fresh) = c.verified;
+    }
+
     /// Writes the state file, if there is one.
     fn persist(&mut self) -> Result<(), Sw> {
         let Some(path) = self.config.state.clone() else {
@@ -447,6 +479,8 @@ impl PivCard {
         }
         let ne = cmd.ne().max(if cmd.le.is_none() { 256 } else { 0 });
         let data = Zeroizing::new(data);
+        // The PIN and PUK as they were, for a comparing command whose save fails.
+        let counters = matches!(cmd.ins, 0x20 | 0x24 | 0x2C).then(|| self.counters());
         let mut answer = match cmd.ins {
             0xA4 => self.select(&cmd, &data),
             0xC0 => return self.get_response(cmd.ne()),
@@ -469,6 +503,13 @@ impl PivCard {
         };
         if std::mem::take(&mut self.dirty) {
             if let Err(sw) = self.persist() {
+                // A compared PIN or PUK the file did not take is undone, login and counters
+                // alike (issue #17): were only changes saved and kept, a disk that refuses
+                // writes would answer 6581 to a wrong PIN and 9000 to the right one, a guess
+                // with no count. Nothing then tells a right value from a wrong one.
+                if let Some(before) = counters {
+                    self.restore_counters(before);
+                }
                 answer = Err(sw);
             }
         }

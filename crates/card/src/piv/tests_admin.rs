@@ -333,9 +333,10 @@ fn the_state_file_carries_keys_objects_pins_and_counters_across_restarts() {
     let cfg = state_config(dir.path());
     let path = cfg.state.clone().unwrap();
     let mut c = open(&cfg).unwrap();
-    // Nothing changed yet: no file.
-    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    // Nothing compared or changed yet: no file. A compared PIN is saved, a right one too.
     assert!(!path.exists());
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+    assert!(path.exists());
     default_auth(&mut c);
     let public = generated_public(&tx(&mut c, "00 47 00 9A 05 AC 03 80 01 11 00"));
     let point = public[&0x86].clone();
@@ -496,6 +497,11 @@ fn a_wrong_pin_is_counted_on_disk_before_its_answer() {
         "65 81"
     );
     std::fs::remove_dir_all(&path).unwrap();
+    // The try the file did not take was undone: 63C1, not 63C0.
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
+        "63 C1"
+    );
     assert_eq!(
         sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
         "63 C0"
@@ -507,6 +513,42 @@ fn a_wrong_pin_is_counted_on_disk_before_its_answer() {
     let mut c = open(&cfg).unwrap();
     assert!(!leftover.exists());
     assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "69 83");
+}
+
+/// Found by review of the CAC state (issue #17): PIV saved only a changed counter, so with a
+/// disk that refuses writes a wrong PIN answered 6581 and the right one 9000, a guess that
+/// never counted. Every compared PIN, PUK or CHANGE REFERENCE DATA is saved now, and one the
+/// file did not take is undone: 6581 for right and wrong alike, no login, no change.
+#[test]
+fn a_right_pin_the_file_does_not_take_is_no_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = state_config(dir.path());
+    let path = cfg.state.clone().unwrap();
+    let mut c = open(&cfg).unwrap();
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 30 30 30 30 30 30 FF FF")),
+        "63 C2"
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("x"), b"x").unwrap();
+    for right_or_wrong in [
+        "00 20 00 80 08 31 32 33 34 35 36 FF FF",
+        "00 20 00 80 08 30 30 30 30 30 30 FF FF",
+        // CHANGE REFERENCE DATA with the right PIN, RESET RETRY COUNTER with the right PUK.
+        "00 24 00 80 10 31 32 33 34 35 36 FF FF 39 39 39 39 39 39 FF FF",
+        "00 2C 00 80 10 31 32 33 34 35 36 37 38 39 39 39 39 39 39 FF FF",
+    ] {
+        assert_eq!(sw(&tx(&mut c, right_or_wrong)), "65 81", "{right_or_wrong}");
+        assert_eq!(sw(&tx(&mut c, "00 20 00 80 00")), "63 C2");
+    }
+    std::fs::remove_dir_all(&path).unwrap();
+    // The PIN is still the old one, with the count the file last took.
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 31 32 33 34 35 36 FF FF")),
+        "90 00"
+    );
+    assert_eq!(State::load(&path).unwrap().unwrap().pin.left, 3);
 }
 
 /// A state file saved before issue #15 holds the factory CHUID whose FASC-N every card shared:
