@@ -19,6 +19,9 @@ pub const PAUSE: Duration = Duration::from_millis(100);
 pub trait Peer {
     /// The peer's address, or a description when it has none.
     fn peer(&self) -> String;
+    /// Tells a peer turned away at the cap why, where its protocol has a way to (the control
+    /// socket's error line); must not block the accept loop. Most protocols have none.
+    fn turn_away(&mut self, _why: &str) {}
 }
 
 impl Peer for TcpStream {
@@ -110,10 +113,13 @@ where
     let busy = Arc::new(AtomicUsize::new(0));
     let mut last = String::new();
     loop {
-        let s = next(what, &mut accept, &mut last);
+        let mut s = next(what, &mut accept, &mut last);
         if busy.fetch_add(1, Ordering::SeqCst) >= cap {
             busy.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(peer = %s.peer(), "{what}: {cap} connections already under way; closing this one");
+            s.turn_away(&format!(
+                "{cap} {what} connections already under way; try again when one ends"
+            ));
             continue;
         }
         let (serve, done) = (serve.clone(), busy.clone());

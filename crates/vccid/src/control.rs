@@ -139,6 +139,16 @@ impl link::accept::Peer for Client {
     fn peer(&self) -> String {
         peer_uid(&self.0).map_or_else(|| "uid ?".into(), |u| format!("uid {u}"))
     }
+    /// The error line in place of the greeting, so that `vccid ctl` and scripts say why
+    /// rather than "connection closed". Non-blocking: a fresh connection's send buffer is
+    /// empty, and a client that somehow fills it loses only this line.
+    fn turn_away(&mut self, why: &str) {
+        let mut line = json!({"error": {"class": "GenericError", "desc": why}}).to_string();
+        line.push('\n');
+        if self.0.set_nonblocking(true).is_ok() {
+            let _ = self.0.write_all(line.as_bytes());
+        }
+    }
 }
 
 /// Writes one JSON message and a newline; an error means the client is gone or stuck.

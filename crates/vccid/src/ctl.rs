@@ -235,6 +235,11 @@ impl Connection {
             pending_events: Vec::new(),
         };
         let greeting = c.next(None)?;
+        // Turned away at the service's client limit: its error line comes in place of the
+        // greeting.
+        if let Some(why) = greeting["error"]["desc"].as_str() {
+            bail!("{} refused this client: {why}", path.display());
+        }
         if greeting.get("QMP").is_none() {
             bail!(
                 "{} is not a vccid control socket: {greeting}",
