@@ -10,6 +10,8 @@
 //!   and the OpenSSL signature check ([`verify_sha256`]);
 //! - [`vhci`]: the kernel's side of USB/IP;
 //! - [`ccid_host`]: a mock CCID host driving a `UsbDevice`;
+//! - [`fault`]: [`fault::FaultProxy`], a TCP/Unix proxy that delays, splits, stalls, cuts
+//!   and resets a link's traffic on the test's schedule;
 //! - [`tls`]: TLS material with one thing wrong, and tshark loopback captures;
 //! - [`process`]: signals and deadlines for children and connections.
 //!
@@ -19,6 +21,7 @@
 //! A peer that cannot start is an error, never a skip.
 
 pub mod ccid_host;
+pub mod fault;
 pub mod guest;
 pub mod identities;
 pub mod libvirt;

@@ -190,10 +190,20 @@ fn goodbye(shared: &Shared) {
     }
 }
 
+/// TLS connections in a row that the host closes before answering, after which vscclient
+/// takes it for a refusal of its certificate and stops. One such close is not enough: it is
+/// also what a link that drops right after the handshake looks like.
+const TLS_UNANSWERED_LIMIT: u32 = 3;
+
 /// Why a connection ended, and whether trying again can help.
 enum Ended {
     /// Lost: reconnect; `true` when the host had answered (the backoff starts over).
     Lost(String, bool),
+    /// The host closed a TLS connection before answering: a refused client certificate (a
+    /// TLS 1.3 client finishes its handshake before the server has judged its certificate,
+    /// and QEMU then just closes), or a link that dropped at that moment. Given up after
+    /// [`TLS_UNANSWERED_LIMIT`] in a row, with this one-line reason.
+    Unanswered(String),
     /// Refused for good (TLS): stop with this one-line reason.
     Refused(String),
 }
@@ -217,7 +227,7 @@ fn connection(shared: &Shared, mut stream: Stream) -> Ended {
             Ok(0) | Err(_) if !answered && tls => {
                 // TLS 1.3 finishes the client's handshake before the server has judged our
                 // certificate; QEMU checks it afterwards and just closes.
-                return Ended::Refused(
+                return Ended::Unanswered(
                     "the host closed the TLS connection before answering: it refused our \
                      client certificate (not from its CA, expired, or not yet valid)"
                         .into(),
@@ -340,6 +350,8 @@ fn run(args: VscclientArgs) -> Result<()> {
             })?;
     }
     let started = std::time::Instant::now();
+    // TLS connections closed before the host answered, in a row.
+    let mut unanswered = 0;
     // 100 ms doubling to 5 s, started over once a host has answered.
     let mut backoff = Backoff::default();
     let tls = match &args.tls {
@@ -390,9 +402,17 @@ fn run(args: VscclientArgs) -> Result<()> {
         }
         match ended {
             Ended::Refused(why) => bail!("{addr}: {why}"),
+            Ended::Unanswered(why) => {
+                unanswered += 1;
+                if unanswered >= TLS_UNANSWERED_LIMIT {
+                    bail!("{addr}: {why}");
+                }
+                tracing::warn!(%addr, "the host closed the TLS connection before answering (it refused our client certificate, or the link dropped); trying again");
+            }
             Ended::Lost(why, answered) => {
                 if answered {
                     backoff.reset();
+                    unanswered = 0;
                 }
                 tracing::warn!(%addr, "VSCard host connection lost: {why}; reconnecting")
             }
