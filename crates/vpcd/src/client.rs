@@ -192,7 +192,6 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
                 Ok(s) => s,
                 Err(NotConnected::Stopped | NotConnected::GaveUp(_)) => return,
             };
-        backoff.reset();
         tracing::info!(addr = %opts.addr, "connected to vpcd");
         if let Ok(clone) = stream.try_clone() {
             *shared.current.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -202,7 +201,12 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
         if presence.snapshot().1 != connected_gen {
             let _ = stream.shutdown(Shutdown::Both);
         }
-        let why = session(stream, card);
+        let (why, heard) = session(stream, card);
+        // The backoff starts over only once vpcd has spoken: a relay or proxy that accepts
+        // and closes at once would otherwise be redialled every `min_backoff`, a warning each.
+        if heard {
+            backoff.reset();
+        }
         *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if shared.stop.is_stopped() {
             return;
@@ -239,15 +243,22 @@ enum Ended {
     Protocol(crate::codec::CodecError),
 }
 
-/// Serves one connection until it ends; returns why it ended.
-fn session(mut stream: TcpStream, card: &SharedCard) -> Ended {
+/// Serves one connection until it ends: why it ended, and whether vpcd sent any whole
+/// request.
+fn session(mut stream: TcpStream, card: &SharedCard) -> (Ended, bool) {
+    let mut heard = false;
+    let why = serve(&mut stream, card, &mut heard);
+    (why, heard)
+}
+
+fn serve(stream: &mut TcpStream, card: &SharedCard, heard: &mut bool) -> Ended {
     // One write per answer plus TCP_NODELAY, and quick ACKs: vpcd writes length and body
     // separately, so a delayed ACK would cost ~40 ms per APDU (lab/README.md).
     let _ = stream.set_nodelay(true);
     let quickack = |s: &TcpStream| {
         let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
     };
-    quickack(&stream);
+    quickack(stream);
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 65536 + 2];
     loop {
@@ -256,7 +267,7 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> Ended {
             Ok(n) => n,
             Err(e) => return Ended::Io(e),
         };
-        quickack(&stream);
+        quickack(stream);
         dec.feed(&buf[..n]);
         loop {
             let req = match dec.next_request() {
@@ -264,6 +275,7 @@ fn session(mut stream: TcpStream, card: &SharedCard) -> Ended {
                 Ok(None) => break,
                 Err(e) => return Ended::Protocol(e),
             };
+            *heard = true;
             // The card stays locked until its answer is written (see watch_removal).
             let mut c = lock(card);
             if let Some(answer) = answer(&mut *c, req) {

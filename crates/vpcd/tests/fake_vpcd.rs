@@ -111,3 +111,27 @@ async fn answers_follows_presence_and_reconnects() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// Found by the fault proxy (issue #17): the backoff started over at every TCP connect, so a
+/// relay that accepts and closes at once was redialled every 50 ms, a warning each. Now it
+/// starts over only once vpcd has spoken: 50, 100, 200, 400, 800 ms... between dials, under
+/// ten in two seconds where the old client made about forty.
+#[tokio::test]
+async fn a_peer_that_closes_at_once_is_redialled_with_growing_delays() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let presence = Presence::new(true);
+    let card = Arc::new(Mutex::new(Echo {
+        presence: presence.clone(),
+        resets: 0,
+    }));
+    let client = vpcd::spawn(card, vpcd::ClientOptions::new(addr)).unwrap();
+    let mut dials = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok((s, _))) = tokio::time::timeout_at(end, listener.accept()).await {
+        drop(s);
+        dials += 1;
+    }
+    client.stop();
+    assert!((2..10).contains(&dials), "{dials} dials in 2 s");
+}
