@@ -159,6 +159,15 @@ fn send(w: &Mutex<UnixStream>, v: &Value) -> std::io::Result<()> {
     s.write_all(line.as_bytes())
 }
 
+/// Whether a failed write to a client means it stopped reading ([`WRITE_TIMEOUT`] passed), not
+/// that it left (a broken pipe, a reset).
+fn stuck(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 fn timestamp() -> Value {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -240,8 +249,11 @@ fn client(s: UnixStream, service: &Arc<Service>) {
                 if let Some(v) = event_json(&e) {
                     if let Err(e) = send(&ew, &v) {
                         // A client that stops reading would otherwise hold its events (and
-                        // this thread) for ever; it is told nothing more and dropped.
-                        tracing::warn!(client = %ew_who, "control: events not taken within {WRITE_TIMEOUT:?} ({e}); client dropped");
+                        // this thread) for ever; it is told nothing more and dropped. One that
+                        // left (an event it caused still queued) is no news.
+                        if stuck(&e) {
+                            tracing::warn!(client = %ew_who, "control: events not taken within {WRITE_TIMEOUT:?} ({e}); client dropped");
+                        }
                         let _ = events_half.shutdown(std::net::Shutdown::Both);
                         return;
                     }
@@ -384,9 +396,11 @@ fn start_trace(
                 if let Err(e) = send(&w, &trace_json(&t)) {
                     // As for events (see `client`): a client that stops reading its trace is
                     // dropped, not left holding the connection with its trace gone quiet.
-                    tracing::warn!(
-                        "control: trace not taken within {WRITE_TIMEOUT:?} ({e}); client dropped"
-                    );
+                    if stuck(&e) {
+                        tracing::warn!(
+                            "control: trace not taken within {WRITE_TIMEOUT:?} ({e}); client dropped"
+                        );
+                    }
                     if let Ok(s) = w.lock() {
                         let _ = s.shutdown(std::net::Shutdown::Both);
                     }
