@@ -135,3 +135,51 @@ async fn a_peer_that_closes_at_once_is_redialled_with_growing_delays() {
     client.stop();
     assert!((2..10).contains(&dials), "{dials} dials in 2 s");
 }
+
+/// A hostile vpcd (issue #17: every link faces a peer that may be hostile): an unknown control
+/// byte is ignored, a 65,535-byte command whose answer cannot be framed gets 6F00, a message
+/// sent one byte per write is answered whole, and a message cut short by the peer going away
+/// costs that connection only; the next one is served.
+#[tokio::test]
+async fn a_hostile_vpcd_gets_answers_or_a_clean_close_and_the_next_one_is_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let presence = Presence::new(true);
+    let card = Arc::new(Mutex::new(Echo {
+        presence: presence.clone(),
+        resets: 0,
+    }));
+    let client = vpcd::spawn(card, vpcd::ClientOptions::new(addr)).unwrap();
+    let accept = || async {
+        tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+    };
+    let mut s = accept().await;
+    // vpcd sends no control byte but 00, 01, 02 and 04: another one is logged and ignored.
+    s.write_all(&[0, 1, 0x7E]).await.unwrap();
+    assert_eq!(ask(&mut s, &[0x04]).await, h("3B 02 14 50"));
+    // The longest message the 16-bit length allows; the echo card's answer (65,537 bytes)
+    // does not fit one, so the client answers 6F00 instead of a frame it cannot send.
+    let big: Vec<u8> = (0..65535u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(ask(&mut s, &big).await, h("6F 00"));
+    // One byte per write.
+    for b in [0u8, 4, 0x80, 0xCA, 0x9F, 0x7F] {
+        s.write_all(&[b]).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut answer = [0u8; 8];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer.to_vec(), h("00 06 80 CA 9F 7F 90 00"));
+    // A message announced at 300 bytes, 10 of them sent, then the peer goes.
+    s.write_all(&[0x01, 0x2C, 0, 0xA4, 4, 0, 5, 1, 2, 3, 4, 5])
+        .await
+        .unwrap();
+    drop(s);
+    let mut s = accept().await;
+    assert_eq!(ask(&mut s, &h("00 A4 04 00")).await, h("00 A4 04 00 90 00"));
+    client.stop();
+}
