@@ -11,10 +11,11 @@ targets=$(cargo fuzz list)
 cargo fuzz build -O $targets >/dev/null 2>&1 || cargo fuzz build -O
 failed=0
 for t in $targets; do
-  mkdir -p "corpus/$t"
-  # The state parser starts from a real file, so the fuzzer explores JSON that nearly fits.
-  [ "$t" = piv_state ] && cp ../crates/card/src/piv/testdata/state-v1.json "corpus/$t/"
-  if cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -detect_leaks=0 >"/tmp/fuzz-$t.log" 2>&1; then
+  mkdir -p "corpus/$t" "seeds/$t"
+  # Each run starts from the committed corpus, seeds/TARGET (real transcripts and the
+  # minimised deep-run corpus, scripts/fuzz-deep.sh); libFuzzer writes what it finds to the
+  # first directory only, the uncommitted scratch corpus/TARGET, so seeds/ stays as committed.
+  if cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -detect_leaks=0 >"/tmp/fuzz-$t.log" 2>&1; then
     echo "fuzz $t: $(grep -o 'Done [0-9]* runs' "/tmp/fuzz-$t.log" | awk '{print $2}') runs, no crash"
   else
     echo "fuzz $t: FAILED"; tail -30 "/tmp/fuzz-$t.log"; failed=1
