@@ -33,7 +33,11 @@ if ! dpkg-query -W -f='${Status}' python3-matplotlib 2>/dev/null | grep -q "ok i
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-matplotlib >/dev/null
 fi
-cargo build -q --release -p vccid --bin vccid --example soak
+# vccid as the README's run command and the test command build it (an example in the same
+# cargo call unifies the dev-dependencies' features into it, and the two would rebuild each
+# other's target/release/vccid), then the driver.
+cargo build -q --release -p vccid
+cargo build -q --release -p vccid --example soak
 echo "== work directory $W; ${SOAK_SECONDS} s; CPU(s) ${SOAK_CPUS:-any}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 pin=()
 [ -z "$SOAK_CPUS" ] || pin=(taskset -c "$SOAK_CPUS")
