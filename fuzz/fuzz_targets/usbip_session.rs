@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 use usbip::session::{UrbSession, MAX_PENDING};
 
 fuzz_target!(|data: &[u8]| {
-    let mut dev = Ccid::new(Identity::default(), Box::new(FixedCard::new(&[0x3B, 0x00], &[0x90, 0x00])));
+    let mut dev = Ccid::new(
+        Identity::default(),
+        Box::new(FixedCard::new(&[0x3B, 0x00], &[0x90, 0x00])),
+    );
     let mut s = UrbSession::new();
     for chunk in data.chunks(37) {
         if s.on_bytes(chunk, &mut dev).is_err() {

@@ -133,7 +133,10 @@ mod tests {
     fn the_version_1_file_is_what_the_card_writes() {
         let golden = include_bytes!("testdata/state-v1.json");
         let s = super::CacState::parse(golden).unwrap();
-        assert_eq!((&s.pin.value[..], s.pin.tries, s.pin.left), (&b"12345678"[..], 3, 2));
+        assert_eq!(
+            (&s.pin.value[..], s.pin.tries, s.pin.left),
+            (&b"12345678"[..], 3, 2)
+        );
         assert_eq!(&s.to_bytes()[..], &golden[..]);
     }
 
