@@ -471,6 +471,13 @@ fn hostile_usbip_peers_get_the_protocols_answer_and_the_next_importer_is_served(
     let seq = holder.control([0x80, 6, 0, 1, 0, 0, 18, 0], &[]).unwrap();
     let r = recv(&mut holder);
     assert_eq!((r.seqnum, r.status, r.data.len()), (seq, 0, 18));
+    // The crowd stays until the accept loop has reached it: connections still in the listen
+    // backlog when their peers leave would be accepted closed, and never fill the cap.
+    testkit::wait_for("the connection cap", Duration::from_secs(30), || {
+        s.log()
+            .contains("connections already under way; closing this one")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
     drop(crowd);
     drop(holder);
 
