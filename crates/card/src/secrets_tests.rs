@@ -104,28 +104,10 @@ fn pkcs11() -> Pkcs11Config {
     }
 }
 
-/// Every way a log could render `bytes` (as crates/vccid/tests/secrets.rs looks for them).
-fn renderings(bytes: &[u8]) -> Vec<String> {
-    let upper: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    let lower: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut v = vec![
-        upper.concat(),
-        lower.concat(),
-        upper.join(" "),
-        lower.join(" "),
-        format!("{bytes:?}"),
-        format!("{bytes:02x?}"),
-    ];
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        v.push(s.to_string());
-    }
-    v
-}
-
 fn assert_no_secret(what: &str, debug: &[String], secrets: &[(&str, &[u8])]) {
     for text in debug {
         for (name, secret) in secrets {
-            for r in renderings(secret) {
+            for r in testkit::secret_renderings(secret) {
                 assert!(
                     !text.contains(&r),
                     "{what}'s Debug shows the {name} as {r:?}:\n{text}"

@@ -134,3 +134,24 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> R
     }
     Ok(())
 }
+
+/// Every way a log or a `Debug` could render `bytes`: hex upper and lower case, with and
+/// without spaces, Rust's byte-slice `Debug` (`[49, 52]`, `[31, 34]`), and the text when it is
+/// UTF-8; for the tests that look for secrets in `Debug` output (the card's and vccid's
+/// `secrets_tests`).
+pub fn secret_renderings(bytes: &[u8]) -> Vec<String> {
+    let upper: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    let lower: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut v = vec![
+        upper.concat(),
+        lower.concat(),
+        upper.join(" "),
+        lower.join(" "),
+        format!("{bytes:?}"),
+        format!("{bytes:02x?}"),
+    ];
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        v.push(s.to_string());
+    }
+    v
+}

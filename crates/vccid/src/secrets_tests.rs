@@ -160,24 +160,6 @@ fn secret_holding_types_are_zeroized_on_drop() {
     }
 }
 
-/// Every way a log could render `bytes` (as crates/vccid/tests/secrets.rs looks for them).
-fn renderings(bytes: &[u8]) -> Vec<String> {
-    let upper: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    let lower: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut v = vec![
-        upper.concat(),
-        lower.concat(),
-        upper.join(" "),
-        lower.join(" "),
-        format!("{bytes:?}"),
-        format!("{bytes:02x?}"),
-    ];
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        v.push(s.to_string());
-    }
-    v
-}
-
 fn both<T: std::fmt::Debug>(v: &T) -> Vec<String> {
     vec![format!("{v:?}"), format!("{v:#?}")]
 }
@@ -256,7 +238,7 @@ fn no_secret_in_the_debug_of_any_config_command_line_request_or_state() {
     for (what, texts) in &debug {
         for text in texts {
             for (name, secret) in &secrets {
-                for r in renderings(secret) {
+                for r in testkit::secret_renderings(secret) {
                     assert!(
                         !text.contains(&r),
                         "{what}'s Debug shows the {name} as {r:?}:\n{text}"
