@@ -264,16 +264,10 @@ pub(crate) fn unhex(what: &str, s: &str) -> Result<Vec<u8>, StateError> {
     apdu::hex::parse(s).ok_or_else(|| StateError::NotHex(what.to_string()))
 }
 
+/// Lower-case hex: the file is written on every counter change, so its largest fields
+/// (certificates, keys) take one pass each.
 pub(crate) fn hex(b: &[u8]) -> String {
-    // One string for the whole field: the file is written on every counter change, and a
-    // string per byte made that most of a PIN try's time (the piv_session fuzz target).
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * b.len());
-    for x in b {
-        s.push(char::from(DIGITS[usize::from(x >> 4)]));
-        s.push(char::from(DIGITS[usize::from(x & 0x0F)]));
-    }
-    s
+    apdu::hex::lower(b)
 }
 
 fn pin_from(what: &'static str, p: &PinV1) -> Result<PinState, StateError> {
