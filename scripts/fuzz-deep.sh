@@ -13,6 +13,11 @@
 #   FUZZ_RUNS=20000 scripts/fuzz-deep.sh piv_session apdu_parse
 #   FUZZ_COVERAGE=0 scripts/fuzz-deep.sh       # skip coverage (libFuzzer's edges only)
 #   FUZZ_SECONDS=1200 scripts/fuzz-deep.sh piv_session   # at most 20 minutes
+#   FUZZ_FORK=2 FUZZ_JOBS=1 scripts/fuzz-deep.sh piv_session  # one target on two cores
+#
+# FUZZ_FORK=N runs a target in libFuzzer's fork mode, N processes sharing its corpus: the way
+# to give a slow target (piv_session, about 1,000 exec/s a core) every core. The executions
+# are then the sum over the processes, as the fork-mode parent counts them.
 #
 # The deep runs are built without AddressSanitizer (FUZZ_SANITIZER, default none) and with
 # debug assertions, so integer overflow panics: the parsers are safe Rust, where ASan finds
@@ -69,6 +74,8 @@ deep_one() {
   # FUZZ_SECONDS caps the time as well (a slow target, e.g. piv_session at about 1,000
   # exec/s, would need hours for 10 million); the table then shows how many ran.
   [ -n "${FUZZ_SECONDS:-}" ] && limit+=(-max_total_time="$FUZZ_SECONDS")
+  [ "${FUZZ_FORK:-1}" -gt 1 ] && limit+=(-fork="$FUZZ_FORK")
+  local started=$SECONDS
   cargo fuzz run $BUILD "$t" "$dir/new" "seeds/$t" "${extra[@]}" -- "${limit[@]}" \
     -rss_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
     >"$dir/run.log" 2>&1 || rc=$?
@@ -76,6 +83,11 @@ deep_one() {
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$dir/run.log")
   rate=$(awk '/stat::average_exec_per_sec/ {print $2}' "$dir/run.log")
   edges=$(grep -o 'cov: [0-9]*' "$dir/run.log" | tail -1 | awk '{print $2}')
+  if [ "${FUZZ_FORK:-1}" -gt 1 ]; then
+    # The fork-mode parent prints no final stats: its last "#N: cov: ..." line has the total.
+    runs=$(grep -o '^#[0-9]*: cov' "$dir/run.log" | tail -1 | tr -dc 0-9)
+    rate=$(( ${runs:-0} / (SECONDS - started + 1) ))
+  fi
   local crashes
   crashes=$(find "artifacts/$t" -type f -newer "$dir/new" | wc -l)
   if [ "$rc" != 0 ] && [ "$crashes" = 0 ]; then crashes="run failed (rc $rc)"; fi
@@ -112,7 +124,7 @@ deep_one() {
   cat "$dir/row.md"
 }
 export -f deep_one
-export OUT RUNS COVERAGE LLVM_COV BUILD
+export OUT RUNS COVERAGE LLVM_COV BUILD FUZZ_FORK
 
 echo "== running $RUNS executions per target, $JOBS at a time"
 # shellcheck disable=SC2086
