@@ -15,6 +15,7 @@ pub mod expiry;
 pub mod hardware;
 pub mod keys;
 pub mod libvirt;
+pub mod malloc;
 pub mod notify;
 pub mod passthru;
 pub mod qemu;

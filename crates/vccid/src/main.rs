@@ -378,6 +378,8 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
+    // Before anything else: every mode runs a thread or more per reader and connection.
+    vccid::malloc::tune();
     let args: Args = vccid::parse_args("vccid");
     let verbose = match &args.command {
         Some(Cmd::Serve { verbose, .. }) => *verbose,
