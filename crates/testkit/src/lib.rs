@@ -10,6 +10,8 @@
 //!   and the OpenSSL signature check ([`verify_sha256`]);
 //! - [`vhci`]: the kernel's side of USB/IP;
 //! - [`ccid_host`]: a mock CCID host driving a `UsbDevice`;
+//! - [`usbhost`]: the host side of usbredir and USB/IP over vccid's real sockets, for the
+//!   fault tests, the soak and the scale benchmark;
 //! - [`fault`]: [`fault::FaultProxy`], a TCP/Unix proxy that delays, splits, stalls, cuts
 //!   and resets a link's traffic on the test's schedule;
 //! - [`tls`]: TLS material with one thing wrong, and tshark loopback captures;
@@ -29,6 +31,7 @@ pub mod pcscd;
 pub mod process;
 pub mod qemu;
 pub mod tls;
+pub mod usbhost;
 pub mod vhci;
 
 pub use identities::{

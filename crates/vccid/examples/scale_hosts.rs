@@ -1,9 +1,8 @@
 //! Mock hosts for the scale benchmark (`scripts/bench-scale.sh`, issue #15): one thread per
-//! reader of a running `vccid serve`, over real sockets. usbredir readers are driven as QEMU's
-//! usb-redir on xHCI drives them (the hello exchange, SET_CONFIGURATION, interrupt receiving
-//! started, then bulk packets), with the usbredir crate's own codec; USB/IP readers as the
-//! kernel's vhci-hcd imports them (testkit's vhci side, an interrupt IN URB kept pending);
-//! vpcd readers through pcscd, as a PC/SC client (the `hostcard` crate's card). Every USB host
+//! reader of a running `vccid serve`, over real sockets. usbredir and USB/IP readers are driven
+//! by testkit's `usbhost`, as QEMU's usb-redir on xHCI drives them (the hello exchange,
+//! SET_CONFIGURATION, interrupt receiving started, then bulk packets) and as the kernel's
+//! vhci-hcd imports them (an interrupt IN URB kept pending); vpcd readers through pcscd, as a PC/SC client (the `hostcard` crate's card). Every USB host
 //! powers its card on (IccPowerOn) and then idles, or loops SELECT APDUs in XfrBlocks as
 //! libccid sends them: a bulk OUT answered, then a bulk IN for the DataBlock.
 //!
@@ -21,24 +20,26 @@
 
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use testkit::vhci;
-use usbredir::codec::{self, ty, Caps, Decoded, Decoder, Packet};
+use testkit::usbhost::{self, Bulk, Redir, Usbip};
 
 /// SELECT of the CAC's ACA applet: answered by the card's dispatch alone, no key involved.
 const SELECT: [u8; 12] = [
     0x00, 0xA4, 0x04, 0x00, 0x07, 0xA0, 0x00, 0x00, 0x00, 0x79, 0x03, 0x00,
 ];
-/// The longest RDR_to_PC message: what libccid asks for in one bulk IN.
-const MAX_IN: u32 = 65_546;
 /// How long any single answer may take before the run is declared broken.
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// The mock hosts: an import is retried while the server still ends the connection of the
+/// round before.
+const HOST: usbhost::Options = usbhost::Options {
+    name: "vccid scale_hosts",
+    timeout: TIMEOUT,
+    import_retry: TIMEOUT,
+};
 
 /// A reader of the running service, as the mock host reaches it.
 #[derive(Debug, Clone)]
@@ -60,185 +61,23 @@ impl Target {
 
     /// Attaches as the host of this reader and powers the card on.
     fn attach(&self) -> Box<dyn Apdu> {
-        match self {
-            Target::Usbredir(p) => Box::new(Usb::power_on(Box::new(Redir::connect(p)))),
-            Target::Usbip(a, b) => Box::new(Usb::power_on(Box::new(Usbip::connect(*a, b)))),
-            Target::Pcsc(name) => Box::new(Pcsc::connect(name)),
-        }
+        let bulk: Box<dyn Bulk> = match self {
+            Target::Usbredir(p) => Box::new(
+                Redir::connect(&link::Addr::Unix(p.clone()), None, &HOST)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            ),
+            Target::Usbip(a, b) => {
+                Box::new(Usbip::connect(*a, b, &HOST).unwrap_or_else(|e| panic!("{a} {b}: {e}")))
+            }
+            Target::Pcsc(name) => return Box::new(Pcsc::connect(name)),
+        };
+        Box::new(Usb::power_on(bulk))
     }
 }
 
 /// A host's way to its card: one APDU in, its response out.
 trait Apdu {
     fn transmit(&mut self, apdu: &[u8]) -> Vec<u8>;
-}
-
-/// The USB side a CCID exchange needs: the bulk endpoints.
-trait Bulk {
-    fn bulk_out(&mut self, msg: &[u8]);
-    fn bulk_in(&mut self) -> Vec<u8>;
-}
-
-/// QEMU's usb-redir side of a usbredir connection.
-struct Redir {
-    stream: UnixStream,
-    caps: Caps,
-    dec: Decoder,
-    next_id: u64,
-    buf: Vec<u8>,
-}
-
-/// A bulk packet's header with the 32-bit length (both sides announce it).
-fn bulk_header(ep: u8, len: u32) -> Vec<u8> {
-    let mut h = vec![ep, 0];
-    h.extend_from_slice(&(len as u16).to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&((len >> 16) as u16).to_le_bytes());
-    h
-}
-
-impl Redir {
-    fn connect(path: &Path) -> Redir {
-        let stream = UnixStream::connect(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut r = Redir {
-            stream,
-            caps: Caps::default(),
-            dec: Decoder::new(),
-            next_id: 1,
-            buf: vec![0; 70_000],
-        };
-        // The device's hello comes first, framed with 12-byte headers; nothing else follows it
-        // until ours, so the framing can change right after.
-        let hello = r.packet();
-        assert_eq!(hello.ty, ty::HELLO, "usbredir starts with a hello");
-        let peer = hello
-            .data
-            .get(..4)
-            .map_or(0, |c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])));
-        r.stream
-            .write_all(&codec::hello("vccid scale_hosts"))
-            .unwrap();
-        r.caps = Caps {
-            peer_hello: true,
-            peer,
-        };
-        r.wait(|p| p.ty == ty::DEVICE_CONNECT);
-        let id = r.send(ty::SET_CONFIGURATION, &[1], &[]);
-        r.wait(|p| p.ty == ty::CONFIGURATION_STATUS && p.id == id);
-        // QEMU starts receiving on the interrupt endpoint when the guest's driver polls it:
-        // a guest pcscd with libccid does.
-        r.send(ty::START_INTERRUPT_RECEIVING, &[0x81], &[]);
-        r.wait(|p| p.ty == ty::INTERRUPT_RECEIVING_STATUS);
-        r
-    }
-
-    fn send(&mut self, t: u32, header: &[u8], data: &[u8]) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.stream
-            .write_all(&codec::encode(&self.caps, t, id, header, data))
-            .unwrap();
-        id
-    }
-
-    fn packet(&mut self) -> Packet {
-        loop {
-            match self.dec.next(&self.caps).expect("usbredir framing") {
-                Some(Decoded::Packet(p)) => return p,
-                Some(Decoded::Skipped { ty, why, .. }) => panic!("packet {ty} skipped: {why}"),
-                None => {
-                    let n = self.stream.read(&mut self.buf).expect("usbredir read");
-                    assert!(n > 0, "vccid closed the usbredir connection");
-                    self.dec.feed(&self.buf[..n]);
-                }
-            }
-        }
-    }
-
-    /// Reads packets until one matches; interrupt data (NotifySlotChange) and the like pass.
-    fn wait(&mut self, want: impl Fn(&Packet) -> bool) -> Packet {
-        loop {
-            let p = self.packet();
-            if want(&p) {
-                return p;
-            }
-        }
-    }
-}
-
-impl Bulk for Redir {
-    fn bulk_out(&mut self, msg: &[u8]) {
-        let id = self.send(ty::BULK_PACKET, &bulk_header(0x03, msg.len() as u32), msg);
-        let p = self.wait(|p| p.ty == ty::BULK_PACKET && p.id == id);
-        assert_eq!(p.header[1], codec::status::SUCCESS, "bulk OUT status");
-    }
-
-    fn bulk_in(&mut self) -> Vec<u8> {
-        let id = self.send(ty::BULK_PACKET, &bulk_header(0x82, MAX_IN), &[]);
-        let p = self.wait(|p| p.ty == ty::BULK_PACKET && p.id == id);
-        assert_eq!(p.header[1], codec::status::SUCCESS, "bulk IN status");
-        p.data
-    }
-}
-
-/// vhci-hcd's side of an imported USB/IP device.
-struct Usbip {
-    imp: vhci::Importer,
-}
-
-impl Usbip {
-    fn connect(addr: SocketAddr, busid: &str) -> Usbip {
-        // The previous importer's connection may still be ending on the server: the device is
-        // refused as in use until it has.
-        let deadline = Instant::now() + TIMEOUT;
-        let mut imp = loop {
-            match vhci::import(addr, busid).unwrap_or_else(|e| panic!("{addr} {busid}: {e}")) {
-                Ok((_, imp)) => break imp,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(status) => panic!("{addr} {busid}: import refused ({status})"),
-            }
-        };
-        let seq = imp.control([0, 9, 1, 0, 0, 0, 0, 0], &[]).unwrap();
-        let mut u = Usbip { imp };
-        u.wait(seq);
-        // The interrupt endpoint as the driver polls it: the first URB takes the pending
-        // NotifySlotChange, the second stays pending for as long as nothing changes.
-        let seq = u.imp.submit(1, true, [0; 8], &[], 8).unwrap();
-        u.wait(seq);
-        u.imp.submit(1, true, [0; 8], &[], 8).unwrap();
-        u
-    }
-
-    fn wait(&mut self, seq: u32) -> vhci::Ret {
-        loop {
-            let r = self
-                .imp
-                .recv(TIMEOUT)
-                .expect("usbip read")
-                .expect("an answer within the timeout");
-            if r.seqnum == seq {
-                return r;
-            }
-        }
-    }
-}
-
-impl Bulk for Usbip {
-    fn bulk_out(&mut self, msg: &[u8]) {
-        let seq = self.imp.submit(3, false, [0; 8], msg, 0).unwrap();
-        let r = self.wait(seq);
-        assert_eq!(r.status, 0, "bulk OUT status");
-    }
-
-    fn bulk_in(&mut self) -> Vec<u8> {
-        let seq = self.imp.submit(2, true, [0; 8], &[], MAX_IN).unwrap();
-        let r = self.wait(seq);
-        assert_eq!(r.status, 0, "bulk IN status");
-        r.data
-    }
 }
 
 /// A USB host's CCID reader: APDUs in XfrBlocks.
@@ -290,25 +129,12 @@ impl Apdu for Pcsc {
     }
 }
 
-/// One CCID command and its answer (time extensions waited through).
+/// One CCID command and its answer (time extensions waited through); anything but a
+/// successful answer breaks the run.
 fn ccid(host: &mut dyn Bulk, kind: u8, seq: u8, body: &[u8]) -> Vec<u8> {
-    let mut msg = vec![kind];
-    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    msg.extend_from_slice(&[0, seq, 0, 0, 0]);
-    msg.extend_from_slice(body);
-    host.bulk_out(&msg);
-    loop {
-        let r = host.bulk_in();
-        assert!(
-            r.len() >= 10 && r[6] == seq,
-            "RDR_to_PC for bSeq {seq}: {r:02X?}"
-        );
-        // bmCommandStatus 2: time extension; the answer follows.
-        if r[7] >> 6 != 2 {
-            assert_eq!(r[7] >> 6, 0, "command failed: {r:02X?}");
-            return r;
-        }
-    }
+    let r = usbhost::ccid(host, kind, seq, body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r[7] >> 6, 0, "command failed: {r:02X?}");
+    r
 }
 
 /// What the main thread asks a host to do.

@@ -10,12 +10,12 @@
 //! the PIV card's CHUID read before the cycles, its PIN retry counter (one wrong VERIFY before
 //! the cycles, and none after) and its PIN.
 //!
-//! The USB hosts are the project's mock hosts over the real sockets, as
-//! `examples/scale_hosts.rs` has them: QEMU's usb-redir as it drives the reader on xHCI (with
-//! the `usbredir` crate's codec) and the kernel's vhci-hcd (testkit's vhci side). QEMU itself
-//! would cost a guest boot, and its chardev reconnects at best once a second (`reconnect=1`,
-//! QEMU 7.2's unit), so 100 reconnections alone would take minutes; the mock host reconnects
-//! at once, as QEMU does the moment its timer fires. The vpcd link is the real pcscd with
+//! The USB hosts are testkit's mock hosts (`usbhost`, as the soak and `examples/scale_hosts.rs`
+//! have them too) over the real sockets: QEMU's usb-redir as it drives the reader on xHCI
+//! (with the `usbredir` crate's codec) and the kernel's vhci-hcd. QEMU itself would cost a
+//! guest boot, and its chardev reconnects at best once a second (`reconnect=1`, QEMU 7.2's
+//! unit), so 100 reconnections alone would take minutes; the mock host reconnects at once, as
+//! QEMU does the moment its timer fires. The vpcd link is the real pcscd with
 //! vsmartcard's vpcd in a private namespace, driven by `scriptor` (pcsc-tools).
 
 use std::net::SocketAddr;
@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::fault::{Direction, Endpoint, Fault, FaultProxy};
-use testkit::vhci;
-use usbredir::codec::{self, ty, Caps, Decoded, Decoder, Packet};
+use testkit::usbhost::{self, Bulk, Redir, Usbip};
 
 const VCCID: &str = env!("CARGO_BIN_EXE_vccid");
 const VSCCLIENT: &str = env!("CARGO_BIN_EXE_vscclient");
@@ -98,15 +97,6 @@ enum Failure {
 }
 
 type R<T> = Result<T, Failure>;
-
-fn io_failure(what: &str, e: std::io::Error) -> Failure {
-    match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            Failure::Hang(format!("{what}: nothing within {LINK_TIMEOUT:?}"))
-        }
-        _ => Failure::Broken(format!("{what}: {e}")),
-    }
-}
 
 /// A host's way to the card.
 trait Link {
@@ -285,55 +275,51 @@ fn cycles(
 
 // ---- The USB side: CCID over the bulk endpoints, whatever carries them. ----
 
-/// The USB transfers a CCID exchange needs.
-trait Bulk {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()>;
-    fn bulk_in(&mut self) -> R<Vec<u8>>;
-}
+/// The mock hosts here: the link's timeout, and an import tried once (the cycles' recovery
+/// tries again, within its own deadline).
+const HOST: usbhost::Options = usbhost::Options {
+    name: "vccid faults test",
+    timeout: LINK_TIMEOUT,
+    import_retry: Duration::ZERO,
+};
 
-/// The longest RDR_to_PC message: what libccid asks for in one bulk IN.
-const MAX_IN: u32 = 65_546;
-
-/// One CCID command and its answer (time extensions waited through); a failed command
-/// (no card, card mute: CCID 6.2.6 bmCommandStatus 1) is a broken link.
-fn ccid(host: &mut dyn Bulk, kind: u8, seq: u8, body: &[u8]) -> R<Vec<u8>> {
-    let mut msg = vec![kind];
-    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    msg.extend_from_slice(&[0, seq, 0, 0, 0]);
-    msg.extend_from_slice(body);
-    host.bulk_out(&msg)?;
-    loop {
-        let r = host.bulk_in()?;
-        if r.len() < 10 || r[6] != seq {
-            return Err(Failure::Wrong(format!(
-                "not the RDR_to_PC for bSeq {seq}: {r:02X?}"
-            )));
-        }
-        match r[7] >> 6 {
-            0 => return Ok(r),
-            // A time extension: the answer follows.
-            2 => continue,
-            _ => {
-                return Err(Failure::Broken(format!(
-                    "CCID command {kind:02X} failed: status {:02X}, error {:02X}",
-                    r[7], r[8]
-                )))
-            }
+/// The host's three kinds of failure are this test's three.
+impl From<usbhost::Error> for Failure {
+    fn from(e: usbhost::Error) -> Failure {
+        match e.kind {
+            usbhost::Kind::Timeout => Failure::Hang(e.msg),
+            usbhost::Kind::Broken => Failure::Broken(e.msg),
+            usbhost::Kind::Wrong => Failure::Wrong(e.msg),
         }
     }
 }
 
+/// One CCID command and its answer (time extensions waited through); a failed command
+/// (no card, card mute: CCID 6.2.6 bmCommandStatus 1) is a broken link.
+fn ccid(host: &mut dyn Bulk, kind: u8, seq: u8, body: &[u8]) -> R<Vec<u8>> {
+    let r = usbhost::ccid(host, kind, seq, body)?;
+    if r[7] >> 6 != 0 {
+        return Err(Failure::Broken(format!(
+            "CCID command {kind:02X} failed: status {:02X}, error {:02X}",
+            r[7], r[8]
+        )));
+    }
+    Ok(r)
+}
+
 /// A USB host on a connection made by `connect`, with the card powered on.
 struct UsbLink {
-    connect: Box<dyn FnMut() -> R<Box<dyn Bulk>>>,
+    connect: Box<dyn FnMut() -> usbhost::Result<Box<dyn Bulk>>>,
     bulk: Option<Box<dyn Bulk>>,
     seq: u8,
 }
 
 impl UsbLink {
-    fn new(connect: impl FnMut() -> R<Box<dyn Bulk>> + 'static) -> UsbLink {
+    fn new<B: Bulk + 'static>(
+        mut connect: impl FnMut() -> usbhost::Result<B> + 'static,
+    ) -> UsbLink {
         UsbLink {
-            connect: Box::new(connect),
+            connect: Box::new(move || Ok(Box::new(connect()?) as Box<dyn Bulk>)),
             bulk: None,
             seq: 0,
         }
@@ -380,242 +366,6 @@ impl Link for UsbLink {
             out.push(ccid(&mut **bulk, 0x6F, self.seq, a)?.split_off(10));
         }
         Ok(out)
-    }
-}
-
-/// QEMU's usb-redir side of a usbredir connection, on any stream (`link::Stream`: TCP, Unix,
-/// TLS over either).
-struct Redir {
-    stream: link::Stream,
-    caps: Caps,
-    dec: Decoder,
-    next_id: u64,
-    buf: Vec<u8>,
-}
-
-/// A bulk packet's header with the 32-bit length (both sides announce it).
-fn bulk_header(ep: u8, len: u32) -> Vec<u8> {
-    let mut h = vec![ep, 0];
-    h.extend_from_slice(&(len as u16).to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&((len >> 16) as u16).to_le_bytes());
-    h
-}
-
-impl Redir {
-    /// Connects (through the proxy), exchanges hellos, configures the device and starts the
-    /// interrupt endpoint, as QEMU on xHCI with a guest's libccid does.
-    fn connect(to: &link::Addr, tls: Option<&link::TlsClient>) -> R<Box<dyn Bulk>> {
-        let stream = link::Stream::connect_with(to, tls)
-            .map_err(|e| Failure::Broken(format!("connect {to}: {e}")))?;
-        Redir::start(stream)
-    }
-
-    /// The next connection from vccid (`--usbredir-connect`) on `listener`, QEMU's chardev
-    /// server, then the same as [`Redir::connect`].
-    fn accept(listener: &std::net::TcpListener) -> R<Box<dyn Bulk>> {
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        let stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return Err(Failure::Broken(format!(
-                            "vccid did not connect within {LINK_TIMEOUT:?}"
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(io_failure("accept", e)),
-            }
-        };
-        stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_nodelay(true))
-            .map_err(|e| io_failure("accepted socket", e))?;
-        Redir::start(link::Stream::Tcp(stream))
-    }
-
-    /// The host's side of a new connection: hellos, configuration, the interrupt endpoint.
-    fn start(stream: link::Stream) -> R<Box<dyn Bulk>> {
-        stream
-            .set_timeouts(Some(LINK_TIMEOUT))
-            .map_err(|e| io_failure("timeouts", e))?;
-        let mut r = Redir {
-            stream,
-            caps: Caps::default(),
-            dec: Decoder::new(),
-            next_id: 1,
-            buf: vec![0; 70_000],
-        };
-        // The device's hello comes first; nothing follows until ours.
-        let hello = r.packet()?;
-        if hello.ty != ty::HELLO {
-            return Err(Failure::Wrong(format!("not a hello: type {}", hello.ty)));
-        }
-        let peer = hello
-            .data
-            .get(..4)
-            .map_or(0, |c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])));
-        r.write(&codec::hello("vccid faults test"))?;
-        r.caps = Caps {
-            peer_hello: true,
-            peer,
-        };
-        r.wait(|p| p.ty == ty::DEVICE_CONNECT)?;
-        let id = r.send(ty::SET_CONFIGURATION, &[1], &[])?;
-        r.wait(|p| p.ty == ty::CONFIGURATION_STATUS && p.id == id)?;
-        r.send(ty::START_INTERRUPT_RECEIVING, &[0x81], &[])?;
-        r.wait(|p| p.ty == ty::INTERRUPT_RECEIVING_STATUS)?;
-        Ok(Box::new(r))
-    }
-
-    fn write(&mut self, b: &[u8]) -> R<()> {
-        std::io::Write::write_all(&mut self.stream, b).map_err(|e| io_failure("usbredir write", e))
-    }
-
-    fn send(&mut self, t: u32, header: &[u8], data: &[u8]) -> R<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let b = codec::encode(&self.caps, t, id, header, data);
-        self.write(&b)?;
-        Ok(id)
-    }
-
-    fn packet(&mut self) -> R<Packet> {
-        loop {
-            match self.dec.next(&self.caps) {
-                Ok(Some(Decoded::Packet(p))) => return Ok(p),
-                Ok(Some(Decoded::Skipped { ty, why, .. })) => {
-                    return Err(Failure::Wrong(format!("packet {ty} skipped: {why}")))
-                }
-                Err(e) => return Err(Failure::Wrong(format!("usbredir framing: {e}"))),
-                Ok(None) => {
-                    let n = std::io::Read::read(&mut self.stream, &mut self.buf)
-                        .map_err(|e| io_failure("usbredir read", e))?;
-                    if n == 0 {
-                        return Err(Failure::Broken("vccid closed the connection".into()));
-                    }
-                    self.dec.feed(&self.buf[..n]);
-                }
-            }
-        }
-    }
-
-    /// Reads packets until one matches; interrupt data (NotifySlotChange) and the like pass.
-    fn wait(&mut self, want: impl Fn(&Packet) -> bool) -> R<Packet> {
-        loop {
-            let p = self.packet()?;
-            if want(&p) {
-                return Ok(p);
-            }
-        }
-    }
-
-    fn bulk(&mut self, ep: u8, len: u32, data: &[u8]) -> R<Packet> {
-        let id = self.send(ty::BULK_PACKET, &bulk_header(ep, len), data)?;
-        let p = self.wait(|p| p.ty == ty::BULK_PACKET && p.id == id)?;
-        if p.header[1] != codec::status::SUCCESS {
-            return Err(Failure::Wrong(format!(
-                "bulk {ep:02X} status {}",
-                p.header[1]
-            )));
-        }
-        Ok(p)
-    }
-}
-
-impl Bulk for Redir {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()> {
-        self.bulk(0x03, msg.len() as u32, msg).map(|_| ())
-    }
-    fn bulk_in(&mut self) -> R<Vec<u8>> {
-        self.bulk(0x82, MAX_IN, &[]).map(|p| p.data)
-    }
-}
-
-impl Drop for Redir {
-    fn drop(&mut self) {
-        self.stream.shutdown();
-    }
-}
-
-/// vhci-hcd's side of an imported USB/IP device.
-struct Usbip {
-    imp: vhci::Importer,
-}
-
-impl Usbip {
-    /// Imports bus id 1-1 (the previous importer's connection may still be ending on the
-    /// server, which refuses the device as in use until it has: a broken link, retried),
-    /// configures it and keeps an interrupt URB pending, as the kernel's driver does.
-    fn connect(addr: SocketAddr) -> R<Box<dyn Bulk>> {
-        let mut imp = match vhci::import(addr, "1-1") {
-            Ok(Ok((_, imp))) => imp,
-            Ok(Err(status)) => return Err(Failure::Broken(format!("import refused ({status})"))),
-            Err(e) => return Err(Failure::Broken(format!("import: {e}"))),
-        };
-        let seq = imp
-            .control([0, 9, 1, 0, 0, 0, 0, 0], &[])
-            .map_err(Failure::Broken)?;
-        let mut u = Usbip { imp };
-        u.wait(seq)?;
-        let seq = u
-            .imp
-            .submit(1, true, [0; 8], &[], 8)
-            .map_err(Failure::Broken)?;
-        u.wait(seq)?;
-        u.imp
-            .submit(1, true, [0; 8], &[], 8)
-            .map_err(Failure::Broken)?;
-        Ok(Box::new(u))
-    }
-
-    fn wait(&mut self, seq: u32) -> R<vhci::Ret> {
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Failure::Hang(format!(
-                    "URB {seq}: no answer within {LINK_TIMEOUT:?}"
-                )));
-            }
-            match self.imp.recv(left) {
-                Ok(Some(r)) if r.seqnum == seq => return Ok(r),
-                Ok(Some(_)) => {}
-                // recv gives None for its timeout and, before it, for the end of the stream.
-                Ok(None) if Instant::now() < deadline => {
-                    return Err(Failure::Broken("the connection ended".into()))
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Failure::Broken(e)),
-            }
-        }
-    }
-}
-
-impl Bulk for Usbip {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()> {
-        let seq = self
-            .imp
-            .submit(3, false, [0; 8], msg, 0)
-            .map_err(Failure::Broken)?;
-        let r = self.wait(seq)?;
-        if r.status != 0 {
-            return Err(Failure::Wrong(format!("bulk OUT status {}", r.status)));
-        }
-        Ok(())
-    }
-    fn bulk_in(&mut self) -> R<Vec<u8>> {
-        let seq = self
-            .imp
-            .submit(2, true, [0; 8], &[], MAX_IN)
-            .map_err(Failure::Broken)?;
-        let r = self.wait(seq)?;
-        if r.status != 0 {
-            return Err(Failure::Wrong(format!("bulk IN status {}", r.status)));
-        }
-        Ok(r.data)
     }
 }
 
@@ -724,7 +474,7 @@ fn usbredir_on_a_unix_socket_recovers_from_100_faults() {
     let front = dir.path().join("proxy.sock");
     let proxy = FaultProxy::start(&Endpoint::Unix(front.clone()), &Endpoint::Unix(sock)).unwrap();
     let to = link::Addr::Unix(front);
-    let mut host = UsbLink::new(move || Redir::connect(&to, None));
+    let mut host = UsbLink::new(move || Redir::connect(&to, None, &HOST));
     cycles(&proxy, &mut host, true, 1, &|| v.log());
     v.assert_running();
 }
@@ -747,7 +497,7 @@ fn usbredir_connect_recovers_from_100_faults() {
         ],
     );
     v.wait_log("usbredir: connecting to QEMU");
-    let mut host = UsbLink::new(move || Redir::accept(&qemu));
+    let mut host = UsbLink::new(move || Redir::accept(&qemu, &HOST));
     cycles(&proxy, &mut host, true, 1, &|| v.log());
     v.assert_running();
 }
@@ -782,7 +532,7 @@ fn usbredir_under_tls_recovers_from_100_faults_below_the_tls_layer() {
         &to,
     )
     .unwrap();
-    let mut host = UsbLink::new(move || Redir::connect(&to, Some(&tls)));
+    let mut host = UsbLink::new(move || Redir::connect(&to, Some(&tls), &HOST));
     cycles(&proxy, &mut host, true, 1, &|| v.log());
     v.assert_running();
 }
@@ -803,7 +553,7 @@ fn usbip_recovers_from_100_faults() {
     v.wait_log("usbip: exporting the reader");
     let proxy = FaultProxy::start(&any_port(), &Endpoint::Tcp(tcp(port))).unwrap();
     let to = proxy_addr(&proxy);
-    let mut host = UsbLink::new(move || Usbip::connect(to));
+    let mut host = UsbLink::new(move || Usbip::connect(to, "1-1", &HOST));
     cycles(&proxy, &mut host, true, 1, &|| v.log());
     v.assert_running();
 }
@@ -838,7 +588,7 @@ fn vscard_between_vscclient_and_the_passthru_card_recovers_from_100_faults_both_
             .arg(proxy_addr(&proxy).to_string()),
         dir.path(),
     );
-    let mut host = UsbLink::new(move || Usbip::connect(tcp(usb_port)));
+    let mut host = UsbLink::new(move || Usbip::connect(tcp(usb_port), "1-1", &HOST));
     cycles(&proxy, &mut host, true, 1, &|| {
         format!("vccid:\n{}\nvscclient:\n{}", v.log(), client.log())
     });
@@ -882,7 +632,7 @@ fn vscclient_over_tls_reconnects_after_a_drop_right_after_the_handshake() {
             .arg(proxy_addr(&proxy).to_string()),
         dir.path(),
     );
-    let mut host = UsbLink::new(move || Usbip::connect(tcp(usb_port)));
+    let mut host = UsbLink::new(move || Usbip::connect(tcp(usb_port), "1-1", &HOST));
     let (vlog, clog) = (v.log.clone(), client.log.clone());
     let log = || {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();

@@ -1,9 +1,9 @@
 //! The soak load (issue #17), shared by `examples/soak` (`scripts/soak.sh`, 30 minutes) and
 //! `tests/soak.rs` (2 minutes): `vccid serve` with many USB readers (half usbredir on Unix
 //! sockets, half USB/IP on one loopback port), each holding an ephemeral generated PIV card,
-//! and a mock host per reader over the real socket (usbredir as QEMU on xHCI speaks it, USB/IP
-//! as vhci-hcd does; XfrBlocks as libccid sends them, bulk OUT then bulk IN) running a steady
-//! mix at a fixed pace:
+//! and a mock host per reader over the real socket (testkit's `usbhost`: usbredir as QEMU on
+//! xHCI speaks it, USB/IP as vhci-hcd does; XfrBlocks as libccid sends them, bulk OUT then bulk
+//! IN) running a steady mix at a fixed pace:
 //!
 //! - every cycle: SELECT PIV; VERIFY's status query (never fewer than all tries left: a wrong
 //!   PIN is always followed by the right one, which resets the counter); VERIFY; GENERAL
@@ -26,23 +26,27 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use testkit::vhci;
-use usbredir::codec::{self, ty, Caps, Decoded, Decoder, Packet};
+use testkit::usbhost::{self, Bulk, Redir, Usbip};
 use x509_cert::der::Decode;
 
 /// The PIV application's AID (SP 800-73-4 Part 1 §2.2).
 const PIV_AID: [u8; 9] = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00];
-/// The longest RDR_to_PC message: what libccid asks for in one bulk IN.
-const MAX_IN: u32 = 65_546;
 /// How long any single answer may take before it counts as an error.
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// The mock hosts: a reconnecting host's import is retried while the server still ends its
+/// previous connection.
+const HOST: usbhost::Options = usbhost::Options {
+    name: "vccid soak",
+    timeout: TIMEOUT,
+    import_retry: TIMEOUT,
+};
 /// The cards' PIN tries (the configuration's default).
 const PIN_TRIES: u8 = 3;
 /// The keys signed with, alternately, and their certificate objects: 9A (PIV authentication,
@@ -165,6 +169,9 @@ pub struct Quiescent {
     pub fds: u64,
     pub rss_kib: u64,
     pub threads: u64,
+    /// malloc's heaps besides the main one (`vccid::malloc::thread_heaps`): vccid runs with
+    /// one for all its threads.
+    pub thread_heaps: usize,
 }
 
 /// A whole run.
@@ -224,6 +231,7 @@ impl Summary {
             "fds_growth_pct": Summary::growth(w.fds, e.fds),
             "threads_after_warmup": w.threads,
             "threads_at_end": e.threads,
+            "malloc_thread_heaps_at_end": e.thread_heaps,
             "p99_first_us": self.p99_first_us,
             "p99_last_us": self.p99_last_us,
         })
@@ -246,207 +254,14 @@ fn fail<T>(kind: &'static str, msg: impl Into<String>) -> R<T> {
     })
 }
 
-/// The USB side a CCID exchange needs: the bulk endpoints.
-trait Bulk: Send {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()>;
-    fn bulk_in(&mut self) -> R<Vec<u8>>;
-}
-
-/// QEMU's usb-redir side of a usbredir connection.
-struct Redir {
-    stream: UnixStream,
-    caps: Caps,
-    dec: Decoder,
-    next_id: u64,
-    buf: Vec<u8>,
-}
-
-/// A bulk packet's header with the 32-bit length (both sides announce it).
-fn bulk_header(ep: u8, len: u32) -> Vec<u8> {
-    let mut h = vec![ep, 0];
-    h.extend_from_slice(&(len as u16).to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&((len >> 16) as u16).to_le_bytes());
-    h
-}
-
-impl Redir {
-    fn connect(path: &Path) -> R<Redir> {
-        let io = |e: std::io::Error| Fail {
-            kind: "attach",
-            msg: format!("{}: {e}", path.display()),
-        };
-        let stream = UnixStream::connect(path).map_err(io)?;
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-        let mut r = Redir {
-            stream,
-            caps: Caps::default(),
-            dec: Decoder::new(),
-            next_id: 1,
-            buf: vec![0; 70_000],
-        };
-        // The device's hello comes first, framed with 12-byte headers; nothing else follows it
-        // until ours, so the framing can change right after.
-        let hello = r.packet()?;
-        if hello.ty != ty::HELLO {
-            return fail("attach", format!("usbredir began with packet {}", hello.ty));
+/// Once attached, whatever fails on the USB side is a transfer; [`Reader::attach`] counts its
+/// own failures as attaches.
+impl From<usbhost::Error> for Fail {
+    fn from(e: usbhost::Error) -> Fail {
+        Fail {
+            kind: "transfer",
+            msg: e.msg,
         }
-        let peer = hello
-            .data
-            .get(..4)
-            .map_or(0, |c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])));
-        r.stream
-            .write_all(&codec::hello("vccid soak"))
-            .map_err(io)?;
-        r.caps = Caps {
-            peer_hello: true,
-            peer,
-        };
-        r.wait(|p| p.ty == ty::DEVICE_CONNECT)?;
-        let id = r.send(ty::SET_CONFIGURATION, &[1], &[])?;
-        r.wait(|p| p.ty == ty::CONFIGURATION_STATUS && p.id == id)?;
-        // QEMU starts receiving on the interrupt endpoint when the guest's driver polls it.
-        r.send(ty::START_INTERRUPT_RECEIVING, &[0x81], &[])?;
-        r.wait(|p| p.ty == ty::INTERRUPT_RECEIVING_STATUS)?;
-        Ok(r)
-    }
-
-    fn send(&mut self, t: u32, header: &[u8], data: &[u8]) -> R<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        match self
-            .stream
-            .write_all(&codec::encode(&self.caps, t, id, header, data))
-        {
-            Ok(()) => Ok(id),
-            Err(e) => fail("transfer", format!("usbredir write: {e}")),
-        }
-    }
-
-    fn packet(&mut self) -> R<Packet> {
-        loop {
-            match self.dec.next(&self.caps) {
-                Ok(Some(Decoded::Packet(p))) => return Ok(p),
-                Ok(Some(Decoded::Skipped { ty, why, .. })) => {
-                    return fail("transfer", format!("usbredir packet {ty} skipped: {why}"))
-                }
-                Err(e) => return fail("transfer", format!("usbredir framing: {e}")),
-                Ok(None) => match self.stream.read(&mut self.buf) {
-                    Ok(0) => return fail("transfer", "vccid closed the usbredir connection"),
-                    Ok(n) => self.dec.feed(&self.buf[..n]),
-                    Err(e) => return fail("transfer", format!("usbredir read: {e}")),
-                },
-            }
-        }
-    }
-
-    /// Reads packets until one matches; interrupt data (NotifySlotChange) and the like pass.
-    fn wait(&mut self, want: impl Fn(&Packet) -> bool) -> R<Packet> {
-        loop {
-            let p = self.packet()?;
-            if want(&p) {
-                return Ok(p);
-            }
-        }
-    }
-}
-
-impl Bulk for Redir {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()> {
-        let id = self.send(ty::BULK_PACKET, &bulk_header(0x03, msg.len() as u32), msg)?;
-        let p = self.wait(|p| p.ty == ty::BULK_PACKET && p.id == id)?;
-        if p.header.get(1) != Some(&codec::status::SUCCESS) {
-            return fail("transfer", format!("bulk OUT status {:?}", p.header.get(1)));
-        }
-        Ok(())
-    }
-
-    fn bulk_in(&mut self) -> R<Vec<u8>> {
-        let id = self.send(ty::BULK_PACKET, &bulk_header(0x82, MAX_IN), &[])?;
-        let p = self.wait(|p| p.ty == ty::BULK_PACKET && p.id == id)?;
-        if p.header.get(1) != Some(&codec::status::SUCCESS) {
-            return fail("transfer", format!("bulk IN status {:?}", p.header.get(1)));
-        }
-        Ok(p.data)
-    }
-}
-
-/// vhci-hcd's side of an imported USB/IP device.
-struct Usbip {
-    imp: vhci::Importer,
-    /// The interrupt IN URB kept pending, as the driver keeps one: resubmitted when it
-    /// completes (a NotifySlotChange).
-    interrupt: u32,
-}
-
-impl Usbip {
-    fn connect(addr: SocketAddr, busid: &str) -> R<Usbip> {
-        // The previous importer's connection may still be ending on the server: the device is
-        // refused as in use until it has.
-        let deadline = Instant::now() + TIMEOUT;
-        let imp = loop {
-            match vhci::import(addr, busid) {
-                Ok(Ok((_, imp))) => break imp,
-                Ok(Err(_)) | Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(Err(status)) => {
-                    return fail(
-                        "attach",
-                        format!("{addr} {busid}: import refused ({status})"),
-                    )
-                }
-                Err(e) => return fail("attach", format!("{addr} {busid}: {e}")),
-            }
-        };
-        let mut u = Usbip { imp, interrupt: 0 };
-        let seq = u.submit(|i| i.control([0, 9, 1, 0, 0, 0, 0, 0], &[]))?;
-        u.wait(seq)?;
-        // The first interrupt URB takes the pending NotifySlotChange, the next stays pending.
-        let seq = u.submit(|i| i.submit(1, true, [0; 8], &[], 8))?;
-        u.wait(seq)?;
-        u.interrupt = u.submit(|i| i.submit(1, true, [0; 8], &[], 8))?;
-        Ok(u)
-    }
-
-    fn submit(&mut self, f: impl FnOnce(&mut vhci::Importer) -> testkit::Result<u32>) -> R<u32> {
-        f(&mut self.imp).or_else(|e| fail("transfer", format!("usbip submit: {e}")))
-    }
-
-    fn wait(&mut self, seq: u32) -> R<vhci::Ret> {
-        loop {
-            let r = match self.imp.recv(TIMEOUT) {
-                Ok(Some(r)) => r,
-                Ok(None) => return fail("transfer", "usbip: no answer within the timeout"),
-                Err(e) => return fail("transfer", format!("usbip read: {e}")),
-            };
-            if r.seqnum == seq {
-                return Ok(r);
-            }
-            if r.seqnum == self.interrupt && self.interrupt != 0 {
-                self.interrupt = self.submit(|i| i.submit(1, true, [0; 8], &[], 8))?;
-            }
-        }
-    }
-}
-
-impl Bulk for Usbip {
-    fn bulk_out(&mut self, msg: &[u8]) -> R<()> {
-        let seq = self.submit(|i| i.submit(3, false, [0; 8], msg, 0))?;
-        let r = self.wait(seq)?;
-        if r.status != 0 {
-            return fail("transfer", format!("bulk OUT status {}", r.status));
-        }
-        Ok(())
-    }
-
-    fn bulk_in(&mut self) -> R<Vec<u8>> {
-        let seq = self.submit(|i| i.submit(2, true, [0; 8], &[], MAX_IN))?;
-        let r = self.wait(seq)?;
-        if r.status != 0 {
-            return fail("transfer", format!("bulk IN status {}", r.status));
-        }
-        Ok(r.data)
     }
 }
 
@@ -471,9 +286,16 @@ const ICC_ABSENT: u8 = 2;
 
 impl Reader {
     fn attach(target: &Target) -> R<Reader> {
+        let attach = |e: usbhost::Error| Fail {
+            kind: "attach",
+            msg: e.msg,
+        };
         let bulk: Box<dyn Bulk> = match target {
-            Target::Usbredir(p) => Box::new(Redir::connect(p)?),
-            Target::Usbip(a, b) => Box::new(Usbip::connect(*a, b)?),
+            Target::Usbredir(p) => {
+                let to = link::Addr::Unix(p.clone());
+                Box::new(Redir::connect(&to, None, &HOST).map_err(attach)?)
+            }
+            Target::Usbip(a, b) => Box::new(Usbip::connect(*a, b, &HOST).map_err(attach)?),
         };
         Ok(Reader {
             bulk,
@@ -485,22 +307,7 @@ impl Reader {
     /// One CCID command and its answer (time extensions waited through), whatever its status.
     fn ccid(&mut self, kind: u8, body: &[u8]) -> R<Vec<u8>> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut msg = vec![kind];
-        msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        msg.extend_from_slice(&[0, seq, 0, 0, 0]);
-        msg.extend_from_slice(body);
-        self.bulk.bulk_out(&msg)?;
-        loop {
-            let r = self.bulk.bulk_in()?;
-            if r.len() < 10 || r[6] != seq {
-                return fail("transfer", format!("RDR_to_PC for bSeq {seq}: {r:02X?}"));
-            }
-            // bmCommandStatus 2: time extension; the answer follows.
-            if r[7] >> 6 != 2 {
-                return Ok(r);
-            }
-        }
+        Ok(usbhost::ccid(&mut *self.bulk, kind, self.seq, body)?)
     }
 
     /// IccPowerOn: the ATR.
@@ -1119,6 +926,7 @@ fn quiescent(shared: &Shared, hosts: usize, pid: u32) -> Quiescent {
                 fds: q.fds.min(fds),
                 rss_kib: rss,
                 threads,
+                thread_heaps: vccid::malloc::thread_heaps(pid).unwrap_or(usize::MAX),
             };
         }
         std::thread::sleep(Duration::from_millis(100));
