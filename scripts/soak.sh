@@ -69,7 +69,8 @@ rss.set(ylabel="vccid RSS (MiB)", ylim=(0, None),
               f'descriptors {s["fds_after_warmup"]} → {s["fds_at_end"]}')
 fds.plot(t, [int(r["fds"]) for r in rows], "-", color="tab:blue", label="open descriptors")
 fds.plot(t, [int(r["threads"]) for r in rows], "-", color="tab:gray", label="threads")
-fds.set(ylabel="count", ylim=(0, None))
+# Room above the lines, which would otherwise lie on the frame.
+fds.set(ylabel="count", ylim=(0, 1.2 * max(int(r["fds"]) for r in rows)))
 fds.legend(loc="lower right")
 # Log scale: p50 and p99 lie orders of magnitude apart (a p99 APDU is mostly an RSA signature
 # waiting behind others on the CPU).
@@ -81,7 +82,7 @@ load.plot(t, [float(r["load1"]) for r in rows], ":", color="tab:gray", label="lo
 load.set(ylabel="machine's load average", ylim=(0, None))
 lines = lat.get_legend_handles_labels()
 more = load.get_legend_handles_labels()
-lat.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
+lat.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
 for a in (rss, fds, lat):
     a.axvspan(0, warm, color="0.9", zorder=0)
     a.grid(True, alpha=0.3)
@@ -96,6 +97,15 @@ print(f'load: {s["apdus"]:,} APDUs, {s["signatures"]:,} signatures, {s["ejects"]
 print(f'RSS after the warm-up / at the end: {s["rss_after_warmup_kib"]} / {s["rss_at_end_kib"]} KiB ({s["rss_growth_pct"]:+.1f}%)')
 print(f'open descriptors: {s["fds_after_warmup"]} / {s["fds_at_end"]} ({s["fds_growth_pct"]:+.1f}%); threads {s["threads_after_warmup"]} / {s["threads_at_end"]}')
 print(f'p99 round trip, first / last tenth after the warm-up: {s["p99_first_us"]:.0f} / {s["p99_last_us"]:.0f} µs ({pct(s["p99_first_us"], s["p99_last_us"]):+.0f}%)')
+print(f'malloc thread heaps at the end: {s.get("malloc_thread_heaps_at_end", "?")}')
+# The issue's goals (#17): no error, RSS and descriptors flat (growth < 5 %).
+goals = [("errors 0", s["errors"] == 0),
+         ("descriptors growth < 5%", s["fds_growth_pct"] < 5),
+         ("RSS growth < 5%", s["rss_growth_pct"] < 5)]
+print("goals: " + ", ".join(f'{g}: {"met" if ok else "MISSED"}' for g, ok in goals))
+if s["seconds"] < 600:
+    print(f'note: a {s["seconds"]:.0f}-s run takes "after the warm-up" at {s["seconds"] * float(s.get("warmup", 0.1)):.0f} s, '
+          'while RSS still rises after the start: the goals are for the 30-minute run')
 print(f'(all samples: {csv_path}; plot: {png_path}; vccid log: {summary_path.rsplit("/", 1)[0]}/vccid.log)')
 EOF
 exit "$status"

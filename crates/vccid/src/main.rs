@@ -386,6 +386,9 @@ fn main() {
         _ => args.verbose,
     };
     vccid::init_logging(verbose);
+    if vccid::malloc::tuned() {
+        tracing::debug!(tunables = vccid::malloc::TUNABLES, "malloc tuned");
+    }
     if let Err(e) = run(args) {
         eprintln!("vccid: error: {e:#}");
         std::process::exit(2);

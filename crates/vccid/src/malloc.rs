@@ -17,9 +17,16 @@
 /// (the main one and one for the threads), no thread caches.
 pub const TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0";
 
-/// Set once [`tune`] has run the program again, so that it never does so twice (glibc drops
-/// GLIBC_TUNABLES for set-user-ID programs, which would otherwise loop).
-const TUNED: &str = "VCCID_MALLOC_TUNED";
+/// Set (to [`TUNABLES`]) once [`tune`] has run the program again, so that it never does so
+/// twice (glibc drops GLIBC_TUNABLES for set-user-ID programs, which would otherwise loop); set
+/// to anything by a user, it turns [`tune`] off.
+pub const TUNED: &str = "VCCID_MALLOC_TUNED";
+
+/// Whether this process is the one [`tune`] started, with [`TUNABLES`]. (The environment's
+/// GLIBC_TUNABLES cannot tell: glibc cuts it at the first `:` when it reads it.)
+pub fn tuned() -> bool {
+    std::env::var(TUNED).is_ok_and(|v| v == TUNABLES)
+}
 
 /// Runs this program again in place (same PID, arguments and environment, plus
 /// [`TUNABLES`] in `GLIBC_TUNABLES`) unless the environment sets malloc tunables already.
@@ -47,7 +54,7 @@ pub fn tune() {
     let _ = cmd
         .args(args)
         .env("GLIBC_TUNABLES", value)
-        .env(TUNED, "1")
+        .env(TUNED, TUNABLES)
         .exec();
 }
 

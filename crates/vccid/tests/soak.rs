@@ -228,6 +228,10 @@ fn vccid_runs_with_its_malloc_tunables_unless_the_user_set_some() {
         );
     }
     assert!(
+        env.contains(&format!("VCCID_MALLOC_TUNED={}", vccid::malloc::TUNABLES)),
+        "the marker: {env}"
+    );
+    assert!(
         String::from_utf8_lossy(&cmdline).contains("serve\0--config\0"),
         "the arguments after the restart: {cmdline:?}"
     );
