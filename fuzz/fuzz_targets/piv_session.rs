@@ -114,6 +114,34 @@ impl Under {
     }
 }
 
+/// The processes and descriptors that have `state`'s lock file open (from /proc), for the
+/// message of a card refused because the lock is held.
+fn lock_holders(state: Option<&std::path::Path>) -> String {
+    let Some(state) = state else {
+        return "no state file".into();
+    };
+    let mut lock = state.as_os_str().to_owned();
+    lock.push(".lock");
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == lock) {
+                let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                found.push(format!(
+                    "pid {} fd {} ({})",
+                    p.file_name().to_string_lossy(),
+                    fd.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmd[..cmd.len().min(60)]).replace('\0', " ")
+                ));
+            }
+        }
+    }
+    format!("{found:?}")
+}
+
 /// How a card is made, and made again at a restart.
 struct Maker {
     dual: bool,
@@ -123,8 +151,12 @@ struct Maker {
 
 impl Maker {
     fn make(&self) -> Under {
-        let piv = PivCard::new(Box::new(store().clone()), &self.piv)
-            .unwrap_or_else(|e| panic!("the PIV card does not start from its state: {e}"));
+        let piv = PivCard::new(Box::new(store().clone()), &self.piv).unwrap_or_else(|e| {
+            panic!(
+                "the PIV card does not start from its state: {e} (the lock file's holders: {})",
+                lock_holders(self.piv.state.as_deref())
+            )
+        });
         if !self.dual {
             return Under::Piv(Box::new(piv));
         }
