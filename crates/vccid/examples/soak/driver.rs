@@ -926,11 +926,13 @@ fn quiescent(shared: &Shared, hosts: usize, pid: u32) -> Quiescent {
                 fds: q.fds.min(fds),
                 rss_kib: rss,
                 threads,
-                thread_heaps: vccid::malloc::thread_heaps(pid).unwrap_or(usize::MAX),
+                thread_heaps: 0,
             };
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Once: the heaps only grow, and reading the whole map twenty times told nothing more.
+    q.thread_heaps = vccid::malloc::thread_heaps(pid).unwrap_or(usize::MAX);
     q
 }
 
