@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(pcscd vsmartcard-vpcd opensc pcsc-tools libnss3 libnss3-tools softhsm2 openssl iproute2 util-linux qemu-system-x86 vsmartcard-vpicc python3-pycryptodome linux-image-amd64 busybox-static libccid cpio file udev xz-utils zstd tshark usbip socat yubico-piv-tool ykcs11 mount kmod systemd sudo libvirt-clients libxml2-utils g++ dpkg-dev lintian debootstrap systemd-container libvirt-daemon libvirt-daemon-driver-qemu chromium chromium-driver curl procps)
+# A first run writes about 7 GB (target/, fuzz/target/short, the package test's Debian root);
+# a full disk shows up much later as a linker's bus error or ENOSPC, so say it now.
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "$avail_kb" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: $((avail_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); a first run needs about 7 GB (cargo clean frees target/)"
+fi
 # cargo-deny (the supply-chain check below) is compiled once per machine; it starts now so that
 # it builds while apt downloads.
 deny_install=""

@@ -72,9 +72,29 @@ fn state_path() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
+        remove_dead_runs(&base);
         base.join(format!("vccid-fuzz-piv-{}", std::process::id()))
             .join("piv.json")
     })
+}
+
+/// Removes the state directories of runs whose process is gone: a fuzzing process ends by
+/// being killed or by exiting from libFuzzer, past any cleanup of ours, and fork mode starts a
+/// process (and so a directory) for every job.
+fn remove_dead_runs(base: &std::path::Path) {
+    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vccid-fuzz-piv-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn padded(v: &[u8]) -> [u8; 8] {
