@@ -78,6 +78,8 @@ deep_one() {
   # FUZZ_SECONDS caps the time as well (a slow target, e.g. piv_session at about 1,000
   # exec/s, would need hours for 10 million); the table then shows how many ran.
   [ -n "${FUZZ_SECONDS:-}" ] && limit+=(-max_total_time="$FUZZ_SECONDS")
+  # Fork mode stops at the first crash: with -ignore_crashes=1 it would go on but keep only
+  # the job log's "ERROR:" lines, not the panic's message.
   [ "${FUZZ_FORK:-1}" -gt 1 ] && limit+=(-fork="$FUZZ_FORK")
   local started=$SECONDS
   cargo fuzz run $BUILD "$t" "$dir/new" "seeds/$t" "${extra[@]}" -- "${limit[@]}" \
@@ -100,10 +102,12 @@ deep_one() {
   cargo fuzz run $BUILD "$t" "$dir/min" "seeds/$t" "$dir/new" "${extra[@]}" -- -merge=1 \
     -rss_limit_mb=2048 -detect_leaks=0 >"$dir/merge.log" 2>&1 || true
   if [ -n "$(ls -A "$dir/min")" ]; then
-    find "seeds/$t" -type f ! -name 'real-*' -delete
+    # Seeds named by hand stay (real-*: real transcripts; others: a crash's input kept
+    # under a name that says what it found); libFuzzer's, named by their SHA-1, are replaced.
+    find "seeds/$t" -type f -regextype posix-extended -regex '.*/[0-9a-f]{40}' -delete
     cp "$dir/min"/* "seeds/$t/"
-    # A real-transcript seed copied in under its hash is already kept under its own name.
-    for f in "seeds/$t"/real-*; do
+    # A named seed copied in under its hash is already kept under its own name.
+    for f in "seeds/$t"/*-*; do
       [ -e "$f" ] || continue
       rm -f "seeds/$t/$(sha1sum "$f" | cut -c1-40)"
     done
