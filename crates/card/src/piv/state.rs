@@ -291,7 +291,8 @@ fn pin_to(p: &PinState) -> PinV1 {
 }
 
 /// Takes the state file's lock (`FILE.lock` beside it, created 0600 in a 0700 directory): two
-/// processes serving one card would each overwrite the other's changes.
+/// processes serving one card would each overwrite the other's changes. A lock held by
+/// another is waited for [`LOCK_PATIENCE`] (half a second) before [`StateError::Locked`].
 pub fn lock(path: &Path) -> Result<std::fs::File, StateError> {
     use std::os::unix::fs::OpenOptionsExt;
     make_dir(path).map_err(StateError::CreateDir)?;
@@ -316,12 +317,29 @@ pub fn lock(path: &Path) -> Result<std::fs::File, StateError> {
         .mode(0o600)
         .open(&name)
         .map_err(StateError::OpenLock)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked),
-        Err(std::fs::TryLockError::Error(e)) => Err(StateError::Lock(e)),
+    // A lock let go a moment ago may still be held for that moment: close() lets a flock go
+    // only with the file's last reference (fs/file_table.c, __fput → locks_remove_file), and
+    // whoever reads /proc/PID/fd at that instant (lsof, `ss -p`, a monitoring agent) holds one
+    // until its read is done. A card made anew in the process that dropped the old one (an
+    // enrollment, a restart) is given that moment; another process serving the card holds the
+    // lock for good, and is refused after it.
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StateError::Locked),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StateError::Lock(e)),
+        }
     }
 }
+
+/// How long [`lock`] waits for a held lock before the card is refused.
+pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The directory a state file is in (`.` for a bare file name).
 fn directory(path: &Path) -> &Path {
@@ -540,6 +558,43 @@ mod tests {
         }
     }
 
+    /// crash-0cebad1c of the `piv_session` fuzz target (its input is the seed
+    /// `lock-held-0cebad1c`): a card made anew in the process that had just dropped the old
+    /// one was refused, its lock "held". Whoever reads `/proc/PID/fd` (lsof, `ss -p`, a
+    /// monitoring agent; here a thread of our own) holds a reference to each file for a moment,
+    /// and a flock goes only with a file's last reference, so a lock let go that moment may
+    /// still be held. Taken again and again while another thread reads this process's fds,
+    /// the lock is always had.
+    #[test]
+    fn lock_held_0cebad1c_a_lock_let_go_is_taken_again_while_proc_fd_is_read() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("card.json");
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+                        let _ = std::fs::read_link(fd.path());
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        let mut held = lock(&path).unwrap();
+        for i in 0..200_000 {
+            drop(held);
+            held = lock(&path).unwrap_or_else(|e| panic!("cycle {i}: {e}"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        drop(held);
+    }
+
     #[test]
     fn state_errors_say_what_is_wrong() {
         let e = State::parse(b"[1, 2]").unwrap_err();
@@ -557,7 +612,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("card.json");
         let held = lock(&path).unwrap();
+        // Refused once the lock has stayed held for LOCK_PATIENCE, not at the first try.
+        let asked = std::time::Instant::now();
         let e = lock(&path).unwrap_err();
+        assert!(asked.elapsed() >= LOCK_PATIENCE, "{:?}", asked.elapsed());
         assert!(matches!(e, StateError::Locked), "{e:?}");
         assert_eq!(
             e.to_string(),
