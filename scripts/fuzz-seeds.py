@@ -6,6 +6,9 @@ Sources (nothing here is invented; framing around real bytes follows the protoco
 - crates/apdu/tests/transcripts/{opensc-cac-sign,yubico-piv-tool-status}.txt: OpenSC 0.23 and
   yubico-piv-tool 2.2.0 against vccid's cards, recorded through pcscd and vpcd. (The third
   transcript, piv-windows-login.txt, is spec-ordered with placeholder bytes: not used.)
+- crates/ccid/tests/transcripts/guest-libccid-{xhci,uhci}.pcap: a Linux guest's libccid 1.5.2
+  and OpenSC driving the reader through QEMU's usb-redir on xHCI and on UHCI (full-speed
+  packets), captured with `--pcap` by crates/vccid/tests/guest.rs (PIN bytes blanked).
 - QEMU 7.2's VSCard Init, byte for byte (qemu-ccid.md §1.3, crates/vscard/src/wire.rs test).
 - QEMU's usbredir GET_DESCRIPTOR and bulk-OUT IccPowerOn (transports.md §1.7).
 - The kernel's USB/IP CMD_SUBMIT of GET_DESCRIPTOR (transports.md §2.3, crates/usbip tests).
@@ -73,7 +76,55 @@ def urb_submit(seq, ep, direction_in, length, data=b"", setup=b"\0" * 8):
     return head + struct.pack(">IIIII", 0x200 if direction_in else 0, length, 0, 0, 0) + setup + data
 
 
+def usbmon(name):
+    """(kind, transfer type, endpoint, length, setup, data) of each record of a usbmon capture
+    (pcap LINKTYPE_USB_LINUX_MMAPPED; struct usbmon_packet, Linux Documentation/usb/usbmon.rst)."""
+    path = os.path.join(ROOT, "crates/ccid/tests/transcripts", name + ".pcap")
+    with open(path, "rb") as f:
+        pcap = f.read()
+    assert pcap[:4] == struct.pack("<I", 0xA1B2C3D4) and pcap[20:24] == struct.pack("<I", 220)
+    out, off = [], 24
+    while off + 16 <= len(pcap):
+        (incl,) = struct.unpack_from("<I", pcap, off + 8)
+        rec = pcap[off + 16 : off + 16 + incl]
+        (length,) = struct.unpack_from("<I", rec, 32)
+        out.append((chr(rec[8]), rec[9], rec[10], length, rec[40:48], rec[64:]))
+        off += 16 + incl
+    return out
+
+
+def guest_capture(name):
+    """Seeds from a real guest's capture: its bulk-OUT transfers as they crossed (UHCI's in
+    64-byte packets), and every transfer it submitted framed as usbredir and USB/IP packets."""
+    records = usbmon(name)
+    submits = [r for r in records if r[0] == "S"]
+    bulk_out = [d for (_, xfer, ep, _, _, d) in submits if xfer == 3 and ep == 0x03 and d]
+    write("ccid_bulk_out", name, b"\xfe".join(bulk_out))
+    write("pcap_redact", name, b"\xfe".join(bulk_out))
+    ur, ui = b"", b""
+    for i, (_, xfer, ep, length, setup, data) in enumerate(submits):
+        if xfer == 2:
+            # usb_redir_control_packet_header: endpoint, request, requesttype, status, value,
+            # index, length (usbredirproto.h); USB/IP carries the setup packet as it is.
+            rt, req, value, index, ln = struct.unpack("<BBHHH", setup)
+            ur += redir(100, 1000 + i, struct.pack("<BBBBHHH", ep, req, rt, 0, value, index, ln), data)
+            ui += urb_submit(1000 + i, 0, ep & 0x80 != 0, ln, data, setup=setup)
+        elif xfer == 3:
+            # usb_redir_bulk_packet_header: endpoint, status, length, stream id, length high.
+            n = len(data) if ep & 0x80 == 0 else length
+            ur += redir(101, 1000 + i, struct.pack("<BBHIH", ep, 0, n & 0xFFFF, 0, n >> 16), data)
+            ui += urb_submit(1000 + i, ep & 0x7F, ep & 0x80 != 0, n, data)
+    write("usbredir_session", name, ur)
+    write("usbip_session", name, ui)
+    write("usbip_decode", name, ui)
+    # The APDUs of the guest's XfrBlocks (CCID §6.1.4), each command whole.
+    apdus = [d[10:] for d in bulk_out if d[0] == 0x6F and len(d) > 10 and len(d) < 64]
+    write("cac_dispatch", name, b"\xff".join(apdus))
+
+
 def main():
+    for name in ["guest-libccid-xhci", "guest-libccid-uhci"]:
+        guest_capture(name)
     sessions = {n: transcript(n) for n in TRANSCRIPTS}
     for name, pairs in sessions.items():
         cmds = [c for c, _ in pairs]

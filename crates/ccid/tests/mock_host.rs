@@ -322,3 +322,97 @@ fn abort_handshake_through_the_mock_host() {
     assert_eq!(hst.interrupt(), Some(h("50 03")));
     assert_eq!(hst.interrupt(), None);
 }
+
+/// One usbmon record of a capture (struct usbmon_packet, Linux Documentation/usb/usbmon.rst):
+/// 'S'ubmit or 'C'omplete, the endpoint, and the data captured with it.
+struct Record {
+    kind: u8,
+    ep: u8,
+    data: Vec<u8>,
+}
+
+/// The records of a pcap file of LINKTYPE_USB_LINUX_MMAPPED (220), as `--pcap` writes it.
+fn usbmon_records(pcap: &[u8]) -> Vec<Record> {
+    assert_eq!(&pcap[..4], &0xA1B2_C3D4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(&pcap[20..24], &220u32.to_le_bytes(), "linktype 220");
+    let (mut off, mut out) = (24, Vec::new());
+    while off + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().unwrap()) as usize;
+        let rec = &pcap[off + 16..off + 16 + incl];
+        out.push(Record {
+            kind: rec[8],
+            ep: rec[10],
+            data: rec[64..].to_vec(),
+        });
+        off += 16 + incl;
+    }
+    assert_eq!(off, pcap.len(), "a record cut short");
+    out
+}
+
+/// The CCID messages carried by `records` on `ep` ('S' records for OUT, 'C' for IN), each
+/// rebuilt from its transfers by its dwLength (CCID §6): (the transfers' data, the message).
+fn messages(records: &[Record], kind: u8, ep: u8) -> Vec<(Vec<Vec<u8>>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let (mut pieces, mut msg): (Vec<Vec<u8>>, Vec<u8>) = Default::default();
+    for r in records
+        .iter()
+        .filter(|r| r.kind == kind && r.ep == ep && !r.data.is_empty())
+    {
+        pieces.push(r.data.clone());
+        msg.extend_from_slice(&r.data);
+        let len = u32::from_le_bytes(msg[1..5].try_into().unwrap()) as usize;
+        if msg.len() >= 10 + len {
+            assert_eq!(msg.len(), 10 + len, "a transfer past its message");
+            out.push((std::mem::take(&mut pieces), std::mem::take(&mut msg)));
+        }
+    }
+    assert!(msg.is_empty(), "a message cut short at the end");
+    out
+}
+
+/// The captures of a real guest's libccid 1.5.2 driving the reader (crates/vccid/tests/
+/// guest.rs, `VCCID_GUEST_PCAP_XHCI`/`_UHCI`; crates/ccid/tests/transcripts/README.md), the
+/// source of the reader's fuzz seeds: replayed transfer by transfer into the reader, every
+/// command gets the answer the capture has, by message type, slot, bSeq, status and error
+/// (the echo card's data differs from the CAC's; the ATR is the same). The time-extension
+/// answers of the capture, if any, are not compared: they depend on how slow the card was.
+#[test]
+fn a_real_guests_libccid_session_replayed() {
+    for (name, max_in) in [("xhci", 65554), ("uhci", 64)] {
+        let pcap = std::fs::read(format!(
+            "{}/tests/transcripts/guest-libccid-{name}.pcap",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let records = usbmon_records(&pcap);
+        let commands = messages(&records, b'S', EP_BULK_OUT);
+        let answers: Vec<Vec<u8>> = messages(&records, b'C', EP_BULK_IN)
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| !(m[0] == 0x80 && m[7] & 0xC0 == 0x80))
+            .collect();
+        assert_eq!(commands.len(), answers.len(), "{name}");
+        assert!(commands.len() > 300, "{name}: {}", commands.len());
+        let (mut hst, _presence) = host(max_in);
+        let mut xfr_blocks = 0;
+        for ((pieces, cmd), want) in commands.iter().zip(&answers) {
+            for p in pieces {
+                assert_ne!(hst.dev.out(EP_BULK_OUT, p), Transfer::Stall, "{name}");
+            }
+            let got = hst.recv().expect("an answer");
+            let header = |m: &[u8]| spaced(&[&m[..1], &m[5..10]].concat());
+            assert_eq!(header(&got), header(want), "{name}: {}", spaced(cmd));
+            if cmd[0] == 0x62 {
+                assert_eq!(spaced(&got), spaced(want), "{name}: the ATR");
+            }
+            xfr_blocks += usize::from(cmd[0] == 0x6F);
+        }
+        // The guest's work: OpenSC's session and its 100-APDU loop (guest.rs asks for 100).
+        assert!(xfr_blocks >= 200, "{name}: {xfr_blocks} XfrBlocks");
+        // UHCI's full-speed packets: the 255-byte command crossed in four transfers.
+        if max_in == 64 {
+            assert!(commands.iter().any(|(p, _)| p.len() == 4), "{name}");
+        }
+    }
+}
