@@ -17,6 +17,8 @@ mod pin;
 pub mod piv;
 #[cfg(test)]
 mod secrets_tests;
+#[cfg(test)]
+mod testlog;
 mod traced;
 
 pub use card_api::{Card, FixedCard, Presence};

@@ -100,8 +100,6 @@ impl<C: Card> Card for Traced<C> {
 mod tests {
     use super::*;
     use apdu::hex::h;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
 
     /// A card answering 63 C2 to everything.
     struct Wrong(Presence);
@@ -121,30 +119,14 @@ mod tests {
         }
     }
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn one_decoded_line_per_apdu_without_the_pin() {
-        let sink = Sink::default();
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber_like(writer);
         let mut card = Traced::new(Wrong(Presence::new(true)));
-        tracing::subscriber::with_default(subscriber, || {
+        let log = crate::testlog::capture(|| {
             card.power_on();
             let r = card.transmit(&h("00 20 00 80 08 33 31 34 31 35 39 32 36"));
             assert_eq!(r, vec![0x63, 0xC2]);
         });
-        let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("VERIFY")).collect();
         assert_eq!(lines.len(), 1, "{log}");
         assert!(
@@ -175,43 +157,5 @@ mod tests {
         ] {
             assert_eq!(significant(&h(apdu)), shown, "{apdu}");
         }
-    }
-
-    /// A minimal subscriber writing "LEVEL target: message" lines (tracing-subscriber is not a
-    /// dependency of this crate).
-    fn tracing_subscriber_like(w: Sink) -> impl tracing::Subscriber {
-        Lines(Mutex::new(w))
-    }
-    struct Lines(Mutex<Sink>);
-    struct Msg(String);
-    impl tracing::field::Visit for Msg {
-        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-            use std::fmt::Write as _;
-            let _ = write!(self.0, " {}={v:?}", f.name());
-        }
-    }
-    impl tracing::Subscriber for Lines {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-        fn event(&self, e: &tracing::Event<'_>) {
-            let mut m = Msg(String::new());
-            e.record(&mut m);
-            let mut w = self.0.lock().unwrap();
-            let _ = writeln!(
-                w,
-                "{} {}:{}",
-                e.metadata().level(),
-                e.metadata().target(),
-                m.0
-            );
-        }
-        fn enter(&self, _: &tracing::span::Id) {}
-        fn exit(&self, _: &tracing::span::Id) {}
     }
 }

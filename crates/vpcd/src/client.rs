@@ -212,7 +212,7 @@ fn run(card: &SharedCard, opts: &ClientOptions, shared: &Shared, presence: &Pres
             return;
         }
         if presence.snapshot().1 != connected_gen {
-            tracing::info!("card removed; disconnected from vpcd until it is inserted");
+            tracing::info!(addr = %opts.addr, "card removed; disconnected from vpcd until it is inserted");
             // vpcd has no insertion interrupt: pcscd polls its readers every 400 ms
             // (vpcd's IFDHICCPresence). A card swapped faster than that (ejected and another
             // inserted, or moved back) would look to pcscd like no change at all, and a host

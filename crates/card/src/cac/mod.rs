@@ -255,9 +255,17 @@ impl CacCard {
                     card: short(&self.card_id),
                 }));
             }
+            let configured = zeroize::Zeroizing::new(self.pin.value().to_vec());
             self.pin
                 .set(&saved.pin.value, saved.pin.tries, saved.pin.left);
             tracing::info!(path = %path.display(), tries_left = saved.pin.left, "CAC card state restored");
+            crate::piv::state::warn_if_not_configured(
+                "PIN",
+                "pin",
+                &saved.pin.value,
+                &configured,
+                &path,
+            );
         }
         Ok(())
     }

@@ -229,6 +229,39 @@ mod tests {
         );
     }
 
+    /// The PIN kept in the state file counts over another `pin=`, with a warning naming the
+    /// file (a newcomer spent tries on the configured PIN of a card that had run before).
+    #[test]
+    fn a_configured_pin_the_state_file_overrides_is_warned_of() {
+        let (_dir, path) = path();
+        let mut c = card(&path).unwrap();
+        tx(&mut c, SELECT_PKI0);
+        assert_eq!(tx(&mut c, WRONG), "63 C2");
+        drop(c);
+        let log = crate::testlog::capture(|| drop(card(&path).unwrap()));
+        assert!(!log.contains("WARN"), "{log}");
+        let cfg = CacConfig {
+            state: Some(path.to_path_buf()),
+            pin: zeroize::Zeroizing::new(b"24681357".to_vec()),
+            ..CacConfig::default()
+        };
+        let mut c = None;
+        let log = crate::testlog::capture(|| {
+            c = Some(CacCard::new(Box::new(FileStore::open(identities()).unwrap()), &cfg).unwrap())
+        });
+        assert!(
+            log.contains("WARN card::piv::state:")
+                && log.contains("the card's PIN is the one its state file keeps")
+                && log.contains(&path.display().to_string()),
+            "{log}"
+        );
+        assert!(!log.contains("24681357") && !log.contains("3234"), "{log}");
+        let mut c = c.unwrap();
+        c.power_on();
+        tx(&mut c, SELECT_PKI0);
+        assert_eq!(tx(&mut c, RIGHT), "90 00");
+    }
+
     #[test]
     fn a_blocked_pin_stays_blocked_after_a_restart_and_a_pin_set_stays_set() {
         let (_dir, path) = path();

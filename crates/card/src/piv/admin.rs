@@ -62,7 +62,10 @@ impl PivCard {
                 self.pin_fresh = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => Err(Sw::tries_left(n)),
+            PinVerify::Wrong(n) => {
+                tracing::info!(tries_left = n, "wrong PIN");
+                Err(Sw::tries_left(n))
+            }
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }
@@ -76,9 +79,9 @@ impl PivCard {
             return Err(Sw::WRONG_LENGTH);
         }
         let (old, new) = data.split_at(8);
-        let which = match cmd.p2 {
-            PIN_REF => &mut self.pin,
-            PUK_REF => &mut self.puk,
+        let (which, what) = match cmd.p2 {
+            PIN_REF => (&mut self.pin, "wrong PIN"),
+            PUK_REF => (&mut self.puk, "wrong PUK"),
             _ => return Err(Sw::REFERENCE_NOT_FOUND),
         };
         let result = which.verify(old);
@@ -89,7 +92,10 @@ impl PivCard {
                 self.dirty = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => Err(Sw::tries_left(n)),
+            PinVerify::Wrong(n) => {
+                tracing::info!(tries_left = n, "{what}");
+                Err(Sw::tries_left(n))
+            }
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }
@@ -113,7 +119,10 @@ impl PivCard {
                 self.dirty = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => Err(Sw::tries_left(n)),
+            PinVerify::Wrong(n) => {
+                tracing::info!(tries_left = n, "wrong PUK");
+                Err(Sw::tries_left(n))
+            }
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }

@@ -270,6 +270,8 @@ impl PivCard {
             if let Some(state) = State::load(path).map_err(err)? {
                 card.restore(state).map_err(err)?;
                 tracing::info!(path = %path.display(), "PIV card state restored");
+                state::warn_if_not_configured("PIN", "pin", card.pin.value(), &pin, path);
+                state::warn_if_not_configured("PUK", "puk", card.puk.value(), &puk, path);
             }
         }
         Ok(card)

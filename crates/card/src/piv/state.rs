@@ -338,6 +338,23 @@ pub fn lock(path: &Path) -> Result<std::fs::File, StateError> {
     }
 }
 
+/// Warns, as a card starts from its state file, when the PIN (or PUK) kept there is not the
+/// configured one (`key=` of the card's settings, or its default). The kept one counts, as
+/// a real card's PIN stays whatever was set on it: a PIN changed on the card must survive a
+/// restart. Without this line, someone who gives `pin=` to a card that has run before spends
+/// tries on a PIN the card does not have.
+pub fn warn_if_not_configured(what: &str, key: &str, kept: &[u8], configured: &[u8], path: &Path) {
+    if aws_lc_rs::constant_time::verify_slices_are_equal(kept, configured).is_err() {
+        tracing::warn!(
+            path = %path.display(),
+            "the card's {what} is the one its state file keeps, not the configured one ({key}=, \
+             or its default): a {what} set on the card stays across restarts, as on a real card. \
+             Change it on the card (pkcs11-tool --change-pin, or vccid ctl card set-pin), or start \
+             the card anew with state=off or another state file"
+        );
+    }
+}
+
 /// How long [`lock`] waits for a held lock before the card is refused.
 pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 

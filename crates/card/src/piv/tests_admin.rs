@@ -792,3 +792,70 @@ proptest::proptest! {
         proptest::prop_assert_eq!((obj.tag, obj.value, rest.len()), (0x53, &value[..], 0));
     }
 }
+
+/// A newcomer's trial: `pin=` given to a card that had run before was silently not the PIN,
+/// and wrong PIV PINs were not logged, so tries went unnoticed. The PIN kept in the state
+/// file still counts (a PIN changed on the card survives a restart), with a warning that
+/// names the file and what to do; a wrong PIN or PUK is logged with the tries left.
+#[test]
+fn a_configured_pin_the_state_file_overrides_is_warned_of_and_wrong_pins_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = state_config(dir.path());
+    let path = cfg.state.clone().unwrap();
+    let mut c = open(&cfg).unwrap();
+    let log = crate::testlog::capture(|| {
+        assert_eq!(
+            sw(&tx(&mut c, "00 20 00 80 08 39 39 39 39 39 39 FF FF")),
+            "63 C2"
+        );
+        assert_eq!(
+            sw(&tx(
+                &mut c,
+                "00 24 00 81 10 39 39 39 39 39 39 39 39 31 31 31 31 31 31 31 31"
+            )),
+            "63 C2"
+        );
+    });
+    assert!(
+        log.contains("INFO card::piv::admin: message=wrong PIN tries_left=2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("INFO card::piv::admin: message=wrong PUK tries_left=2"),
+        "{log}"
+    );
+    drop(c);
+
+    // The same configuration: the PIN kept is the configured one, nothing to say.
+    let log = crate::testlog::capture(|| drop(open(&cfg).unwrap()));
+    assert!(!log.contains("WARN"), "{log}");
+    // Another pin= for the card that has run: its kept PIN counts, and the warning says so.
+    let other = PivConfig {
+        pin: zeroize::Zeroizing::new(b"24681357".to_vec()),
+        ..cfg.clone()
+    };
+    let mut c = None;
+    let log = crate::testlog::capture(|| c = Some(open(&other).unwrap()));
+    let mut c = c.unwrap();
+    assert!(
+        log.contains("WARN card::piv::state:")
+            && log.contains(
+                "the card's PIN is the one its state file keeps, not the configured one (pin="
+            )
+            && log.contains(&path.display().to_string())
+            && log.contains("state=off"),
+        "{log}"
+    );
+    assert!(!log.contains("PUK"), "{log}");
+    for secret in testkit::secret_renderings(b"24681357")
+        .into_iter()
+        .chain(testkit::secret_renderings(b"123456"))
+    {
+        assert!(!log.contains(&secret), "{secret} in {log}");
+    }
+    assert_eq!(
+        sw(&tx(&mut c, "00 20 00 80 08 32 34 36 38 31 33 35 37")),
+        "63 C1"
+    );
+    assert_eq!(sw(&tx(&mut c, VERIFY_OK)), "90 00");
+}
