@@ -1,35 +1,38 @@
 //! The log lines a piece of code writes, for tests that check what is logged: a minimal
 //! subscriber writing "LEVEL target: message field=value" lines (tracing-subscriber is not a
 //! dependency of this crate).
+//!
+//! One global subscriber, writing to the capturing thread's buffer, rather than a scoped one
+//! per test (`with_default`): tracing caches each callsite's interest globally, and a callsite
+//! first hit on another thread while no scoped subscriber lived could be cached as "never",
+//! so a parallel test's lines were sometimes lost (seen once in eight runs on a busy machine).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+thread_local! {
+    /// This thread's lines while it captures.
+    static LINES: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Runs `f` with this thread's log lines captured, and returns them.
 pub fn capture(f: impl FnOnce()) -> String {
-    let sink = Sink::default();
-    tracing::subscriber::with_default(Lines(Mutex::new(sink.clone())), f);
-    let bytes = sink.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        tracing::subscriber::set_global_default(Lines).expect("no other global subscriber");
+    });
+    // Callsites whose interest was computed while the subscriber was being installed.
+    tracing::callsite::rebuild_interest_cache();
+    LINES.with(|l| *l.borrow_mut() = Some(String::new()));
+    f();
+    LINES.with(|l| l.borrow_mut().take()).unwrap_or_default()
 }
 
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Lines(Mutex<Sink>);
+struct Lines;
 struct Msg(String);
 impl tracing::field::Visit for Msg {
     fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
         let _ = write!(self.0, " {}={v:?}", f.name());
     }
 }
@@ -43,16 +46,19 @@ impl tracing::Subscriber for Lines {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, e: &tracing::Event<'_>) {
-        let mut m = Msg(String::new());
-        e.record(&mut m);
-        let mut w = self.0.lock().unwrap();
-        let _ = writeln!(
-            w,
-            "{} {}:{}",
-            e.metadata().level(),
-            e.metadata().target(),
-            m.0
-        );
+        LINES.with(|l| {
+            if let Some(lines) = l.borrow_mut().as_mut() {
+                let mut m = Msg(String::new());
+                e.record(&mut m);
+                let _ = writeln!(
+                    lines,
+                    "{} {}:{}",
+                    e.metadata().level(),
+                    e.metadata().target(),
+                    m.0
+                );
+            }
+        });
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
