@@ -250,7 +250,7 @@ mod tests {
             c = Some(CacCard::new(Box::new(FileStore::open(identities()).unwrap()), &cfg).unwrap())
         });
         assert!(
-            log.contains("WARN card::piv::state:")
+            log.contains("WARN card::state:")
                 && log.contains("the card's PIN is the one its state file keeps")
                 && log.contains(&path.display().to_string()),
             "{log}"

@@ -345,7 +345,9 @@ pub fn lock(path: &Path) -> Result<std::fs::File, StateError> {
 /// tries on a PIN the card does not have.
 pub fn warn_if_not_configured(what: &str, key: &str, kept: &[u8], configured: &[u8], path: &Path) {
     if aws_lc_rs::constant_time::verify_slices_are_equal(kept, configured).is_err() {
+        // Named for the state code both cards share, not for PIV alone.
         tracing::warn!(
+            target: "card::state",
             path = %path.display(),
             "the card's {what} is the one its state file keeps, not the configured one ({key}=, \
              or its default): a {what} set on the card stays across restarts, as on a real card. \

@@ -838,7 +838,7 @@ fn a_configured_pin_the_state_file_overrides_is_warned_of_and_wrong_pins_are_log
     let log = crate::testlog::capture(|| c = Some(open(&other).unwrap()));
     let mut c = c.unwrap();
     assert!(
-        log.contains("WARN card::piv::state:")
+        log.contains("WARN card::state:")
             && log.contains(
                 "the card's PIN is the one its state file keeps, not the configured one (pin="
             )
