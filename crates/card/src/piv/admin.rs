@@ -27,6 +27,13 @@ pub(super) fn padded(v: &[u8]) -> Option<[u8; 8]> {
     Some(p)
 }
 
+/// The answer to a wrong PIN or PUK (`what`), logged with the tries left as the CAC card's
+/// wrong PINs are: 63Cx (Part 2 §3.2.1).
+fn wrong(what: &str, tries_left: u8) -> Sw {
+    tracing::info!(tries_left, "wrong {what}");
+    Sw::tries_left(tries_left)
+}
+
 impl PivCard {
     /// VERIFY (Part 2 §3.2.1) of the PIN, or its status (no data), or P1 FF to reset it.
     pub(super) fn verify(&mut self, cmd: &Command, data: &[u8]) -> Result<Vec<u8>, Sw> {
@@ -62,10 +69,7 @@ impl PivCard {
                 self.pin_fresh = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => {
-                tracing::info!(tries_left = n, "wrong PIN");
-                Err(Sw::tries_left(n))
-            }
+            PinVerify::Wrong(n) => Err(wrong("PIN", n)),
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }
@@ -80,8 +84,8 @@ impl PivCard {
         }
         let (old, new) = data.split_at(8);
         let (which, what) = match cmd.p2 {
-            PIN_REF => (&mut self.pin, "wrong PIN"),
-            PUK_REF => (&mut self.puk, "wrong PUK"),
+            PIN_REF => (&mut self.pin, "PIN"),
+            PUK_REF => (&mut self.puk, "PUK"),
             _ => return Err(Sw::REFERENCE_NOT_FOUND),
         };
         let result = which.verify(old);
@@ -92,10 +96,7 @@ impl PivCard {
                 self.dirty = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => {
-                tracing::info!(tries_left = n, "{what}");
-                Err(Sw::tries_left(n))
-            }
+            PinVerify::Wrong(n) => Err(wrong(what, n)),
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }
@@ -119,10 +120,7 @@ impl PivCard {
                 self.dirty = true;
                 Ok(vec![])
             }
-            PinVerify::Wrong(n) => {
-                tracing::info!(tries_left = n, "wrong PUK");
-                Err(Sw::tries_left(n))
-            }
+            PinVerify::Wrong(n) => Err(wrong("PUK", n)),
             PinVerify::Blocked => Err(Sw::AUTH_METHOD_BLOCKED),
         }
     }
